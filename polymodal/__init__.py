@@ -1,0 +1,16 @@
+"""polymodal: multimodal deep learning on tables of image, text, audio and tabular columns."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["MultimodalPredictor", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy so that `import polymodal` (e.g. for the CLI's --help) does not import torch.
+    if name == "MultimodalPredictor":
+        from polymodal.predictor import MultimodalPredictor
+
+        return MultimodalPredictor
+    raise AttributeError(name)

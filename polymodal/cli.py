@@ -1,0 +1,184 @@
+"""`polymodal` command line: a thin typer front over MultimodalPredictor and the other stages."""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Multimodal deep learning on tables of image, text, audio and tabular columns.")
+console = Console(stderr=True)
+
+
+def user_errors(fn):
+    """Print user mistakes as one clear line (exit code 2) instead of a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        from polymodal.errors import PolymodalError
+
+        try:
+            return fn(*args, **kwargs)
+        except PolymodalError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _parse_kv(spec: Optional[str]) -> dict[str, str]:
+    from polymodal.errors import PolymodalError
+
+    if not spec:
+        return {}
+    try:
+        return dict(p.split("=", 1) for p in spec.split(",") if p.strip())
+    except ValueError:
+        raise PolymodalError(f"expected name=value[,name=value...], got {spec!r}") from None
+
+
+def print_metrics(metrics: dict, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            table.add_row(k, f"{v:.4f}")
+        elif isinstance(v, (int, str)):
+            table.add_row(k, str(v))
+    Console().print(table)
+
+
+@app.command()
+@user_errors
+def fit(
+    train: Path = typer.Argument(..., help="training table (.csv, .tsv, .jsonl, .parquet)"),
+    label: str = typer.Option(..., "--label", "-l", help="label column"),
+    out: Path = typer.Option(..., "--out", "-o", help="run folder to write"),
+    valid: Optional[Path] = typer.Option(None, help="validation table (default: stratified split)"),
+    test: Optional[Path] = typer.Option(None, help="test table, scored after training"),
+    problem_type: Optional[str] = typer.Option(None, help="binary|multiclass|multilabel|regression"),
+    column_types: Optional[str] = typer.Option(None, help="override inference: col=image,col2=text,..."),
+    image_encoder: Optional[str] = typer.Option(None, help="efficientnet-lite0 (default), mobilenet_v2, "
+                                                "small-cnn, timm:NAME, torchvision:NAME"),
+    text_encoder: Optional[str] = typer.Option(None, help="minilm-l6 (default) or a Hugging Face model name"),
+    audio_encoder: Optional[str] = typer.Option(None, help="logmel-cnn (default)"),
+    image_size: Optional[int] = typer.Option(None, help="image side in pixels (default 224)"),
+    finetune: Optional[str] = typer.Option(None, help="modalities whose pretrained encoder is fine-tuned: "
+                                           "image,text"),
+    fusion: str = typer.Option("concat", help="fusion strategy: concat, late, ..."),
+    epochs: int = typer.Option(20, help="maximum epochs"),
+    batch_size: int = typer.Option(64),
+    lr: float = typer.Option(1e-3, help="learning rate (fine-tuned encoders use 0.1x)"),
+    weight_decay: float = typer.Option(1e-2),
+    patience: int = typer.Option(5, help="early-stopping patience in epochs"),
+    seed: int = typer.Option(0),
+    on_bad_rows: str = typer.Option("error", help="error | skip"),
+    num_workers: int = typer.Option(0, help="DataLoader workers for decoding media"),
+    precision: Optional[str] = typer.Option(None, help="Lightning precision (default bf16-mixed on GPU)"),
+    devices: str = typer.Option("auto"),
+    strategy: str = typer.Option("auto", help="Lightning strategy: auto, ddp, fsdp"),
+    num_nodes: int = typer.Option(1),
+    time_limit: Optional[float] = typer.Option(None, help="stop training after this many seconds"),
+) -> None:
+    """Train a model on a table and write a self-contained run folder."""
+    from polymodal import MultimodalPredictor
+    from polymodal.errors import PolymodalError
+
+    if on_bad_rows not in ("error", "skip"):
+        raise PolymodalError("--on-bad-rows must be 'error' or 'skip'")
+    encoders = {k: v for k, v in {"image": image_encoder, "text": text_encoder, "audio": audio_encoder}.items()
+                if v}
+    encoder_opts = {"image": {"image_size": image_size}} if image_size else {}
+    frozen = {m.strip(): False for m in (finetune or "").split(",") if m.strip()}
+    p = MultimodalPredictor(
+        label=label, problem_type=problem_type, path=out, column_types=_parse_kv(column_types),
+        encoders=encoders, encoder_opts=encoder_opts, frozen=frozen, fusion=fusion, max_epochs=epochs,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
+        on_bad_rows=on_bad_rows, num_workers=num_workers, precision=precision,
+        devices=int(devices) if devices.isdigit() else devices, strategy=strategy, num_nodes=num_nodes,
+        time_limit=time_limit)
+    p.fit(train, valid, test)
+    print_metrics(p.metrics["valid"], "validation")
+    if "test" in p.metrics:
+        print_metrics(p.metrics["test"], "test")
+    console.print(f"run folder: {out}")
+
+
+@app.command()
+@user_errors
+def evaluate(run: Path = typer.Argument(..., help="run folder"),
+             data: Path = typer.Argument(..., help="labelled table"),
+             out: Optional[Path] = typer.Option(None, help="write metrics JSON (and confusion matrix) here")) -> None:
+    """Score a trained run on a labelled table."""
+    from polymodal import MultimodalPredictor
+
+    p = MultimodalPredictor.load(run)
+    plots = (out.parent if out else run / "evaluation")
+    metrics = p.evaluate(data, plots_dir=plots)
+    print_metrics(metrics, f"evaluation of {run} on {data}")
+    if out:
+        from polymodal.training.artifacts import atomic_write_json
+
+        atomic_write_json(out, metrics)
+    else:
+        print(json.dumps(metrics))
+
+
+@app.command()
+@user_errors
+def predict(run: Path = typer.Argument(..., help="run folder"),
+            data: Path = typer.Argument(..., help="table to predict"),
+            out: Path = typer.Option(..., "--out", "-o", help="CSV to write"),
+            proba: bool = typer.Option(True, help="add one probability column per class")) -> None:
+    """Write predictions (and class probabilities) for every row of a table."""
+    from polymodal import MultimodalPredictor
+    from polymodal.data.readers import read_table
+    from polymodal.training.artifacts import atomic_write_text
+
+    p = MultimodalPredictor.load(run)
+    df = read_table(data)
+    pred = p.predict(df)
+    result = df.copy()
+    result[f"predicted_{p.config.label}"] = pred
+    if proba and p.task.problem_type != "regression":
+        probs = p.predict_proba(df)
+        for c in probs.columns:
+            result[f"proba_{c}"] = probs[c].round(6)
+    atomic_write_text(out, result.to_csv(index=False))
+    console.print(f"wrote {len(result)} predictions to {out}")
+
+
+@app.command()
+@user_errors
+def demo(out: Path = typer.Option(Path("runs/demo"), help="run folder"),
+         train_images: int = typer.Option(1200, help="easy-vqa training images to use (of 4,000)"),
+         test_images: int = typer.Option(300, help="easy-vqa test images to use (of 1,000)"),
+         epochs: int = typer.Option(15)) -> None:
+    """Train and evaluate on easy-vqa (shipped by the `easy-vqa` package): image + question → answer."""
+    import time
+
+    from polymodal.demo import run_demo
+
+    t0 = time.time()
+    metrics = run_demo(out, train_images, test_images, epochs)
+    print_metrics(metrics, "easy-vqa test")
+    Console().print(f"[bold]test accuracy: {metrics['accuracy']:.4f}[/]  ({time.time() - t0:.0f} s, run folder {out})")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(sys.argv[1:])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

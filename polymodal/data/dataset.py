@@ -1,0 +1,234 @@
+"""Row checks, the torch Dataset over a table, and the collate function that builds a Batch.
+
+Batch contract: {"inputs": {key: Tensor | dict}, "features": {key: Tensor}, "present": {key: BoolTensor},
+"target": Tensor (optional), "row": LongTensor}. An input appears under "features" when its frozen
+encoder's output was precomputed (feature cache), otherwise under "inputs" as encoder input.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from polymodal.data.preprocess import Preprocessor
+from polymodal.data.readers import is_missing, resolve_path
+from polymodal.data.transforms import load_audio_features, load_image
+from polymodal.errors import DataError
+from polymodal.types import AUDIO, IMAGE, TABULAR, TEXT
+
+
+@dataclass
+class Problem:
+    row: int
+    column: str
+    message: str
+
+
+def check_rows(df: pd.DataFrame, prep: Preprocessor, with_target: bool = True) -> list[Problem]:
+    """Cheap checks of every row without training: media files exist and open, numbers parse, labels known.
+
+    Image headers are opened (not fully decoded) and audio headers read, so this costs far less than
+    decoding; full decode errors are caught again, with the same location, when features are computed.
+    """
+    import soundfile as sf
+    from PIL import Image
+
+    base = df.attrs.get("base_dir", os.getcwd())
+    problems: list[Problem] = []
+    for key, spec in prep.inputs.items():
+        if spec.modality not in (IMAGE, AUDIO):
+            continue
+        col = spec.columns[0]
+        if col not in df.columns:
+            problems.append(Problem(-1, col, "column is missing from the table"))
+            continue
+        checked: dict[str, str | None] = {}
+        for row, v in zip(df.index, df[col]):
+            if is_missing(v):
+                continue
+            path = resolve_path(v, base)
+            if path not in checked:
+                checked[path] = _check_media(path, spec.modality, Image, sf)
+            if checked[path]:
+                problems.append(Problem(int(row), col, checked[path]))
+    if TABULAR in prep.inputs:
+        for col in prep.inputs[TABULAR].config["numeric"]:
+            if col not in df.columns:
+                continue
+            x = pd.to_numeric(df[col], errors="coerce")
+            for row, v, o in zip(df.index, df[col], x):
+                if not is_missing(v) and not np.isfinite(o):
+                    problems.append(Problem(int(row), col, f"value {v!r} is not a number"))
+    if with_target:
+        label = prep.schema.label
+        if label not in df.columns:
+            problems.append(Problem(-1, label, "label column is missing from the table"))
+        else:
+            for row in df.index[[is_missing(v) for v in df[label]]]:
+                problems.append(Problem(int(row), label, "label is missing"))
+            if prep.classes and prep.schema.problem_type != "multilabel":
+                known = set(prep.classes)
+                for row, v in zip(df.index, df[label]):
+                    if not is_missing(v) and str(v) not in known:
+                        problems.append(Problem(int(row), label, f"label {v!r} was not seen in training"))
+    return problems
+
+
+def _check_media(path: str, modality: str, Image, sf) -> str | None:
+    if not os.path.exists(path):
+        return f"file not found: {path}"
+    try:
+        if modality == IMAGE:
+            with Image.open(path) as im:
+                im.verify()
+        else:
+            info = sf.info(path)
+            if info.frames == 0:
+                return f"audio file has no samples: {path}"
+    except Exception as exc:  # any decoder error means the file is unusable
+        if modality == AUDIO:  # formats libsndfile lacks are tried with librosa at load time
+            return None if path.lower().endswith((".mp3", ".m4a")) else f"cannot read audio {path}: {exc}"
+        return f"cannot decode image {path}: {exc}"
+    return None
+
+
+def raise_or_drop(df: pd.DataFrame, problems: list[Problem], on_bad_rows: str) -> tuple[pd.DataFrame, list]:
+    """With on_bad_rows='error' raise on the first problem (saying how many more); with 'skip' drop the rows."""
+    if not problems:
+        return df, []
+    source = df.attrs.get("source", "<DataFrame>")
+    whole_column = [p for p in problems if p.row < 0]
+    if on_bad_rows == "error" or whole_column:
+        p = (whole_column or problems)[0]
+        more = f" ({len(problems) - 1} more problems; `polymodal validate` lists them all, " \
+               f"--on-bad-rows skip drops such rows)" if len(problems) > 1 else ""
+        raise DataError(p.message + more, file=source, row=None if p.row < 0 else p.row, column=p.column)
+    bad = sorted({p.row for p in problems})
+    out = df.drop(index=bad)
+    out.attrs.update(df.attrs)
+    if len(out) == 0:
+        raise DataError("every row has a problem; nothing is left to use", file=source)
+    return out, problems
+
+
+class TableDataset(Dataset):
+    """Rows of a table → per-input encoder inputs or precomputed features, presence masks and targets."""
+
+    def __init__(self, df: pd.DataFrame, prep: Preprocessor, features: dict[str, tuple] | None = None,
+                 train: bool = False, with_target: bool = True, augment: bool = True, seed: int = 0) -> None:
+        self.prep, self.train, self.augment, self.seed = prep, train, augment and train, seed
+        self.features = features or {}
+        self.n = len(df)
+        self.source = df.attrs.get("source", "<DataFrame>")
+        self.rows = np.asarray(df.index)
+        base = df.attrs.get("base_dir", os.getcwd())
+        self.values: dict[str, list] = {}
+        for key, spec in prep.inputs.items():
+            if key in self.features or spec.modality == TABULAR:
+                continue
+            col = spec.columns[0]
+            vals = df[col].tolist() if col in df.columns else [None] * self.n
+            if spec.modality in (IMAGE, AUDIO):
+                vals = [None if is_missing(v) else resolve_path(v, base) for v in vals]
+            else:
+                vals = [None if is_missing(v) else str(v) for v in vals]
+            self.values[key] = vals
+        self.tabular = prep.tabular_arrays(df) if TABULAR in prep.inputs and TABULAR not in self.features \
+            else None
+        self.target = prep.encode_target(df) if with_target else None
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng((self.seed, self.epoch, i)) if self.augment else None
+        item: dict = {"row": int(self.rows[i]), "inputs": {}, "features": {}, "present": {}}
+        for key, (feats, present) in self.features.items():
+            item["features"][key] = feats[i]
+            item["present"][key] = bool(present[i])
+        for key, vals in self.values.items():
+            spec, v = self.prep.inputs[key], vals[i]
+            item["present"][key] = v is not None
+            try:
+                if v is None and spec.modality in (IMAGE, AUDIO):
+                    item["inputs"][key] = placeholder(spec.modality, spec.config)
+                elif spec.modality == IMAGE:
+                    item["inputs"][key] = load_image(
+                        v, spec.config["image_size"], spec.config["mean"], spec.config["std"], self.augment, rng)
+                elif spec.modality == AUDIO:
+                    item["inputs"][key] = load_audio_features(
+                        v, spec.config, self.augment, rng)
+                else:
+                    item["inputs"][key] = v
+            except DataError as exc:
+                raise DataError(exc.detail, file=self.source, row=int(self.rows[i]), column=spec.columns[0]) \
+                    from None
+        if self.tabular is not None:
+            item["inputs"][TABULAR] = {k: a[i] for k, a in self.tabular.items()}
+            item["present"][TABULAR] = True
+        if self.target is not None:
+            item["target"] = self.target[i]
+        return item
+
+
+def placeholder(modality: str, cfg: dict) -> np.ndarray:
+    """Zeros of an encoder input's shape, standing in for a missing value (its presence bit is False)."""
+    if modality == IMAGE:
+        return np.zeros((3, cfg["image_size"], cfg["image_size"]), np.float32)
+    return np.zeros((cfg["n_mels"], 1), np.float32)
+
+
+@lru_cache(maxsize=8)
+def _tokenizer(name: str):
+    from polymodal.encoders.text import get_tokenizer
+
+    return get_tokenizer(name)
+
+
+class Collator:
+    """Stack items into a Batch; tokenises text here so padding is per batch, not per dataset."""
+
+    def __init__(self, prep: Preprocessor) -> None:
+        self.prep = prep
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch: dict = {"row": torch.tensor([it["row"] for it in items]), "inputs": {}, "features": {},
+                       "present": {}}
+        for key in items[0]["present"]:
+            batch["present"][key] = torch.tensor([it["present"][key] for it in items], dtype=torch.bool)
+        for key in items[0]["features"]:
+            batch["features"][key] = torch.from_numpy(np.stack([it["features"][key] for it in items]))
+        for key in items[0]["inputs"]:
+            vals = [it["inputs"][key] for it in items]
+            spec = self.prep.inputs[key]
+            if spec.modality == TEXT:
+                tok = _tokenizer(spec.config["tokenizer"])
+                enc = tok([v or "" for v in vals], padding=True, truncation=True,
+                          max_length=spec.config.get("max_length", 64), return_tensors="pt")
+                batch["inputs"][key] = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+            elif spec.modality == TABULAR:
+                batch["inputs"][key] = {k: torch.from_numpy(np.stack([v[k] for v in vals])) for k in vals[0]}
+            else:
+                batch["inputs"][key] = _stack_media(vals)
+        if "target" in items[0]:
+            batch["target"] = torch.from_numpy(np.stack([it["target"] for it in items]))
+        return batch
+
+
+def _stack_media(vals: list) -> torch.Tensor:
+    """Stack arrays, zero-padding the last axis (audio frames) to the longest in the batch."""
+    last = max(v.shape[-1] for v in vals)
+    out = np.zeros((len(vals), *vals[0].shape[:-1], last), np.float32)
+    for i, v in enumerate(vals):
+        out[i, ..., :v.shape[-1]] = v
+    return torch.from_numpy(out)

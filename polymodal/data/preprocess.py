@@ -1,0 +1,178 @@
+"""Fit-time preprocessing state: input specs, numeric scalers, category vocabularies, label encoding.
+
+Everything here is JSON-serialisable so a run folder rebuilds it with no network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from polymodal.data.readers import is_missing
+from polymodal.data.schema import MULTILABEL, MULTILABEL_SEP, REGRESSION, Schema
+from polymodal.errors import DataError, PolymodalError
+from polymodal.types import AUDIO, CATEGORICAL, ID, IMAGE, NUMERIC, TABULAR, TEXT, VIDEO
+
+
+@dataclass
+class InputSpec:
+    """One model input: a media/text column, or the group of all tabular columns (key "tabular")."""
+
+    key: str
+    modality: str  # image | text | audio | tabular
+    columns: list[str]
+    config: dict = field(default_factory=dict)  # encoder preprocessing (image size, tokenizer, mel params...)
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "modality": self.modality, "columns": self.columns, "config": self.config}
+
+
+@dataclass
+class Preprocessor:
+    schema: Schema
+    inputs: dict[str, InputSpec]
+    numeric_mean: dict[str, float] = field(default_factory=dict)
+    numeric_std: dict[str, float] = field(default_factory=dict)
+    vocab: dict[str, list[str]] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+    target_mean: float = 0.0
+    target_std: float = 1.0
+
+    # ---- fitting -----------------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, df: pd.DataFrame, schema: Schema, encoder_configs: dict[str, dict]) -> Preprocessor:
+        """Build specs and fit scalers, vocabularies and the label encoder on the training table."""
+        inputs: dict[str, InputSpec] = {}
+        for col, mod in schema.columns.items():
+            if mod == VIDEO:
+                raise PolymodalError(
+                    f"column '{col}' holds video paths; video encoders are not in this release. "
+                    f"Pass --column-types {col}=id to ignore it.")
+            if mod in (IMAGE, TEXT, AUDIO):
+                inputs[col] = InputSpec(col, mod, [col], dict(encoder_configs.get(mod, {})))
+        tab_num, tab_cat = schema.of(NUMERIC), schema.of(CATEGORICAL)
+        prep = cls(schema=schema, inputs=inputs)
+        for col in tab_num:
+            x = prep._numeric(df[col], col)
+            finite = x[np.isfinite(x)]
+            prep.numeric_mean[col] = float(finite.mean()) if len(finite) else 0.0
+            std = float(finite.std()) if len(finite) > 1 else 1.0
+            prep.numeric_std[col] = std if std > 1e-12 else 1.0
+        for col in tab_cat:
+            values = df[col][[not is_missing(v) for v in df[col]]].astype(str)
+            prep.vocab[col] = sorted(values.unique().tolist())
+        if tab_num or tab_cat:
+            inputs[TABULAR] = InputSpec(TABULAR, TABULAR, tab_num + tab_cat,
+                                        {"numeric": tab_num, "categorical": tab_cat})
+        prep._fit_label(df)
+        return prep
+
+    def _fit_label(self, df: pd.DataFrame) -> None:
+        label, ptype = self.schema.label, self.schema.problem_type
+        y = df[label][[not is_missing(v) for v in df[label]]]
+        if ptype == REGRESSION:
+            t = self._numeric(y, label)
+            self.target_mean, self.target_std = float(np.nanmean(t)), float(np.nanstd(t) or 1.0)
+        elif ptype == MULTILABEL:
+            self.classes = sorted({c for v in y for c in _split_labels(v)})
+            if len(self.classes) < 2:
+                raise DataError("multi-label column has fewer than two distinct labels", column=label)
+        else:
+            self.classes = sorted(y.astype(str).unique().tolist(), key=_natural_key)
+            if len(self.classes) < 2:
+                raise DataError(f"the label has a single class ({self.classes[0]!r}); a classifier needs two",
+                                column=label, file=df.attrs.get("source"))
+
+    # ---- transforms ----------------------------------------------------------------------------------
+    def _numeric(self, s: pd.Series, col: str) -> np.ndarray:
+        out = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
+        bad = [i for i, (v, o) in enumerate(zip(s, out)) if not is_missing(v) and not np.isfinite(o)]
+        if bad:
+            raise DataError(f"value {s.iloc[bad[0]]!r} is not a number (and {len(bad) - 1} more such rows)",
+                            row=int(s.index[bad[0]]), column=col)
+        return out
+
+    def tabular_arrays(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Standardised numerics (NaN → 0 plus a missing indicator) and category ids (0 = missing/unseen)."""
+        spec = self.inputs[TABULAR].config
+        n = len(df)
+        num = np.zeros((n, len(spec["numeric"])), np.float32)
+        miss = np.zeros_like(num)
+        for j, col in enumerate(spec["numeric"]):
+            x = self._numeric(df[col], col) if col in df else np.full(n, np.nan)
+            m = ~np.isfinite(x)
+            num[:, j] = np.where(m, 0.0, (x - self.numeric_mean[col]) / self.numeric_std[col])
+            miss[:, j] = m
+        cat = np.zeros((n, len(spec["categorical"])), np.int64)
+        for j, col in enumerate(spec["categorical"]):
+            index = {v: i + 1 for i, v in enumerate(self.vocab[col])}
+            if col in df:
+                cat[:, j] = [0 if is_missing(v) else index.get(str(v), 0) for v in df[col]]
+        return {"numeric": num, "numeric_missing": miss, "categorical": cat}
+
+    def encode_target(self, df: pd.DataFrame) -> np.ndarray:
+        """Label column → class ids (int64), multi-hot (float32) or standardised values (float32)."""
+        label, ptype = self.schema.label, self.schema.problem_type
+        if label not in df.columns:
+            raise DataError(f"label column '{label}' not found", file=df.attrs.get("source"))
+        col = df[label]
+        missing = [i for i, v in enumerate(col) if is_missing(v)]
+        if missing:
+            raise DataError("the label is missing", file=df.attrs.get("source"), row=int(df.index[missing[0]]),
+                            column=label)
+        if ptype == REGRESSION:
+            return ((self._numeric(col, label) - self.target_mean) / self.target_std).astype(np.float32)
+        index = {c: i for i, c in enumerate(self.classes)}
+        if ptype == MULTILABEL:
+            out = np.zeros((len(col), len(self.classes)), np.float32)
+            for r, v in enumerate(col):
+                for c in _split_labels(v):
+                    if c in index:
+                        out[r, index[c]] = 1.0
+            return out
+        ids = np.array([index.get(str(v), -1) for v in col], np.int64)
+        unknown = np.flatnonzero(ids < 0)
+        if len(unknown):
+            r = unknown[0]
+            raise DataError(f"label {col.iloc[r]!r} was not seen in training (classes: {self.classes[:10]}...)",
+                            file=df.attrs.get("source"), row=int(df.index[r]), column=label)
+        return ids
+
+    def decode_target(self, values: np.ndarray) -> list:
+        ptype = self.schema.problem_type
+        if ptype == REGRESSION:
+            return (values * self.target_std + self.target_mean).tolist()
+        if ptype == MULTILABEL:
+            return [MULTILABEL_SEP.join(c for c, on in zip(self.classes, row) if on) for row in values]
+        return [self.classes[int(i)] for i in values]
+
+    def feature_columns(self) -> list[str]:
+        return [c for c, m in self.schema.columns.items() if m != ID]
+
+    # ---- persistence -----------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"schema": self.schema.to_dict(), "inputs": {k: s.to_dict() for k, s in self.inputs.items()},
+                "numeric_mean": self.numeric_mean, "numeric_std": self.numeric_std, "vocab": self.vocab,
+                "classes": self.classes, "target_mean": self.target_mean, "target_std": self.target_std}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessor:
+        return cls(schema=Schema.from_dict(d["schema"]),
+                   inputs={k: InputSpec(**s) for k, s in d["inputs"].items()},
+                   numeric_mean=d["numeric_mean"], numeric_std=d["numeric_std"], vocab=d["vocab"],
+                   classes=d["classes"], target_mean=d["target_mean"], target_std=d["target_std"])
+
+
+def _split_labels(v) -> list[str]:
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [str(x) for x in v]
+    return [s.strip() for s in str(v).split(MULTILABEL_SEP) if s.strip()]
+
+
+def _natural_key(s: str):
+    try:
+        return (0, float(s), s)
+    except ValueError:
+        return (1, 0.0, s)

@@ -1,0 +1,75 @@
+"""Read a table (CSV, TSV, JSONL/JSON, Parquet) and resolve media paths relative to its folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from polymodal.errors import DataError
+
+READERS = {
+    ".csv": lambda p: pd.read_csv(p),
+    ".tsv": lambda p: pd.read_csv(p, sep="\t"),
+    ".jsonl": lambda p: pd.read_json(p, lines=True),
+    ".json": lambda p: pd.read_json(p),
+    ".parquet": lambda p: pd.read_parquet(p),
+    ".pq": lambda p: pd.read_parquet(p),
+}
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a table; `df.attrs["source"]` and `df.attrs["base_dir"]` remember where it came from."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("table not found", file=str(path))
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"unsupported table format '{path.suffix}' (use one of {', '.join(READERS)})",
+                        file=str(path))
+    try:
+        df = reader(path)
+    except pd.errors.EmptyDataError:
+        raise DataError("the table is empty", file=str(path)) from None
+    except Exception as exc:  # the parsers raise many types; the user needs the file and the reason
+        raise DataError(f"could not parse the table: {exc}", file=str(path)) from None
+    if len(df) == 0:
+        raise DataError("the table has no rows", file=str(path))
+    df.columns = [str(c) for c in df.columns]
+    df.attrs["source"] = str(path)
+    df.attrs["base_dir"] = str(path.resolve().parent)
+    return df
+
+
+def as_table(data: pd.DataFrame | str | os.PathLike, base_dir: str | None = None) -> pd.DataFrame:
+    """Accept a DataFrame or a path; a DataFrame without a known folder resolves paths from `base_dir` or cwd."""
+    if isinstance(data, pd.DataFrame):
+        if len(data) == 0:
+            raise DataError("the table has no rows", file=data.attrs.get("source", "<DataFrame>"))
+        df = data.copy()
+        df.columns = [str(c) for c in df.columns]
+        df.attrs["source"] = data.attrs.get("source", "<DataFrame>")
+        df.attrs["base_dir"] = base_dir or data.attrs.get("base_dir") or os.getcwd()
+        return df
+    return read_table(data)
+
+
+def resolve_path(value: str, base_dir: str) -> str:
+    """A media path as written in the table, made absolute against the table's folder."""
+    p = Path(os.path.expanduser(str(value).strip()))
+    return str(p if p.is_absolute() else Path(base_dir) / p)
+
+
+def is_missing(value: object) -> bool:
+    """True for NaN/None/empty-string cells (a missing modality, not an error)."""
+    if value is None:
+        return True
+    if isinstance(value, float) and value != value:
+        return True
+    if isinstance(value, str) and value.strip() == "":
+        return True
+    try:
+        return bool(pd.isna(value)) if not isinstance(value, (list, tuple, dict)) else False
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,162 @@
+"""Infer each column's modality by sampling rows, as AutoGluon's `infer_column_types` does.
+
+Also infers the problem type from the label column. Both are overridable by the user.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from polymodal.data.readers import is_missing, resolve_path
+from polymodal.errors import DataError
+from polymodal.types import AUDIO, CATEGORICAL, ID, IMAGE, MODALITIES, NUMERIC, TEXT, VIDEO
+
+IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+AUDIO_EXT = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aiff", ".aif")
+VIDEO_EXT = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v")
+MEDIA_EXT = {IMAGE: IMAGE_EXT, AUDIO: AUDIO_EXT, VIDEO: VIDEO_EXT}
+
+BINARY, MULTICLASS, MULTILABEL, REGRESSION = "binary", "multiclass", "multilabel", "regression"
+PROBLEM_TYPES = (BINARY, MULTICLASS, MULTILABEL, REGRESSION)
+MULTILABEL_SEP = "|"
+
+
+@dataclass
+class Schema:
+    """Column modalities (label excluded) plus the label and its problem type."""
+
+    columns: dict[str, str]
+    label: str
+    problem_type: str
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def of(self, modality: str) -> list[str]:
+        return [c for c, m in self.columns.items() if m == modality]
+
+    def to_dict(self) -> dict:
+        return {"columns": self.columns, "label": self.label, "problem_type": self.problem_type}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Schema:
+        return cls(columns=dict(d["columns"]), label=d["label"], problem_type=d["problem_type"])
+
+
+def _media_kind(values: pd.Series, base_dir: str) -> tuple[str | None, str]:
+    strings = [str(v).strip() for v in values]
+    for kind, exts in MEDIA_EXT.items():
+        has_ext = [s.lower().endswith(exts) for s in strings]
+        if np.mean(has_ext) >= 0.9:
+            exists = np.mean([os.path.exists(resolve_path(s, base_dir)) for s in strings])
+            return kind, f"{int(100 * np.mean(has_ext))}% of sampled values end in a {kind} extension, " \
+                         f"{int(100 * exists)}% exist on disk"
+        # A folder of frames counts as a video column.
+        if kind == VIDEO and np.mean([os.path.isdir(resolve_path(s, base_dir)) for s in strings]) >= 0.9:
+            return VIDEO, "values are folders (frames)"
+    return None, ""
+
+
+def infer_column_type(series: pd.Series, base_dir: str, sample: int = 500, seed: int = 0) -> tuple[str, str]:
+    """Return (modality, reason) for one feature column."""
+    values = series[[not is_missing(v) for v in series]]
+    n = len(series)
+    if len(values) == 0:
+        return ID, "every value is missing"
+    if len(values) > sample:
+        values = values.sample(sample, random_state=seed)
+    nunique_all = series.nunique(dropna=True)
+    if nunique_all <= 1:
+        return ID, "constant column"
+    if pd.api.types.is_bool_dtype(series):
+        return CATEGORICAL, "boolean"
+    if pd.api.types.is_numeric_dtype(series):
+        as_float = series.dropna().astype(float)
+        integral = bool(np.all(np.mod(as_float, 1) == 0))
+        if integral and nunique_all == n and n >= 20 and (
+                as_float.is_monotonic_increasing or as_float.is_monotonic_decreasing):
+            return ID, "unique, monotone integers (a row id)"
+        if integral and nunique_all <= 10:
+            return CATEGORICAL, f"integers with {nunique_all} distinct values"
+        return NUMERIC, "numbers"
+    if any(isinstance(v, (list, tuple, np.ndarray)) for v in values):
+        return NUMERIC, "arrays of numbers"
+    kind, reason = _media_kind(values, base_dir)
+    if kind:
+        return kind, reason
+    strings = values.astype(str)
+    numeric_like = pd.to_numeric(strings, errors="coerce").notna().mean()
+    if numeric_like >= 0.95:
+        return NUMERIC, "strings holding numbers"
+    words = strings.str.split().str.len().mean()
+    ratio = nunique_all / max(1, series.notna().sum())
+    if nunique_all == n and words <= 1.0 and n >= 20:
+        return ID, "unique single-token strings (an id)"
+    if words < 3 and (nunique_all <= 100 or ratio < 0.05):
+        return CATEGORICAL, f"{nunique_all} distinct short values"
+    return TEXT, f"free text ({words:.1f} words on average)"
+
+
+def infer_problem_type(label: pd.Series, column: str = "label") -> str:
+    values = label[[not is_missing(v) for v in label]]
+    if len(values) == 0:
+        raise DataError("the label column has no values", column=column)
+    if any(isinstance(v, (list, tuple, np.ndarray)) for v in values):
+        return MULTILABEL
+    if all(isinstance(v, str) for v in values) and \
+            values.astype(str).str.contains(MULTILABEL_SEP, regex=False).mean() >= 0.5:
+        return MULTILABEL
+    nunique = values.nunique()
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        as_float = values.astype(float)
+        if not np.all(np.mod(as_float, 1) == 0) or nunique > 20:
+            return REGRESSION
+    if nunique < 2:
+        raise DataError(f"the label has a single class ({values.iloc[0]!r}); a classifier needs at least two",
+                        column=column)
+    return BINARY if nunique == 2 else MULTICLASS
+
+
+def parse_overrides(spec: str | dict | None) -> dict[str, str]:
+    """'a=image,b=text' or a dict → {column: modality}, checked against the known modalities."""
+    if not spec:
+        return {}
+    pairs = spec if isinstance(spec, dict) else dict(p.split("=", 1) for p in spec.split(",") if p.strip())
+    out = {}
+    for col, mod in pairs.items():
+        mod = mod.strip().lower()
+        if mod not in MODALITIES:
+            raise DataError(f"unknown modality '{mod}' for column '{col}' (choose from {', '.join(MODALITIES)})")
+        out[col.strip()] = mod
+    return out
+
+
+def infer_schema(df: pd.DataFrame, label: str, column_types: str | dict | None = None,
+                 problem_type: str | None = None, sample: int = 500) -> Schema:
+    """Infer the modality of every column but the label, and the problem type."""
+    source = df.attrs.get("source", "<DataFrame>")
+    if label not in df.columns:
+        raise DataError(f"label column '{label}' not found; columns are: {', '.join(df.columns)}", file=source)
+    overrides = parse_overrides(column_types)
+    for col in overrides:
+        if col not in df.columns:
+            raise DataError(f"--column-types names column '{col}', which the table does not have", file=source)
+    base_dir = df.attrs.get("base_dir", os.getcwd())
+    columns, reasons = {}, {}
+    for col in df.columns:
+        if col == label:
+            continue
+        if col in overrides:
+            columns[col], reasons[col] = overrides[col], "set by the user"
+        else:
+            columns[col], reasons[col] = infer_column_type(df[col], base_dir, sample=sample)
+    if problem_type is None:
+        problem_type = infer_problem_type(df[label], column=label)
+    elif problem_type not in PROBLEM_TYPES:
+        raise DataError(f"unknown problem type '{problem_type}' (choose from {', '.join(PROBLEM_TYPES)})")
+    if not any(m != ID for m in columns.values()):
+        raise DataError("no usable feature column: every column besides the label is an id, constant or empty",
+                        file=source)
+    return Schema(columns=columns, label=label, problem_type=problem_type, reasons=reasons)

@@ -1,0 +1,246 @@
+"""Frozen-encoder feature cache: features are computed once per (encoder, input content) and reused.
+
+Keys are the SHA-1 of a media file's bytes (or of the text), so renamed or copied files hit the cache
+and edited files miss it. Storage: one folder per encoder namespace holding shards `NNNN.npy` (memory-
+mappable) with a `NNNN.keys.json` written after it as the commit marker; both are written to temporary
+names and moved into place, so a killed run never leaves a half shard that later runs would read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from polymodal.data.dataset import Problem
+from polymodal.data.preprocess import InputSpec, Preprocessor
+from polymodal.data.readers import is_missing, resolve_path
+from polymodal.data.transforms import load_audio_features, load_image
+from polymodal.errors import DataError
+from polymodal.types import AUDIO, IMAGE, TEXT
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("POLYMODAL_CACHE", Path.home() / ".cache" / "polymodal")) / "features"
+
+
+def content_key(value: str, modality: str) -> str:
+    h = hashlib.sha1()
+    if modality == TEXT:
+        h.update(value.encode("utf-8"))
+    else:
+        with open(value, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """Append-only store of feature vectors under one namespace (encoder id + preprocessing)."""
+
+    def __init__(self, root: str | os.PathLike, namespace: str) -> None:
+        self.dir = Path(root) / hashlib.sha1(namespace.encode()).hexdigest()[:20]
+        self.namespace = namespace
+        self._index: dict[str, tuple[int, int]] | None = None
+        self._shards: dict[int, np.ndarray] = {}
+
+    def _load_index(self) -> dict[str, tuple[int, int]]:
+        if self._index is None:
+            self._index = {}
+            if self.dir.exists():
+                for kf in sorted(self.dir.glob("*.keys.json")):
+                    shard = int(kf.name.split(".")[0])
+                    for j, k in enumerate(json.loads(kf.read_text())["keys"]):
+                        self._index[k] = (shard, j)
+        return self._index
+
+    def __len__(self) -> int:
+        return len(self._load_index())
+
+    def get(self, keys: list[str]) -> dict[str, np.ndarray]:
+        index, out = self._load_index(), {}
+        for k in keys:
+            if k in index:
+                shard, j = index[k]
+                if shard not in self._shards:
+                    self._shards[shard] = np.load(self.dir / f"{shard:06d}.npy", mmap_mode="r")
+                out[k] = np.asarray(self._shards[shard][j])
+        return out
+
+    def put(self, keys: list[str], values: np.ndarray) -> None:
+        if not keys:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "namespace.txt").write_text(self.namespace)
+        index = self._load_index()
+        shard = max((s for s, _ in index.values()), default=-1) + 1
+        while (self.dir / f"{shard:06d}.keys.json").exists():  # another process wrote meanwhile
+            shard += 1
+        _atomic_save_npy(self.dir / f"{shard:06d}.npy", np.ascontiguousarray(values, dtype=np.float32))
+        _atomic_write(self.dir / f"{shard:06d}.keys.json", json.dumps({"keys": keys}))
+        for j, k in enumerate(keys):
+            index[k] = (shard, j)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, arr)
+    os.replace(tmp, path)
+
+
+class _Items(Dataset):
+    def __init__(self, values: list[str], load: Callable[[str], np.ndarray]) -> None:
+        self.values, self.load = values, load
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.load(self.values[i]), ""
+        except DataError as exc:
+            return i, None, exc.detail
+
+
+def _collate(items):
+    return items
+
+
+def namespace(encoder: torch.nn.Module, spec: InputSpec) -> str:
+    return encoder.cache_id + "|" + json.dumps(spec.config, sort_keys=True)
+
+
+@torch.inference_mode()
+def encode_values(encoder: torch.nn.Module, spec: InputSpec, values: list[str], batch_size: int = 64,
+                  device: str | torch.device = "cpu", num_workers: int = 0,
+                  progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, dict[int, str]]:
+    """Run a frozen encoder over unique values; returns (features, {index: error}) for undecodable ones."""
+    encoder.eval().to(device)
+    errors: dict[int, str] = {}
+    out: np.ndarray | None = None
+    if spec.modality == TEXT:
+        from polymodal.encoders.text import get_tokenizer
+
+        tok = get_tokenizer(spec.config["tokenizer"])
+        order = sorted(range(len(values)), key=lambda i: len(values[i]))  # length bucketing: less padding
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            enc = tok([values[i] for i in idx], padding=True, truncation=True,
+                      max_length=spec.config.get("max_length", 64), return_tensors="pt")
+            f = encoder({k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")})
+            out = _place(out, idx, f, len(values))
+            if progress:
+                progress(len(idx))
+        return out, errors
+    if spec.modality == IMAGE:
+        cfg = spec.config
+
+        def load(p):
+            return load_image(p, cfg["image_size"], cfg["mean"], cfg["std"])
+    elif spec.modality == AUDIO:
+        def load(p):
+            return load_audio_features(p, spec.config)
+    else:
+        raise ValueError(f"no feature extraction for modality {spec.modality}")
+    loader = DataLoader(_Items(values, load), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_collate)
+    for items in loader:
+        good = [(i, x) for i, x, err in items if not err]
+        errors.update({i: err for i, _, err in items if err})
+        if good:
+            idx = [i for i, _ in good]
+            arrs = [x for _, x in good]
+            last = max(a.shape[-1] for a in arrs)
+            x = np.zeros((len(arrs), *arrs[0].shape[:-1], last), np.float32)
+            for j, a in enumerate(arrs):
+                x[j, ..., :a.shape[-1]] = a
+            f = encoder(torch.from_numpy(x).to(device))
+            out = _place(out, idx, f, len(values))
+        if progress:
+            progress(len(items))
+    if out is None:
+        out = np.zeros((len(values), encoder.out_dim), np.float32)
+    return out, errors
+
+
+def _place(out: np.ndarray | None, idx: list[int], f: torch.Tensor, n: int) -> np.ndarray:
+    f = f.float().cpu().numpy()
+    if out is None:
+        out = np.zeros((n, *f.shape[1:]), np.float32)
+    out[idx] = f
+    return out
+
+
+def precompute_features(df: pd.DataFrame, prep: Preprocessor, encoders: dict[str, torch.nn.Module],
+                        keys: list[str], cache_dir: str | os.PathLike | None = None, batch_size: int = 64,
+                        device: str | torch.device = "cpu", num_workers: int = 0,
+                        progress: Callable[[str, int, int], None] | None = None,
+                        ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[Problem], dict[str, int]]:
+    """Row-aligned features for frozen inputs, reusing and filling the cache.
+
+    Returns ({key: (features (N, D), present (N,))}, problems for undecodable files, {"computed", "reused"}).
+    """
+    base = df.attrs.get("base_dir", os.getcwd())
+    feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    problems: list[Problem] = []
+    stats = {"computed": 0, "reused": 0}
+    for key in keys:
+        spec, enc = prep.inputs[key], encoders[key]
+        col = spec.columns[0]
+        raw = df[col].tolist() if col in df.columns else [None] * len(df)
+        vals = [None if is_missing(v) else (str(v) if spec.modality == TEXT else resolve_path(v, base))
+                for v in raw]
+        uniq = sorted({v for v in vals if v is not None})
+        ckeys = {}
+        for v in uniq:
+            try:
+                ckeys[v] = content_key(v, spec.modality)
+            except OSError as exc:
+                ckeys[v] = None
+                problems.extend(Problem(int(r), col, f"cannot read {v}: {exc.strerror}")
+                                for r, x in zip(df.index, vals) if x == v)
+        cache = FeatureCache(cache_dir or default_cache_dir(), namespace(enc, spec))
+        found = cache.get([k for k in ckeys.values() if k])
+        todo = sorted({v for v, k in ckeys.items() if k and k not in found})
+        stats["reused"] += len(uniq) - len(todo)
+        if todo:
+            done = [0]
+
+            def tick(n, key=key, total=len(todo), done=done):
+                done[0] += n
+                if progress:
+                    progress(key, done[0], total)
+
+            arr, errors = encode_values(enc, spec, todo, batch_size, device, num_workers, tick)
+            ok = [i for i in range(len(todo)) if i not in errors]
+            cache.put([ckeys[todo[i]] for i in ok], arr[ok])
+            stats["computed"] += len(ok)
+            for i, err in errors.items():
+                problems.extend(Problem(int(r), col, err) for r, x in zip(df.index, vals) if x == todo[i])
+                ckeys[todo[i]] = None
+            found.update({ckeys[todo[i]]: arr[i] for i in ok})
+        dim = next(iter(found.values())).shape if found else (enc.out_dim,)
+        out = np.zeros((len(df), *dim), np.float32)
+        present = np.zeros(len(df), bool)
+        for r, v in enumerate(vals):
+            k = ckeys.get(v) if v is not None else None
+            if k is not None:
+                out[r], present[r] = found[k], True
+        feats[key] = (out, present)
+    return feats, problems, stats

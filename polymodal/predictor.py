@@ -1,0 +1,160 @@
+"""MultimodalPredictor: the three-line Python front (fit / evaluate / predict / save / load).
+
+Holds no model logic: it calls `training.fit`, `training.artifacts` and `training.metrics`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from polymodal.data.dataset import check_rows, raise_or_drop
+from polymodal.data.readers import as_table
+from polymodal.errors import PolymodalError
+from polymodal.training import artifacts
+from polymodal.training.fit import (FitConfig, FitResult, assemble_model, build_encoders,
+                                    build_tabular_encoder, ensure_usable, features_for, fit, frozen_keys,
+                                    predict_probs)
+from polymodal.training.metrics import compute_metrics, confusion_matrix
+from polymodal.types import TABULAR
+
+
+class MultimodalPredictor:
+    """Train and use a model on a table whose columns mix images, text, audio and tabular values.
+
+    >>> p = MultimodalPredictor(label="answer").fit(train_df, valid_df)
+    >>> p.evaluate(test_df); p.predict(df); p.predict_proba(df); p.save("runs/x")
+    >>> MultimodalPredictor.load("runs/x")
+    """
+
+    def __init__(self, label: str, problem_type: str | None = None, path: str | os.PathLike | None = None,
+                 verbose: bool = True, **config) -> None:
+        self.config = FitConfig(label=label, problem_type=problem_type, **config)
+        self.path = Path(path) if path else None
+        self.verbose = verbose
+        self._result: FitResult | None = None
+        self.model = self.prep = self.task = None
+        self.metrics: dict = {}
+
+    # ---- training ------------------------------------------------------------------------------------
+    def fit(self, train_data, valid_data=None, test_data=None, **overrides) -> MultimodalPredictor:
+        """Train; `valid_data` defaults to a stratified split of `train_data`; `test_data` is only scored."""
+        self.config = dataclasses.replace(self.config, **overrides)
+        train = as_table(train_data)
+        valid = as_table(valid_data) if valid_data is not None else None
+        run_dir = self.path or Path(tempfile.mkdtemp(prefix="polymodal-run-"))
+        res = fit(train, valid, self.config, run_dir, log=self._log)
+        self._result = res
+        self.model, self.prep, self.task = res.model, res.prep, res.task
+        self.metrics = {"valid": res.val_metrics, "fit_seconds": round(res.fit_seconds, 2),
+                        "cache": res.cache_stats, "bad_rows": len(res.bad_rows),
+                        "epochs": int(res.history["epoch"].max()) + 1 if "epoch" in res.history else None}
+        if test_data is not None:
+            self.metrics["test"] = self.evaluate(test_data)
+        if self.path:
+            self.save(self.path)
+        return self
+
+    # ---- inference -----------------------------------------------------------------------------------
+    def _prepare(self, data, with_target: bool):
+        self._require_model()
+        df = as_table(data)
+        ensure_usable(df, self.prep)
+        df, problems = raise_or_drop(df, check_rows(df, self.prep, with_target), "error")
+        keys = frozen_keys(self.model, self.prep, self.config) if len(df) > 64 else []
+        device = next(self.model.parameters()).device
+        df, feats, _, _ = features_for(df, self.prep, self.model, keys, self.config, device, self._log, "error")
+        return df, feats
+
+    def predict_proba(self, data, as_pandas: bool = True) -> pd.DataFrame | np.ndarray:
+        """Class probabilities (columns = classes), or predicted values for regression."""
+        df, feats = self._prepare(data, with_target=False)
+        probs, _ = predict_probs(self.model, self.task, self.prep, df, self.config, feats, with_target=False)
+        if not as_pandas:
+            return probs
+        if self.task.problem_type == "regression":
+            return pd.DataFrame({self.config.label: probs}, index=df.index)
+        return pd.DataFrame(probs, columns=self.prep.classes, index=df.index)
+
+    def predict(self, data, as_pandas: bool = True) -> pd.Series | np.ndarray:
+        probs = self.predict_proba(data, as_pandas=False)
+        values = self.prep.decode_target(self.task.decode(probs))
+        index = as_table(data).index if as_pandas else None
+        return pd.Series(values, name=self.config.label, index=index) if as_pandas else np.asarray(values)
+
+    def evaluate(self, data, plots_dir: str | os.PathLike | None = None) -> dict[str, float]:
+        """All metrics for a labelled table; with `plots_dir`, also a confusion-matrix PNG."""
+        df, feats = self._prepare(data, with_target=True)
+        probs, target = predict_probs(self.model, self.task, self.prep, df, self.config, feats)
+        if self.task.problem_type == "regression":
+            target = target * self.prep.target_std + self.prep.target_mean
+        metrics = compute_metrics(self.task.problem_type, probs, target)
+        metrics["rows"] = len(df)
+        if plots_dir and self.task.problem_type in ("binary", "multiclass"):
+            from polymodal.training.plots import plot_confusion
+
+            plot_confusion(confusion_matrix(probs, target), self.prep.classes,
+                           Path(plots_dir) / "confusion_matrix.png")
+        return metrics
+
+    # ---- persistence ---------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        self._require_model()
+        path = Path(path)
+        res = self._result
+        model_id = artifacts.save_run(path, self.model, self.prep, self.config.to_dict(), self.metrics,
+                                      res.history if res else None)
+        self.model_id = model_id
+        from polymodal.training.report import write_model_card, write_plots
+
+        write_plots(path, self)
+        write_model_card(path, self)
+        if res and res.bad_rows:
+            pd.DataFrame([dataclasses.asdict(p) for p in res.bad_rows]).to_csv(path / "bad_rows.csv", index=False)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | None = None) -> MultimodalPredictor:
+        """Rebuild from a run folder, offline; GPU-trained runs load on CPU."""
+        config_json, prep = artifacts.read_run(path)
+        config = FitConfig.from_dict(config_json["fit"])
+        self = cls(label=config.label, verbose=False)
+        self.config, self.prep, self.path = config, prep, Path(path)
+        encoders, _ = build_encoders(prep.schema, config)
+        if TABULAR in prep.inputs:
+            encoders[TABULAR] = build_tabular_encoder(prep, config)
+        from polymodal.tasks import build_task
+
+        self.task = build_task(prep.schema.problem_type, prep.classes, prep.target_mean, prep.target_std)
+        self.model = assemble_model(encoders, self.task, config)
+        artifacts.load_weights(self.model, Path(path) / artifacts.WEIGHTS)
+        for key, enc in self.model.encoders.items():
+            if hasattr(enc, "freeze") and key != TABULAR:
+                enc.freeze()
+        self.model.eval().to(device or "cpu")
+        self.model_id = config_json.get("model_id")
+        mpath = Path(path) / artifacts.METRICS
+        if mpath.exists():
+            import json
+
+            self.metrics = json.loads(mpath.read_text())
+        return self
+
+    # ---- helpers -------------------------------------------------------------------------------------
+    def _require_model(self) -> None:
+        if self.model is None:
+            raise PolymodalError("the predictor is not trained: call fit() or MultimodalPredictor.load(path)")
+
+    def _log(self, msg: str) -> None:
+        if self.verbose:
+            print(msg, flush=True)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device

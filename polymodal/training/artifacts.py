@@ -1,0 +1,112 @@
+"""The run folder: everything needed to rebuild a trained model on a machine with no network.
+
+config.json (fit config + per-input encoder names), preprocess.json (schema, scalers, vocabularies, label
+encoder), model.safetensors (all weights, frozen encoders included), tokenizers/<input>/ , metrics.json,
+history.csv, README.md (model card), plots/*.png. Files are written to temporary names and moved into
+place, so an interrupted save never leaves a half-written model next to a good config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from polymodal import __version__
+from polymodal.data.preprocess import Preprocessor
+from polymodal.errors import PolymodalError
+from polymodal.types import TABULAR, TEXT
+
+CONFIG, PREPROCESS, WEIGHTS, METRICS = "config.json", "preprocess.json", "model.safetensors", "metrics.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> str:
+    """Save a state dict as safetensors (atomically); returns its SHA-256 as the model id."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    save_file(state, tmp, metadata={"polymodal_version": __version__})
+    os.replace(tmp, path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(path), device="cpu")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise PolymodalError(f"{path} does not match the model in config.json "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def save_run(run_dir: str | os.PathLike, model, prep: Preprocessor, fit_config: dict, metrics: dict,
+             history: pd.DataFrame | None = None, extra: dict | None = None) -> str:
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    inputs = {}
+    for key, enc in model.encoders.items():
+        spec = prep.inputs[key]
+        inputs[key] = {"modality": spec.modality, "cache_id": getattr(enc, "cache_id", ""),
+                       "out_dim": enc.out_dim}
+        if spec.modality == TEXT:
+            from polymodal.encoders.text import get_tokenizer
+
+            get_tokenizer(spec.config["tokenizer"]).save_pretrained(str(run / "tokenizers" / key))
+    model_id = save_weights(model, run / WEIGHTS)
+    atomic_write_json(run / PREPROCESS, prep.to_dict())
+    atomic_write_json(run / CONFIG, {"polymodal_version": __version__, "model_id": model_id, "fit": fit_config,
+                                     "inputs": inputs, **(extra or {})})
+    atomic_write_json(run / METRICS, metrics)
+    if history is not None and len(history):
+        atomic_write_text(run / "history.csv", history.to_csv(index=False))
+    return model_id
+
+
+def read_run(run_dir: str | os.PathLike) -> tuple[dict, Preprocessor]:
+    run = Path(run_dir)
+    for name in (CONFIG, PREPROCESS, WEIGHTS):
+        if not (run / name).exists():
+            raise PolymodalError(f"{run} is not a polymodal run folder: {name} is missing")
+    config = json.loads((run / CONFIG).read_text())
+    prep = Preprocessor.from_dict(json.loads((run / PREPROCESS).read_text()))
+    for key, spec in prep.inputs.items():
+        tok_dir = run / "tokenizers" / key
+        if spec.modality == TEXT and tok_dir.exists():
+            spec.config["tokenizer"] = str(tok_dir)  # the run's own copy: no hub access needed
+    return config, prep
+
+
+def is_tabular(key: str) -> bool:
+    return key == TABULAR

@@ -1,0 +1,312 @@
+"""The fit pipeline: split → schema → encoders and preprocessing → checks → feature cache → train → evaluate.
+
+`predictor.py` and `cli.py` are fronts over these functions; nothing here prints except through `log`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from polymodal.data.dataset import Collator, Problem, TableDataset, check_rows, raise_or_drop
+from polymodal.data.preprocess import Preprocessor
+from polymodal.data.schema import MULTILABEL, REGRESSION, Schema, infer_schema
+from polymodal.encoders import build_encoder
+from polymodal.encoders.cache import precompute_features
+from polymodal.errors import DataError, PolymodalError
+from polymodal.fusion import build_fusion
+from polymodal.model import MLPHead, MultimodalModel
+from polymodal.tasks import build_task
+from polymodal.training.metrics import compute_metrics
+from polymodal.types import TABULAR
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class FitConfig:
+    """Everything that defines a run; saved as config.json so a run folder rebuilds itself."""
+
+    label: str
+    problem_type: str | None = None
+    column_types: dict[str, str] = field(default_factory=dict)
+    encoders: dict[str, str] = field(default_factory=dict)  # modality → encoder name (defaults otherwise)
+    encoder_opts: dict[str, dict] = field(default_factory=dict)  # modality → builder options
+    frozen: dict[str, bool] = field(default_factory=dict)  # modality → frozen? (default: pretrained ones)
+    fusion: str = "concat"
+    fusion_opts: dict = field(default_factory=dict)
+    head_hidden: int = 256
+    dropout: float = 0.2
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    batch_size: int = 64
+    max_epochs: int = 20
+    patience: int = 5
+    seed: int = 0
+    valid_fraction: float = 0.2
+    class_weighting: bool | None = None  # None: on when the largest class is ≥ 3× the smallest
+    label_smoothing: float = 0.0
+    augment: bool = True
+    on_bad_rows: str = "error"  # "error" | "skip"
+    cache_dir: str | None = None
+    precision: str | None = None
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    num_workers: int = 0
+    time_limit: float | None = None
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FitConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def split_train_valid(df: pd.DataFrame, label: str, problem_type: str, fraction: float,
+                      seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stratified split for classification when every class has ≥ 2 rows, plain random otherwise."""
+    from sklearn.model_selection import train_test_split
+
+    strat = None
+    if problem_type not in (REGRESSION, MULTILABEL):
+        y = df[label].astype(str)
+        if y.value_counts().min() >= 2 and int(len(df) * fraction) >= y.nunique():
+            strat = y
+    if len(df) < 4:
+        raise DataError(f"the table has {len(df)} rows; at least 4 are needed to train and validate",
+                        file=df.attrs.get("source"))
+    tr, va = train_test_split(df, test_size=fraction, random_state=seed, stratify=strat)
+    tr.attrs.update(df.attrs)
+    va.attrs.update(df.attrs)
+    return tr, va
+
+
+def build_encoders(schema: Schema, config: FitConfig) -> tuple[dict[str, nn.Module], dict[str, dict]]:
+    """One encoder per media/text column (the tabular MLP is built after preprocessing knows its sizes)."""
+    encoders, pre_cfg = {}, {}
+    for col, mod in schema.columns.items():
+        if mod in ("image", "text", "audio"):
+            enc = build_encoder(mod, config.encoders.get(mod), **config.encoder_opts.get(mod, {}))
+            encoders[col] = enc
+            pre_cfg[mod] = enc.preprocess_config()
+    return encoders, pre_cfg
+
+
+def build_tabular_encoder(prep: Preprocessor, config: FitConfig) -> nn.Module:
+    spec = prep.inputs[TABULAR].config
+    return build_encoder("tabular", config.encoders.get("tabular"), n_numeric=len(spec["numeric"]),
+                         cardinalities=[len(prep.vocab[c]) for c in spec["categorical"]],
+                         **config.encoder_opts.get("tabular", {}))
+
+
+def is_frozen(key: str, modality: str, encoder: nn.Module, config: FitConfig) -> bool:
+    return bool(config.frozen.get(modality, getattr(encoder, "pretrained", False)))
+
+
+def assemble_model(encoders: dict[str, nn.Module], task, config: FitConfig) -> MultimodalModel:
+    in_dims = {k: e.out_dim for k, e in encoders.items()}
+    fusion = build_fusion(config.fusion, in_dims, num_outputs=task.num_outputs, dropout=config.dropout,
+                          **config.fusion_opts)
+    if getattr(fusion, "produces_logits", False):
+        head: nn.Module = nn.Identity()
+    else:
+        head = MLPHead(fusion.out_dim, task.num_outputs, config.head_hidden, config.dropout)
+    return MultimodalModel(nn.ModuleDict(encoders), fusion, head)
+
+
+def frozen_keys(model: MultimodalModel, prep: Preprocessor, config: FitConfig) -> list[str]:
+    keys = []
+    for key, enc in model.encoders.items():
+        mod = prep.inputs[key].modality
+        if mod != TABULAR and is_frozen(key, mod, enc, config):
+            keys.append(key)
+    return keys
+
+
+def features_for(df: pd.DataFrame, prep: Preprocessor, model: MultimodalModel, keys: list[str],
+                 config: FitConfig, device, log: Log, on_bad_rows: str,
+                 ) -> tuple[pd.DataFrame, dict, list[Problem], dict]:
+    """Cached features for frozen inputs; undecodable files are raised or dropped per `on_bad_rows`."""
+    if not keys:
+        return df, {}, [], {"computed": 0, "reused": 0}
+
+    def progress(key, done, total):
+        if done == total or done % 512 < config.batch_size:
+            log(f"  encoding {key}: {done}/{total}")
+
+    feats, problems, stats = precompute_features(
+        df, prep, {k: model.encoders[k] for k in keys}, keys, config.cache_dir, config.batch_size, device,
+        config.num_workers, progress)
+    if problems:
+        kept, problems = raise_or_drop(df, problems, on_bad_rows)
+        mask = df.index.isin(kept.index)
+        feats = {k: (f[mask], p[mask]) for k, (f, p) in feats.items()}
+        df = kept
+    return df, feats, problems, stats
+
+
+def make_loader(df, prep, feats, config: FitConfig, train: bool, with_target: bool = True) -> DataLoader:
+    ds = TableDataset(df, prep, feats, train=train, with_target=with_target, augment=config.augment,
+                      seed=config.seed)
+    workers = config.num_workers if ds.values else 0  # everything cached → decoding threads buy nothing
+    gen = torch.Generator().manual_seed(config.seed)
+    return DataLoader(ds, batch_size=config.batch_size, shuffle=train, collate_fn=Collator(prep),
+                      num_workers=workers, pin_memory=torch.cuda.is_available(), generator=gen,
+                      persistent_workers=workers > 0, drop_last=False)
+
+
+@dataclass
+class FitResult:
+    model: MultimodalModel
+    prep: Preprocessor
+    task: object
+    config: FitConfig
+    history: pd.DataFrame
+    val_metrics: dict[str, float]
+    bad_rows: list[Problem]
+    cache_stats: dict[str, int]
+    fit_seconds: float
+    best_checkpoint: str
+    val_probs: np.ndarray | None = None
+    val_target: np.ndarray | None = None
+
+
+def fit(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: FitConfig, run_dir: str | os.PathLike,
+        log: Log = print) -> FitResult:
+    t0 = time.time()
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    schema = infer_schema(train_df, config.label, config.column_types, config.problem_type)
+    for col, mod in schema.columns.items():
+        log(f"  column {col!r}: {mod} ({schema.reasons.get(col, '')})")
+    log(f"  problem type: {schema.problem_type}")
+    if valid_df is None:
+        train_df, valid_df = split_train_valid(train_df, config.label, schema.problem_type,
+                                               config.valid_fraction, config.seed)
+        log(f"  split: {len(train_df)} train / {len(valid_df)} valid rows (seed {config.seed})")
+    encoders, pre_cfg = build_encoders(schema, config)
+    prep = Preprocessor.fit(train_df, schema, pre_cfg)
+    if TABULAR in prep.inputs:
+        encoders[TABULAR] = build_tabular_encoder(prep, config)
+    bad: list[Problem] = []
+    for name in ("train", "valid"):
+        df = train_df if name == "train" else valid_df
+        df, problems = raise_or_drop(df, check_rows(df, prep), config.on_bad_rows)
+        bad += problems
+        if name == "train":
+            train_df = df
+        else:
+            valid_df = df
+    y_train = prep.encode_target(train_df)
+    weighting = config.class_weighting
+    if weighting is None and schema.problem_type in ("binary", "multiclass"):
+        counts = np.bincount(y_train, minlength=len(prep.classes))
+        weighting = bool(counts.min() == 0 or counts.max() >= 3 * counts.min())
+    task = build_task(schema.problem_type, prep.classes, prep.target_mean, prep.target_std, y_train,
+                      bool(weighting), config.label_smoothing)
+    for key, enc in encoders.items():
+        if prep.inputs[key].modality != TABULAR and is_frozen(key, prep.inputs[key].modality, enc, config):
+            enc.freeze()
+    model = assemble_model(encoders, task, config)
+    keys = frozen_keys(model, prep, config)
+    device = "cuda" if torch.cuda.is_available() and config.accelerator in ("auto", "gpu", "cuda") else "cpu"
+    stats = {"computed": 0, "reused": 0}
+    feats = {}
+    for name in ("train", "valid"):
+        df = train_df if name == "train" else valid_df
+        df, f, problems, s = features_for(df, prep, model, keys, config, device, log, config.on_bad_rows)
+        feats[name] = f
+        bad += problems
+        stats = {k: stats[k] + s[k] for k in stats}
+        if name == "train":
+            train_df = df
+        else:
+            valid_df = df
+    if bad:
+        log(f"  skipped {len({(p.row, p.column) for p in bad})} bad rows (listed in bad_rows.csv)")
+    log(f"  feature cache: {stats['computed']} computed, {stats['reused']} reused")
+    module_cls = _fit_module()
+    module = module_cls(model, task, lr=config.lr, weight_decay=config.weight_decay)
+    monitor, mode = task.monitor
+    trainer, ckpt = _trainer(config, run_dir, monitor, mode)
+    train_loader = make_loader(train_df, prep, feats["train"], config, train=True)
+    valid_loader = make_loader(valid_df, prep, feats["valid"], config, train=False)
+    trainer.fit(module, train_loader, valid_loader)
+    best = ckpt.best_model_path
+    if best and os.path.exists(best):
+        module.load_trained_state(best)
+    history = _history(os.path.join(run_dir, "logs", "metrics.csv"))
+    probs, target = predict_probs(model, task, prep, valid_df, config, feats["valid"])
+    target = _targets_for_metrics(task, prep, target)
+    val_metrics = compute_metrics(task.problem_type, probs, target)
+    return FitResult(model.cpu().eval(), prep, task, config, history, val_metrics, bad, stats,
+                     time.time() - t0, best, probs, target)
+
+
+def _fit_module():
+    from polymodal.training.module import FitModule
+
+    return FitModule
+
+
+def _trainer(config: FitConfig, run_dir, monitor: str, mode: str):
+    from polymodal.training.trainer import build_trainer
+
+    return build_trainer(run_dir, monitor, mode, config.max_epochs, config.patience, config.precision,
+                         config.accelerator, config.devices, config.strategy, config.num_nodes,
+                         config.progress, config.time_limit)
+
+
+def _history(path: str) -> pd.DataFrame:
+    if not os.path.exists(path):
+        return pd.DataFrame()
+    h = pd.read_csv(path)
+    return h.groupby("epoch", as_index=False).first() if "epoch" in h else h
+
+
+def _targets_for_metrics(task, prep: Preprocessor, target: np.ndarray) -> np.ndarray:
+    if task.problem_type == REGRESSION:
+        return target * prep.target_std + prep.target_mean
+    return target
+
+
+@torch.inference_mode()
+def predict_probs(model: MultimodalModel, task, prep: Preprocessor, df: pd.DataFrame, config: FitConfig,
+                  feats: dict | None = None, with_target: bool = True,
+                  device: str | torch.device | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities (or regression values) for every row, with a plain loop: no Trainer per call."""
+    device = device or next(model.parameters()).device
+    model.eval().to(device)
+    loader = make_loader(df, prep, feats or {}, dataclasses.replace(config, num_workers=0), train=False,
+                         with_target=with_target)
+    from polymodal.model import move_batch
+
+    probs, targets = [], []
+    for batch in loader:
+        batch = move_batch(batch, device)
+        probs.append(task.probabilities(model(batch)).float().cpu().numpy())
+        if with_target:
+            targets.append(batch["target"].cpu().numpy())
+    p = np.concatenate(probs)
+    return p, (np.concatenate(targets) if with_target else None)
+
+
+def ensure_usable(df: pd.DataFrame, prep: Preprocessor) -> None:
+    missing = [c for c in prep.feature_columns() if c not in df.columns]
+    if len(missing) == len(prep.feature_columns()):
+        raise PolymodalError(f"none of the model's input columns ({', '.join(prep.feature_columns())}) are in "
+                             f"the table {df.attrs.get('source', '')}")

@@ -1,0 +1,38 @@
+"""Lightning Trainer factory: early stopping, best checkpoint, CSV metrics log, precision by hardware."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+
+def default_precision() -> str:
+    """bf16 autocast on GPUs that support it, full float32 on CPU (CPU bf16 autocast is slower here)."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def build_trainer(run_dir: str | os.PathLike, monitor: str, mode: str, max_epochs: int = 20,
+                  patience: int = 5, precision: str | None = None, accelerator: str = "auto",
+                  devices: int | str = "auto", strategy: str = "auto", num_nodes: int = 1,
+                  progress: bool = True, max_time: float | None = None,
+                  gradient_clip_val: float | None = 1.0) -> tuple[L.Trainer, ModelCheckpoint]:
+    run_dir = Path(run_dir)
+    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=f"val_{monitor}", mode=mode,
+                           save_top_k=1, save_last=True, enable_version_counter=False)
+    stop = EarlyStopping(monitor=f"val_{monitor}", mode=mode, patience=patience)
+    trainer = L.Trainer(
+        default_root_dir=str(run_dir), max_epochs=max_epochs, accelerator=accelerator, devices=devices,
+        strategy=strategy, num_nodes=num_nodes, precision=precision or default_precision(),
+        callbacks=[ckpt, stop], logger=CSVLogger(str(run_dir), name="", version="logs"),
+        enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=10,
+        deterministic="warn", gradient_clip_val=gradient_clip_val,
+        max_time={"seconds": int(max_time)} if max_time else None,
+        num_sanity_val_steps=0)
+    return trainer, ckpt
