@@ -1,0 +1,108 @@
+"""End-to-end: fit / evaluate / predict / save / load on small generated tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from polymodal import MultimodalPredictor
+from polymodal.data.readers import read_table
+
+FAST = dict(max_epochs=6, batch_size=16, lr=3e-3, patience=6, progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import write_image
+
+    root = tmp_path_factory.mktemp("fit")
+    (root / "imgs").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(80):
+        color = ["red", "blue"][i % 2]
+        write_image(root / "imgs" / f"{i}.png", color, seed=i)
+        rows.append({"image": f"imgs/{i}.png", "size": float(rng.normal()), "shop": "abc"[i % 3], "label": color})
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    p = MultimodalPredictor(label="label", path=root / "run", encoders={"image": "small-cnn"},
+                            encoder_opts={"image": {"image_size": 32}}, verbose=False, **FAST)
+    p.fit(root / "train.csv")
+    return p, root
+
+
+def test_learns_and_writes_run_folder(trained):
+    p, root = trained
+    assert p.metrics["valid"]["accuracy"] >= 0.9
+    run = root / "run"
+    for name in ("config.json", "preprocess.json", "model.safetensors", "metrics.json", "README.md",
+                 "history.csv", "plots/confusion_matrix.png", "plots/training_curves.png"):
+        assert (run / name).exists(), name
+    hist = pd.read_csv(run / "history.csv")
+    assert {"epoch", "train_loss", "val_loss", "val_accuracy"} <= set(hist.columns)
+    assert "predicts `label`" in (run / "README.md").read_text()
+
+
+def test_save_load_round_trip_identical(trained):
+    p, root = trained
+    df = read_table(root / "train.csv")
+    q = MultimodalPredictor.load(root / "run")
+    np.testing.assert_array_equal(p.predict_proba(df, as_pandas=False), q.predict_proba(df, as_pandas=False))
+    assert (p.predict(df) == q.predict(df)).all()
+    assert list(q.predict_proba(df.head(3)).columns) == ["blue", "red"]
+
+
+def test_evaluate_and_missing_modality_rows(trained, tmp_path):
+    p, root = trained
+    df = read_table(root / "train.csv")
+    m = p.evaluate(df, plots_dir=tmp_path)
+    assert m["accuracy"] >= 0.9 and m["rows"] == 80 and (tmp_path / "confusion_matrix.png").exists()
+    df.loc[[0, 1], "image"] = np.nan  # a row without its image still gets a prediction
+    pred = p.predict(df.head(4))
+    assert len(pred) == 4 and set(pred) <= {"red", "blue"}
+
+
+def test_single_row_predict_does_not_build_a_trainer(trained, monkeypatch):
+    import lightning
+
+    p, root = trained
+
+    def boom(*a, **k):
+        raise AssertionError("a Trainer was built for predict")
+
+    monkeypatch.setattr(lightning, "Trainer", boom)
+    row = read_table(root / "train.csv").head(1)
+    assert p.predict(row).iloc[0] in {"red", "blue"}
+
+
+def test_regression_on_tabular(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 2))
+    df = pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "cat": rng.choice(["u", "v"], 200)})
+    df["y"] = 3 * df["a"] - 2 * df["b"] + (df["cat"] == "u") * 1.5 + rng.normal(scale=0.1, size=200)
+    p = MultimodalPredictor(label="y", verbose=False, max_epochs=40, batch_size=32, lr=3e-3, patience=40,
+                            progress=False).fit(df)
+    assert p.task.problem_type == "regression"
+    assert p.metrics["valid"]["r2"] > 0.9
+    pred = p.predict(df.head(5))
+    assert np.abs(pred.to_numpy() - df["y"].head(5).to_numpy()).max() < 1.5
+
+
+def test_multilabel(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(240, 3))
+    labels = ["|".join(n for n, on in zip("abc", row > 0) if on) or "none" for row in x]
+    df = pd.DataFrame({"x0": x[:, 0], "x1": x[:, 1], "x2": x[:, 2], "tags": labels})
+    p = MultimodalPredictor(label="tags", verbose=False, max_epochs=30, batch_size=32, lr=3e-3, patience=30,
+                            progress=False).fit(df)
+    assert p.task.problem_type == "multilabel"
+    assert p.metrics["valid"]["f1_micro"] > 0.85
+    assert isinstance(p.predict(df.head(2)).iloc[0], str)
+
+
+def test_audio_and_late_fusion(audio_table, tmp_path):
+    p = MultimodalPredictor(label="label", fusion="late", verbose=False,
+                            encoder_opts={"audio": {"sample_rate": 8000, "max_seconds": 0.5}}, **FAST)
+    p.fit(audio_table)
+    assert p.prep.schema.columns["clip"] == "audio"
+    assert p.metrics["valid"]["accuracy"] >= 0.85
