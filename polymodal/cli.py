@@ -161,6 +161,44 @@ def predict(run: Path = typer.Argument(..., help="run folder"),
 
 @app.command()
 @user_errors
+def validate(data: Path = typer.Argument(..., help="table to check (the training split)"),
+             label: str = typer.Option(..., "--label", "-l"),
+             valid: Optional[Path] = typer.Option(None, help="validation table (checked for leakage too)"),
+             test: Optional[Path] = typer.Option(None, help="test table (checked for leakage too)"),
+             column_types: Optional[str] = typer.Option(None),
+             decode: bool = typer.Option(False, help="fully decode every media file (slower)"),
+             out: Optional[Path] = typer.Option(None, help="write the problems as CSV")) -> None:
+    """Report every problem in a table (and its other splits) without training. Exit 1 if any."""
+    from polymodal.data.readers import read_table
+    from polymodal.data.validate import validate_tables
+
+    tables = {"train": read_table(data)}
+    if valid:
+        tables["valid"] = read_table(valid)
+    if test:
+        tables["test"] = read_table(test)
+    problems, schema = validate_tables(tables, label, _parse_kv(column_types), decode=decode)
+    if schema:
+        Console().print("columns: " + ", ".join(f"{c}={m}" for c, m in schema["columns"].items())
+                        + f"; problem type: {schema['problem_type']}")
+    if out:
+        from polymodal.training.artifacts import atomic_write_text
+
+        atomic_write_text(out, problems.to_csv(index=False))
+    if problems.empty:
+        Console().print(f"[green]no problems found[/] in {', '.join(f'{k} ({len(v)} rows)' for k, v in tables.items())}")
+        return
+    table = Table(title=f"{len(problems)} problems")
+    for c in problems.columns:
+        table.add_column(c)
+    for r in problems.head(200).itertuples(index=False):
+        table.add_row(*map(str, r))
+    Console().print(table)
+    raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
 def demo(out: Path = typer.Option(Path("runs/demo"), help="run folder"),
          train_images: int = typer.Option(1200, help="easy-vqa training images to use (of 4,000)"),
          test_images: int = typer.Option(300, help="easy-vqa test images to use (of 1,000)"),

@@ -55,7 +55,8 @@ class Preprocessor:
         tab_num, tab_cat = schema.of(NUMERIC), schema.of(CATEGORICAL)
         prep = cls(schema=schema, inputs=inputs)
         for col in tab_num:
-            x = prep._numeric(df[col], col)
+            # bad values are reported (with their rows) by the row checks; statistics skip them
+            x = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
             finite = x[np.isfinite(x)]
             prep.numeric_mean[col] = float(finite.mean()) if len(finite) else 0.0
             std = float(finite.std()) if len(finite) > 1 else 1.0
