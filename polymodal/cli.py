@@ -6,10 +6,10 @@ import json
 import sys
 from functools import wraps
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -27,7 +27,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except PolymodalError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]")
@@ -36,7 +36,7 @@ def user_errors(fn):
     return wrapper
 
 
-def _parse_kv(spec: Optional[str]) -> dict[str, str]:
+def _parse_kv(spec: str | None) -> dict[str, str]:
     from polymodal.errors import PolymodalError
 
     if not spec:
@@ -65,16 +65,16 @@ def fit(
     train: Path = typer.Argument(..., help="training table (.csv, .tsv, .jsonl, .parquet)"),
     label: str = typer.Option(..., "--label", "-l", help="label column"),
     out: Path = typer.Option(..., "--out", "-o", help="run folder to write"),
-    valid: Optional[Path] = typer.Option(None, help="validation table (default: stratified split)"),
-    test: Optional[Path] = typer.Option(None, help="test table, scored after training"),
-    problem_type: Optional[str] = typer.Option(None, help="binary|multiclass|multilabel|regression"),
-    column_types: Optional[str] = typer.Option(None, help="override inference: col=image,col2=text,..."),
-    image_encoder: Optional[str] = typer.Option(None, help="efficientnet-lite0 (default), mobilenet_v2, "
+    valid: Path | None = typer.Option(None, help="validation table (default: stratified split)"),
+    test: Path | None = typer.Option(None, help="test table, scored after training"),
+    problem_type: str | None = typer.Option(None, help="binary|multiclass|multilabel|regression"),
+    column_types: str | None = typer.Option(None, help="override inference: col=image,col2=text,..."),
+    image_encoder: str | None = typer.Option(None, help="efficientnet-lite0 (default), mobilenet_v2, "
                                                 "small-cnn, timm:NAME, torchvision:NAME"),
-    text_encoder: Optional[str] = typer.Option(None, help="minilm-l6 (default) or a Hugging Face model name"),
-    audio_encoder: Optional[str] = typer.Option(None, help="logmel-cnn (default)"),
-    image_size: Optional[int] = typer.Option(None, help="image side in pixels (default 224)"),
-    finetune: Optional[str] = typer.Option(None, help="modalities whose pretrained encoder is fine-tuned: "
+    text_encoder: str | None = typer.Option(None, help="minilm-l6 (default) or a Hugging Face model name"),
+    audio_encoder: str | None = typer.Option(None, help="logmel-cnn (default)"),
+    image_size: int | None = typer.Option(None, help="image side in pixels (default 224)"),
+    finetune: str | None = typer.Option(None, help="modalities whose pretrained encoder is fine-tuned: "
                                            "image,text"),
     fusion: str = typer.Option("concat", help="fusion strategy: concat, late, ..."),
     epochs: int = typer.Option(20, help="maximum epochs"),
@@ -85,11 +85,11 @@ def fit(
     seed: int = typer.Option(0),
     on_bad_rows: str = typer.Option("error", help="error | skip"),
     num_workers: int = typer.Option(0, help="DataLoader workers for decoding media"),
-    precision: Optional[str] = typer.Option(None, help="Lightning precision (default bf16-mixed on GPU)"),
+    precision: str | None = typer.Option(None, help="Lightning precision (default bf16-mixed on GPU)"),
     devices: str = typer.Option("auto"),
     strategy: str = typer.Option("auto", help="Lightning strategy: auto, ddp, fsdp"),
     num_nodes: int = typer.Option(1),
-    time_limit: Optional[float] = typer.Option(None, help="stop training after this many seconds"),
+    time_limit: float | None = typer.Option(None, help="stop training after this many seconds"),
 ) -> None:
     """Train a model on a table and write a self-contained run folder."""
     from polymodal import MultimodalPredictor
@@ -119,7 +119,7 @@ def fit(
 @user_errors
 def evaluate(run: Path = typer.Argument(..., help="run folder"),
              data: Path = typer.Argument(..., help="labelled table"),
-             out: Optional[Path] = typer.Option(None, help="write metrics JSON (and confusion matrix) here")) -> None:
+             out: Path | None = typer.Option(None, help="write metrics JSON (and confusion matrix) here")) -> None:
     """Score a trained run on a labelled table."""
     from polymodal import MultimodalPredictor
 
@@ -163,11 +163,11 @@ def predict(run: Path = typer.Argument(..., help="run folder"),
 @user_errors
 def validate(data: Path = typer.Argument(..., help="table to check (the training split)"),
              label: str = typer.Option(..., "--label", "-l"),
-             valid: Optional[Path] = typer.Option(None, help="validation table (checked for leakage too)"),
-             test: Optional[Path] = typer.Option(None, help="test table (checked for leakage too)"),
-             column_types: Optional[str] = typer.Option(None),
+             valid: Path | None = typer.Option(None, help="validation table (checked for leakage too)"),
+             test: Path | None = typer.Option(None, help="test table (checked for leakage too)"),
+             column_types: str | None = typer.Option(None),
              decode: bool = typer.Option(False, help="fully decode every media file (slower)"),
-             out: Optional[Path] = typer.Option(None, help="write the problems as CSV")) -> None:
+             out: Path | None = typer.Option(None, help="write the problems as CSV")) -> None:
     """Report every problem in a table (and its other splits) without training. Exit 1 if any."""
     from polymodal.data.readers import read_table
     from polymodal.data.validate import validate_tables
@@ -186,7 +186,8 @@ def validate(data: Path = typer.Argument(..., help="table to check (the training
 
         atomic_write_text(out, problems.to_csv(index=False))
     if problems.empty:
-        Console().print(f"[green]no problems found[/] in {', '.join(f'{k} ({len(v)} rows)' for k, v in tables.items())}")
+        checked = ", ".join(f"{k} ({len(v)} rows)" for k, v in tables.items())
+        Console().print(f"[green]no problems found[/] in {checked}")
         return
     table = Table(title=f"{len(problems)} problems")
     for c in problems.columns:

@@ -18,9 +18,18 @@ from polymodal.data.dataset import check_rows, raise_or_drop
 from polymodal.data.readers import as_table
 from polymodal.errors import PolymodalError
 from polymodal.training import artifacts
-from polymodal.training.fit import (FitConfig, FitResult, assemble_model, build_encoders,
-                                    build_tabular_encoder, ensure_usable, features_for, fit, frozen_keys,
-                                    predict_probs)
+from polymodal.training.fit import (
+    FitConfig,
+    FitResult,
+    assemble_model,
+    build_encoders,
+    build_tabular_encoder,
+    ensure_usable,
+    features_for,
+    fit,
+    frozen_keys,
+    predict_probs,
+)
 from polymodal.training.metrics import compute_metrics, confusion_matrix
 from polymodal.types import TABULAR
 

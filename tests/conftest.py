@@ -75,3 +75,14 @@ def audio_table(tmp_path) -> Path:
     path = tmp_path / "audio.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # The test models are tiny: intra-op threads cost more in hand-offs than they save on 2 cores.
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

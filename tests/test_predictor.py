@@ -102,7 +102,8 @@ def test_multilabel(tmp_path):
 
 def test_audio_and_late_fusion(audio_table, tmp_path):
     p = MultimodalPredictor(label="label", fusion="late", verbose=False,
-                            encoder_opts={"audio": {"sample_rate": 8000, "max_seconds": 0.5}}, **FAST)
+                            encoder_opts={"audio": {"sample_rate": 8000, "max_seconds": 0.5}},
+                            **{**FAST, "max_epochs": 15, "patience": 15, "batch_size": 8})
     p.fit(audio_table)
     assert p.prep.schema.columns["clip"] == "audio"
     assert p.metrics["valid"]["accuracy"] >= 0.85

@@ -41,7 +41,7 @@ def check_rows(df: pd.DataFrame, prep: Preprocessor, with_target: bool = True) -
 
     base = df.attrs.get("base_dir", os.getcwd())
     problems: list[Problem] = []
-    for key, spec in prep.inputs.items():
+    for spec in prep.inputs.values():
         if spec.modality not in (IMAGE, AUDIO):
             continue
         col = spec.columns[0]

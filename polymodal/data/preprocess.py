@@ -143,8 +143,8 @@ class Preprocessor:
 
     def decode_target(self, values: np.ndarray) -> list:
         ptype = self.schema.problem_type
-        if ptype == REGRESSION:
-            return (values * self.target_std + self.target_mean).tolist()
+        if ptype == REGRESSION:  # the task already returned values in the label's units
+            return np.asarray(values, dtype=np.float64).tolist()
         if ptype == MULTILABEL:
             return [MULTILABEL_SEP.join(c for c, on in zip(self.classes, row) if on) for row in values]
         return [self.classes[int(i)] for i in values]

@@ -106,7 +106,7 @@ def infer_problem_type(label: pd.Series, column: str = "label") -> str:
     if any(isinstance(v, (list, tuple, np.ndarray)) for v in values):
         return MULTILABEL
     if all(isinstance(v, str) for v in values) and \
-            values.astype(str).str.contains(MULTILABEL_SEP, regex=False).mean() >= 0.5:
+            values.astype(str).str.contains(MULTILABEL_SEP, regex=False).mean() >= 0.1:
         return MULTILABEL
     nunique = values.nunique()
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):

@@ -93,7 +93,7 @@ def _decode_all(split: str, df: pd.DataFrame, prep: Preprocessor) -> list[dict]:
 
     out = []
     base = df.attrs.get("base_dir", os.getcwd())
-    for key, spec in prep.inputs.items():
+    for spec in prep.inputs.values():
         if spec.modality not in (IMAGE, AUDIO) or spec.columns[0] not in df.columns:
             continue
         col = spec.columns[0]

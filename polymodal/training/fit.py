@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from polymodal.data.dataset import Collator, Problem, TableDataset, check_rows, raise_or_drop
 from polymodal.data.preprocess import Preprocessor
+from polymodal.data.readers import is_missing
 from polymodal.data.schema import MULTILABEL, REGRESSION, Schema, infer_schema
 from polymodal.encoders import build_encoder
 from polymodal.encoders.cache import precompute_features
@@ -194,6 +195,11 @@ def fit(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: FitConfig
     for col, mod in schema.columns.items():
         log(f"  column {col!r}: {mod} ({schema.reasons.get(col, '')})")
     log(f"  problem type: {schema.problem_type}")
+    bad: list[Problem] = []
+    unlabeled = [Problem(int(r), config.label, "label is missing")
+                 for r, v in zip(train_df.index, train_df[config.label]) if is_missing(v)]
+    train_df, dropped = raise_or_drop(train_df, unlabeled, config.on_bad_rows)  # before a stratified split
+    bad += dropped
     if valid_df is None:
         train_df, valid_df = split_train_valid(train_df, config.label, schema.problem_type,
                                                config.valid_fraction, config.seed)
@@ -202,7 +208,6 @@ def fit(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: FitConfig
     prep = Preprocessor.fit(train_df, schema, pre_cfg)
     if TABULAR in prep.inputs:
         encoders[TABULAR] = build_tabular_encoder(prep, config)
-    bad: list[Problem] = []
     for name in ("train", "valid"):
         df = train_df if name == "train" else valid_df
         df, problems = raise_or_drop(df, check_rows(df, prep), config.on_bad_rows)

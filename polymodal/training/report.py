@@ -31,7 +31,8 @@ def write_model_card(run: Path, predictor) -> None:
         lines.append(f"- classes ({len(prep.classes)}): {shown}")
     lines += [f"- fusion: `{cfg.fusion}`; head hidden size {cfg.head_hidden}; dropout {cfg.dropout}",
               f"- model id (SHA-256 of model.safetensors, first 16 hex): `{getattr(predictor, 'model_id', '')}`",
-              "", "## Inputs", "", "| input | modality | columns | encoder | frozen | out dim |", "|---|---|---|---|---|---|"]
+              "", "## Inputs", "", "| input | modality | columns | encoder | frozen | out dim |",
+              "|---|---|---|---|---|---|"]
     for key, spec in prep.inputs.items():
         enc = model.encoders[key]
         frozen = not any(p.requires_grad for p in enc.parameters())
