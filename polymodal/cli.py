@@ -161,6 +161,56 @@ def predict(run: Path = typer.Argument(..., help="run folder"),
 
 @app.command()
 @user_errors
+def compare(
+    train: Path = typer.Argument(..., help="training table"),
+    label: str = typer.Option(..., "--label", "-l"),
+    out: Path = typer.Option(Path("compare"), "--out", "-o", help="folder for compare.md/.csv/.png"),
+    fusions: str = typer.Option("all", help="comma list of fusions, or 'all'"),
+    seeds: str = typer.Option("0,1,2", help="comma list of seeds (≥3 for mean ± std)"),
+    valid: Path | None = typer.Option(None),
+    test: Path | None = typer.Option(None, help="test table (default: 20% held out, same for every model)"),
+    robustness: bool = typer.Option(False, help="also score each model with each input removed / noised"),
+    column_types: str | None = typer.Option(None),
+    problem_type: str | None = typer.Option(None),
+    image_encoder: str | None = typer.Option(None),
+    image_size: int | None = typer.Option(None),
+    epochs: int = typer.Option(20),
+    batch_size: int = typer.Option(64),
+    lr: float = typer.Option(1e-3),
+    patience: int = typer.Option(5),
+) -> None:
+    """Train unimodal baselines and every fusion on the same splits and seeds; write a ranked table."""
+    from polymodal.data.readers import read_table
+    from polymodal.fusion import fusion_names
+    from polymodal.training.artifacts import atomic_write_text
+    from polymodal.training.compare import compare as run_compare
+    from polymodal.training.compare import plot_comparison, summarise
+    from polymodal.training.fit import FitConfig
+
+    names = fusion_names() if fusions == "all" else [f.strip() for f in fusions.split(",") if f.strip()]
+    unknown = set(names) - set(fusion_names())
+    if unknown:
+        from polymodal.errors import PolymodalError
+
+        raise PolymodalError(f"unknown fusions {sorted(unknown)}; choose from {', '.join(fusion_names())}")
+    cfg = FitConfig(label=label, problem_type=problem_type, column_types=_parse_kv(column_types),
+                    encoders={"image": image_encoder} if image_encoder else {},
+                    encoder_opts={"image": {"image_size": image_size}} if image_size else {},
+                    max_epochs=epochs, batch_size=batch_size, lr=lr, patience=patience)
+    results = run_compare(read_table(train), cfg, names, [int(s) for s in seeds.split(",")],
+                          read_table(valid) if valid else None, read_table(test) if test else None,
+                          robustness, log=lambda m: console.print(m, highlight=False))
+    table = summarise(results)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "compare.csv", results.to_csv(index=False))
+    atomic_write_text(out / "compare.md", table.to_markdown(index=False) + "\n")
+    plot_comparison(results, out / "compare.png")
+    Console().print(table.to_markdown(index=False))
+    console.print(f"wrote {out}/compare.md, compare.csv, compare.png")
+
+
+@app.command()
+@user_errors
 def validate(data: Path = typer.Argument(..., help="table to check (the training split)"),
              label: str = typer.Option(..., "--label", "-l"),
              valid: Path | None = typer.Option(None, help="validation table (checked for leakage too)"),

@@ -135,7 +135,9 @@ class MultimodalPredictor:
         config = FitConfig.from_dict(config_json["fit"])
         self = cls(label=config.label, verbose=False)
         self.config, self.prep, self.path = config, prep, Path(path)
-        encoders, _ = build_encoders(prep.schema, config)
+        arch = {k: str(Path(path) / "tokenizers" / k) for k in prep.inputs
+                if (Path(path) / "tokenizers" / k / "config.json").exists()}
+        encoders, _ = build_encoders(prep.schema, config, arch)
         if TABULAR in prep.inputs:
             encoders[TABULAR] = build_tabular_encoder(prep, config)
         from polymodal.tasks import build_task

@@ -107,3 +107,26 @@ def test_audio_and_late_fusion(audio_table, tmp_path):
     p.fit(audio_table)
     assert p.prep.schema.columns["clip"] == "audio"
     assert p.metrics["valid"]["accuracy"] >= 0.85
+
+
+def test_text_run_loads_without_pretrained_weights(tmp_path, monkeypatch):
+    """A text model's run folder rebuilds from its own config + weights: no hub, no package weights."""
+    rng = np.random.default_rng(0)
+    good = ["great product, works well", "love it, excellent quality", "very happy with this purchase"]
+    bad = ["terrible, broke after a day", "awful quality, do not buy", "very disappointed with this"]
+    rows = [{"review": (good if i % 2 else bad)[i % 3] + f" #{i}", "stars": float(rng.normal()),
+             "label": "pos" if i % 2 else "neg"} for i in range(60)]
+    df = pd.DataFrame(rows)
+    p = MultimodalPredictor(label="label", path=tmp_path / "run", verbose=False,
+                            encoder_opts={"text": {"num_layers": 1}}, **FAST).fit(df)
+    assert p.prep.schema.columns["review"] == "text"
+    import transformers
+
+    def no_download(*a, **k):
+        raise AssertionError("pretrained weights were loaded")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", no_download)
+    q = MultimodalPredictor.load(tmp_path / "run")
+    np.testing.assert_allclose(p.predict_proba(df, as_pandas=False), q.predict_proba(df, as_pandas=False),
+                               atol=1e-6)
+    assert p.metrics["valid"]["accuracy"] >= 0.9

@@ -64,12 +64,16 @@ def _keep_first_layers(model: nn.Module, n: int) -> None:
 class HFTextEncoder(Encoder):
     """A transformers encoder; pooled output = attention-masked mean of the last hidden state."""
 
-    def __init__(self, name: str = DEFAULT_TEXT, num_layers: int | None = None, max_length: int = 64) -> None:
+    def __init__(self, name: str = DEFAULT_TEXT, num_layers: int | None = None, max_length: int = 64,
+                 weights: bool = True) -> None:
         super().__init__()
-        from transformers import AutoModel
+        from transformers import AutoConfig, AutoModel
 
         self.name = name
-        self.model = AutoModel.from_pretrained(resolve(name))
+        if weights:
+            self.model = AutoModel.from_pretrained(resolve(name))
+        else:  # architecture only (a run folder supplies the weights): no hub access, no weight file read
+            self.model = AutoModel.from_config(AutoConfig.from_pretrained(resolve(name)))
         if num_layers is not None:
             _keep_first_layers(self.model, num_layers)
         self.num_layers = self.model.config.num_hidden_layers

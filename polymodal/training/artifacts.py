@@ -84,6 +84,8 @@ def save_run(run_dir: str | os.PathLike, model, prep: Preprocessor, fit_config: 
             from polymodal.encoders.text import get_tokenizer
 
             get_tokenizer(spec.config["tokenizer"]).save_pretrained(str(run / "tokenizers" / key))
+            if hasattr(enc, "model") and hasattr(enc.model, "config"):  # architecture, for offline rebuilds
+                enc.model.config.save_pretrained(str(run / "tokenizers" / key))
     model_id = save_weights(model, run / WEIGHTS)
     atomic_write_json(run / PREPROCESS, prep.to_dict())
     atomic_write_json(run / CONFIG, {"polymodal_version": __version__, "model_id": model_id, "fit": fit_config,
