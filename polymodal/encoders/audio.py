@@ -77,7 +77,13 @@ class LogMelCNN(Encoder):
         return dict(self.config)
 
 
-BUILTIN: dict[str, Callable[..., Encoder]] = {"logmel-cnn": LogMelCNN}
+def _whisper(**opts) -> Encoder:
+    from polymodal.encoders.whisper import WhisperAudioEncoder
+
+    return WhisperAudioEncoder(**opts)
+
+
+BUILTIN: dict[str, Callable[..., Encoder]] = {"logmel-cnn": LogMelCNN, "whisper-tiny.en": _whisper}
 
 
 def build_audio_encoder(name: str, **opts) -> Encoder:
