@@ -1,0 +1,304 @@
+"""The HTTP API: /predict (micro-batched), /search, /schema, /health, /ready, /metrics and the web page.
+
+`create_app(predictor)` builds a FastAPI app around an already loaded MultimodalPredictor; `app_from_run(path)`
+loads it once from a run folder. Each request is validated and decoded from its uploaded bytes (in a worker
+thread), then queued for the micro-batcher, which runs one forward for many concurrent requests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from polymodal.errors import PolymodalError
+from polymodal.serve.batching import MicroBatcher
+from polymodal.serve.inputs import MB, InputError, RowBuilder, Upload
+from polymodal.serve.metrics import ServerMetrics
+from polymodal.serve.runner import ModelRunner
+from polymodal.serve.search import Searcher, jsonable
+from polymodal.types import NUMERIC
+
+STATIC = Path(__file__).parent / "static"
+ENDPOINTS = {"/", "/predict", "/search", "/schema", "/health", "/ready", "/metrics", "/openapi.json", "/docs"}
+MAX_SEARCH_K = 100
+
+
+class PredictResponse(BaseModel):
+    prediction: str | float
+    probabilities: dict[str, float] | None = None
+    latency_ms: float
+
+
+class SearchResponse(BaseModel):
+    results: list[dict[str, Any]]
+    latency_ms: float
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+    field: str | None = None
+
+
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 413, 415, 422)}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class _Guard:
+    """Pure ASGI middleware: body size limit (413 before parsing) and request counts/latency for /metrics."""
+
+    def __init__(self, app, metrics: ServerMetrics, max_body: int) -> None:
+        self.app, self.metrics, self.max_body = app, metrics, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        path = scope["path"]
+        endpoint = path if path in ENDPOINTS else "/static" if path.startswith("/static/") else "other"
+        status = {"code": 500}
+
+        async def send_and_count(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                self.metrics.observe_request(endpoint, status["code"], time.perf_counter() - start)
+            await send(message)
+
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body:
+            response = JSONResponse({"detail": f"request body is {int(length) / MB:.1f} MB; the limit is "
+                                               f"{self.max_body / MB:g} MB"}, status_code=413)
+            return await response(scope, receive, send_and_count)
+        received = 0
+
+        async def limited_receive():  # chunked uploads have no Content-Length: count as they arrive
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise BodyTooLarge()
+            return message
+
+        await self.app(scope, limited_receive, send_and_count)
+
+
+def _openapi_predict(builder: RowBuilder) -> dict:
+    props: dict[str, dict] = {}
+    for name, f in builder.fields.items():
+        if f.is_file:
+            props[name] = {"type": "string", "format": "binary", "description": f"{f.modality} file"}
+        elif f.modality == NUMERIC:
+            props[name] = {"type": "number", "description": "numeric column"}
+        else:
+            props[name] = {"type": "string", "description": f"{f.modality} column"}
+    plain = {k: v for k, v in props.items() if v.get("format") != "binary"}
+    content = {"multipart/form-data": {"schema": {"type": "object", "properties": props,
+                                                  "additionalProperties": False}}}
+    if plain:
+        content["application/x-www-form-urlencoded"] = {"schema": {"type": "object", "properties": plain,
+                                                                   "additionalProperties": False}}
+        content["application/json"] = {"schema": {"type": "object", "additionalProperties": False,
+                                                  "properties": {k: {**v, "nullable": True}
+                                                                 for k, v in plain.items()}}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+OPENAPI_SEARCH = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "additionalProperties": False, "properties": {
+        "text": {"type": "string"}, "k": {"type": "integer", "minimum": 1, "maximum": MAX_SEARCH_K},
+        "vector": {"type": "array", "items": {"type": "number"}}}}},
+    "multipart/form-data": {"schema": {"type": "object", "additionalProperties": False, "properties": {
+        "text": {"type": "string"}, "k": {"type": "integer", "minimum": 1, "maximum": MAX_SEARCH_K},
+        "image": {"type": "string", "format": "binary"}}}}}}}
+
+
+def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batching: bool = True,
+               searcher: Searcher | None = None, cors_origins: list[str] | tuple[str, ...] = (),
+               max_file_bytes: int = 10 * MB, max_pixels: int = 40_000_000) -> FastAPI:
+    """A FastAPI app serving `predictor` (a loaded MultimodalPredictor); `searcher` enables POST /search."""
+    runner = ModelRunner(predictor)
+    builder = RowBuilder(predictor.prep, max_file_bytes=max_file_bytes, max_pixels=max_pixels)
+    metrics = ServerMetrics()
+    batcher = MicroBatcher(runner, max_batch=max_batch, max_wait_ms=max_wait_ms, enabled=batching,
+                           on_batch=metrics.observe_batch)
+    prep = predictor.prep
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await batcher.start()
+        await batcher.run_now([builder.build({}, require_input=False)])  # first forward allocates; not a client's
+        metrics.ready = True
+        yield
+        metrics.ready = False
+        await batcher.stop()
+
+    app = FastAPI(title="polymodal", version="1", lifespan=lifespan,
+                  description=f"Predicts `{prep.schema.label}` ({prep.schema.problem_type}) from "
+                              f"{', '.join(builder.fields)}.")
+    app.state.batcher, app.state.metrics, app.state.runner, app.state.builder = batcher, metrics, runner, builder
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["*"])
+    max_body = max_file_bytes * max(1, len(builder.file_fields)) + MB  # + room for fields and boundaries
+    app.add_middleware(_Guard, metrics=metrics, max_body=max_body)
+
+    @app.exception_handler(InputError)
+    async def _input_error(request: Request, exc: InputError):
+        return JSONResponse({"detail": exc.message, "field": exc.field}, status_code=exc.status)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge):
+        return JSONResponse({"detail": f"request body is larger than the {max_body / MB:g} MB limit"},
+                            status_code=413)
+
+    async def read_values(request: Request, parse_json, parse_form) -> dict:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "application/json":
+            try:
+                body = json.loads(await request.body())
+            except ValueError:
+                raise InputError(422, "the body is not valid JSON") from None
+            return parse_json(body)
+        if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            async with request.form(max_files=16, max_fields=256) as form:
+                return await parse_form(form)
+        if not ctype and not await request.body():  # an empty POST: answered as "no inputs", not a type error
+            return parse_json({})
+        raise InputError(415, f"send multipart/form-data (files and fields), a url-encoded form or "
+                              f"application/json, not "
+                              f"'{ctype or 'no content type'}'")
+
+    @app.post("/predict", response_model=PredictResponse, responses=ERRORS,
+              openapi_extra=_openapi_predict(builder))
+    async def predict(request: Request) -> dict:
+        """One row: image/audio files by column name plus text/numeric/categorical fields (all optional,
+        at least one)."""
+        start = time.perf_counter()
+        values = await read_values(request, builder.from_json, builder.from_form)
+        item = await run_in_threadpool(builder.build, values)  # image/audio decode off the event loop
+        out = await batcher.submit(item)
+        return {**out, "latency_ms": round((time.perf_counter() - start) * 1000, 3)}
+
+    if searcher is not None:
+        async def search_form(form) -> dict:
+            query: dict[str, Any] = {}
+            for name, v in form.multi_items():
+                if name == "image":
+                    if isinstance(v, str):
+                        raise InputError(422, "'image' must be an uploaded file; paths are never read", name)
+                    data = await v.read()
+                    if len(data) > max_file_bytes:
+                        raise InputError(413, f"the image is larger than the {max_file_bytes / MB:g} MB limit",
+                                         name)
+                    if data:
+                        query["image"] = Upload(data, v.content_type or "", v.filename or "")
+                elif name in ("text", "k"):
+                    if not isinstance(v, str):
+                        raise InputError(422, f"'{name}' must be a form field, not a file", name)
+                    query[name] = v
+                else:
+                    raise InputError(422, f"unknown field '{name}'; /search takes text, image, k", name)
+            return check_search(query, from_form=True)
+
+        def check_search(query: Any, from_form: bool = False) -> dict:
+            if not isinstance(query, dict):
+                raise InputError(422, "the JSON body must be an object: {\"text\": ..., \"k\": ...}")
+            unknown = set(query) - {"text", "image", "vector", "k"}
+            if unknown:
+                raise InputError(422, f"unknown field '{sorted(unknown)[0]}'; /search takes text, image, "
+                                      "vector, k", sorted(unknown)[0])
+            k = query.get("k", 10)
+            try:
+                k = int(k) if not isinstance(k, (bool, float)) else None
+            except (TypeError, ValueError):
+                k = None
+            if k is None or not 1 <= k <= MAX_SEARCH_K:
+                raise InputError(422, f"'k' must be an integer from 1 to {MAX_SEARCH_K}", "k")
+            out: dict[str, Any] = {"k": k}
+            text = query.get("text")
+            if text is not None:
+                if not isinstance(text, str):
+                    raise InputError(422, "'text' must be a string", "text")
+                if text.strip():
+                    out["text"] = text
+            if "image" in query:
+                if not from_form:
+                    raise InputError(422, "'image' must be uploaded as a file (multipart/form-data); paths and "
+                                          "URLs are never read", "image")
+                out["image"] = query["image"].data
+            vec = query.get("vector")
+            if vec is not None:
+                if not isinstance(vec, list) or not vec or not all(
+                        isinstance(x, (int, float)) and not isinstance(x, bool) for x in vec):
+                    raise InputError(422, "'vector' must be a non-empty list of numbers", "vector")
+                out["vector"] = vec
+            if len(out) == 1:
+                raise InputError(422, "send a query: text, an image upload or a vector")
+            return out
+
+        @app.post("/search", response_model=SearchResponse, responses=ERRORS, openapi_extra=OPENAPI_SEARCH)
+        async def search(request: Request) -> dict:
+            """Top-k gallery items for a text, image or vector query."""
+            start = time.perf_counter()
+            query = await read_values(request, check_search, search_form)
+            try:
+                results = await run_in_threadpool(searcher, query)
+            except (PolymodalError, ValueError) as exc:
+                raise InputError(422, str(exc)) from None
+            return {"results": jsonable(list(results)),
+                    "latency_ms": round((time.perf_counter() - start) * 1000, 3)}
+
+    @app.get("/schema")
+    def schema() -> dict:
+        """The model's input columns and modalities, its label and classes; drives the web page's form."""
+        return {"label": prep.schema.label, "problem_type": prep.schema.problem_type,
+                "classes": list(prep.classes), "inputs": [f.to_dict() for f in builder.fields.values()],
+                "max_file_bytes": max_file_bytes, "model_id": getattr(predictor, "model_id", None),
+                "search": None if searcher is None else
+                {"modalities": list(getattr(searcher, "modalities", ("text", "image")))}}
+
+    @app.get("/health")
+    def health() -> dict:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/ready", responses={503: {"model": ErrorResponse}})
+    def ready():
+        """Readiness: the model is loaded, warmed up and the batch worker runs."""
+        if metrics.ready and (batcher.running or not batcher.enabled):
+            return {"ready": True}
+        return JSONResponse({"detail": "model not ready"}, status_code=503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus() -> PlainTextResponse:
+        """Prometheus text format: requests by status, latency and batch-size histograms."""
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def app_from_run(run_dir: str | os.PathLike, device: str | None = None, **options) -> FastAPI:
+    """Load the run folder's predictor once and serve it."""
+    from polymodal.predictor import MultimodalPredictor
+
+    return create_app(MultimodalPredictor.load(run_dir, device=device), **options)

@@ -1,0 +1,235 @@
+"""Request values → one model row, decoded from uploaded bytes with the same transforms as training.
+
+The server never opens a path taken from a request: media columns accept uploaded bytes only, and
+`load_image` / `load_audio_features` receive an in-memory `BytesIO` (PIL and soundfile read file objects),
+so the normalisation and log-mel are exactly those of `polymodal.data.transforms`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from polymodal.data.dataset import placeholder
+from polymodal.data.preprocess import Preprocessor
+from polymodal.data.transforms import load_audio_features, load_image
+from polymodal.errors import DataError
+from polymodal.types import AUDIO, CATEGORICAL, IMAGE, NUMERIC, TABULAR
+
+MB = 1024 * 1024
+
+
+class InputError(Exception):
+    """A client mistake: becomes an HTTP 4xx with {"detail": message, "field": field}."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded file, already read into memory (its size was checked against the limit)."""
+
+    data: bytes
+    content_type: str = ""
+    filename: str = ""
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    modality: str  # image | audio | text | numeric | categorical
+    choices: tuple[str, ...] = ()
+
+    @property
+    def is_file(self) -> bool:
+        return self.modality in (IMAGE, AUDIO)
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"name": self.name, "modality": self.modality,
+                             "input": "file" if self.is_file else "number" if self.modality == NUMERIC else "text"}
+        if self.is_file:
+            d["accept"] = f"{self.modality}/*"
+        if self.choices:
+            d["choices"] = list(self.choices)
+        return d
+
+
+def model_fields(prep: Preprocessor) -> dict[str, Field]:
+    """The request fields a model accepts: one per input column, in the model's input order."""
+    fields: dict[str, Field] = {}
+    for spec in prep.inputs.values():
+        if spec.modality == TABULAR:
+            for col in spec.config["numeric"]:
+                fields[col] = Field(col, NUMERIC)
+            for col in spec.config["categorical"]:
+                fields[col] = Field(col, CATEGORICAL, tuple(prep.vocab.get(col, ())))
+        else:
+            fields[spec.columns[0]] = Field(spec.columns[0], spec.modality)
+    return fields
+
+
+class RowBuilder:
+    """Validates request values against the model's fields and builds a Collator item (one row)."""
+
+    def __init__(self, prep: Preprocessor, max_file_bytes: int = 10 * MB, max_pixels: int = 40_000_000) -> None:
+        self.prep, self.max_file_bytes, self.max_pixels = prep, max_file_bytes, max_pixels
+        self.fields = model_fields(prep)
+
+    @property
+    def file_fields(self) -> list[str]:
+        return [n for n, f in self.fields.items() if f.is_file]
+
+    def _field(self, name: str) -> Field:
+        if name not in self.fields:
+            raise InputError(422, f"unknown field '{name}'; this model's inputs are: {', '.join(self.fields)}",
+                             name)
+        return self.fields[name]
+
+    # ---- parsing ------------------------------------------------------------------------------------
+    def from_json(self, body: Any) -> dict[str, Any]:
+        """A JSON object of text/numeric/categorical values (media need multipart uploads)."""
+        if not isinstance(body, dict):
+            raise InputError(422, "the JSON body must be an object mapping column names to values")
+        values: dict[str, Any] = {}
+        for name, v in body.items():
+            f = self._field(name)
+            if f.is_file:
+                raise InputError(422, f"column '{name}' is {f.modality}: upload the file as multipart/form-data; "
+                                      "paths and URLs are never read by the server", name)
+            if v is None:
+                continue
+            if f.modality == NUMERIC:
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise InputError(422, f"column '{name}' is numeric: expected a number, got {type(v).__name__}",
+                                     name)
+                values[name] = self._number(name, v)
+            elif f.modality == CATEGORICAL:
+                if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+                    raise InputError(422, f"column '{name}' is categorical: expected a string, got "
+                                          f"{type(v).__name__}", name)
+                if str(v).strip():
+                    values[name] = str(v)
+            else:
+                if not isinstance(v, str):
+                    raise InputError(422, f"column '{name}' is text: expected a string, got {type(v).__name__}",
+                                     name)
+                if v.strip():
+                    values[name] = v
+        return values
+
+    async def from_form(self, form) -> dict[str, Any]:
+        """A multipart form (starlette FormData): files for image/audio columns, strings for the rest."""
+        values: dict[str, Any] = {}
+        seen: set[str] = set()
+        for name, v in form.multi_items():
+            f = self._field(name)
+            if name in seen:
+                raise InputError(422, f"field '{name}' is given more than once", name)
+            seen.add(name)
+            is_upload = not isinstance(v, str)
+            if f.is_file:
+                if not is_upload:
+                    raise InputError(422, f"column '{name}' is {f.modality}: send the file itself as a multipart "
+                                          "upload; paths and URLs are never read by the server", name)
+                if v.size is not None and v.size > self.max_file_bytes:
+                    raise InputError(413, f"file for column '{name}' is {v.size / MB:.1f} MB; the limit is "
+                                          f"{self.max_file_bytes / MB:g} MB", name)
+                data = await v.read()
+                if len(data) > self.max_file_bytes:
+                    raise InputError(413, f"file for column '{name}' is larger than the "
+                                          f"{self.max_file_bytes / MB:g} MB limit", name)
+                if not data and not v.filename:  # a browser's empty file input: the modality is missing
+                    continue
+                values[name] = Upload(data, v.content_type or "", v.filename or "")
+                continue
+            if is_upload:
+                raise InputError(422, f"column '{name}' is {f.modality}: send it as a form field, not a file", name)
+            if not v.strip():
+                continue
+            if f.modality == NUMERIC:
+                try:
+                    number = float(v)
+                except ValueError:
+                    raise InputError(422, f"column '{name}' is numeric: {v[:40]!r} is not a number", name) from None
+                values[name] = self._number(name, number)
+            else:
+                values[name] = v
+        return values
+
+    def _number(self, name: str, v: float) -> float:
+        x = float(v)
+        if not math.isfinite(x):
+            raise InputError(422, f"column '{name}' is numeric: expected a finite number, got {v!r}", name)
+        return x
+
+    # ---- decoding -----------------------------------------------------------------------------------
+    def build(self, values: dict[str, Any], require_input: bool = True) -> dict:
+        """Values → a Collator item (as TableDataset.__getitem__ makes); missing inputs get presence False."""
+        if require_input and not values:
+            raise InputError(422, "no inputs: send at least one of: " + ", ".join(self.fields))
+        item: dict = {"row": 0, "inputs": {}, "features": {}, "present": {}}
+        for key, spec in self.prep.inputs.items():
+            if spec.modality == TABULAR:
+                continue
+            col = spec.columns[0]
+            v = values.get(col)
+            item["present"][key] = v is not None
+            if spec.modality in (IMAGE, AUDIO):
+                item["inputs"][key] = placeholder(spec.modality, spec.config) if v is None else \
+                    (self._image if spec.modality == IMAGE else self._audio)(col, v, spec.config)
+            else:
+                item["inputs"][key] = v
+        if TABULAR in self.prep.inputs:
+            cfg = self.prep.inputs[TABULAR].config
+            row = {c: values.get(c, np.nan) for c in cfg["numeric"]}
+            row.update({c: values.get(c) for c in cfg["categorical"]})
+            with np.errstate(over="ignore"):
+                arrays = self.prep.tabular_arrays(pd.DataFrame([row]))
+            bad = [c for c, x in zip(cfg["numeric"], arrays["numeric"][0]) if not np.isfinite(x)]
+            if bad:  # finite but so large that standardising overflows float32
+                raise InputError(422, f"column '{bad[0]}' is out of range for this model", bad[0])
+            item["inputs"][TABULAR] = {k: a[0] for k, a in arrays.items()}
+            item["present"][TABULAR] = True  # as in training: tabular is always present, NaNs flagged
+        return item
+
+    @staticmethod
+    def _check_type(col: str, up: Upload, modality: str) -> None:
+        ct = up.content_type.split(";")[0].strip().lower()
+        if ct and not (ct.startswith(f"{modality}/") or ct == "application/octet-stream"):
+            raise InputError(415, f"column '{col}' takes an {modality} file; got content type '{ct}'", col)
+        if not up.data:
+            raise InputError(422, f"the uploaded file for column '{col}' is empty", col)
+
+    def _image(self, col: str, up: Upload, cfg: dict) -> np.ndarray:
+        from PIL import Image
+
+        self._check_type(col, up, IMAGE)
+        try:  # the header alone gives the size: refuse decompression bombs before decoding pixels
+            with Image.open(io.BytesIO(up.data)) as im:
+                w, h = im.size
+        except Exception:
+            raise InputError(422, f"cannot decode the uploaded image for column '{col}' "
+                                  "(not a PNG/JPEG/... image)", col) from None
+        if w * h > self.max_pixels:
+            raise InputError(413, f"image for column '{col}' is {w}x{h} pixels; the limit is "
+                                  f"{self.max_pixels:,} pixels", col)
+        try:
+            return load_image(io.BytesIO(up.data), cfg["image_size"], cfg["mean"], cfg["std"])
+        except (DataError, Exception):  # any decoder error on client bytes is the client's file, not a 5xx
+            raise InputError(422, f"cannot decode the uploaded image for column '{col}' (corrupt file)", col) \
+                from None
+
+    def _audio(self, col: str, up: Upload, cfg: dict) -> np.ndarray:
+        self._check_type(col, up, AUDIO)
+        try:
+            return load_audio_features(io.BytesIO(up.data), cfg)
+        except (DataError, Exception):  # any decoder error on client bytes is the client's file, not a 5xx
+            raise InputError(422, f"cannot decode the uploaded audio for column '{col}' "
+                                  "(WAV/FLAC/OGG expected)", col) from None

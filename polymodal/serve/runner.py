@@ -1,0 +1,32 @@
+"""The model side of the server: Collator items → one forward in inference mode → per-row answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from polymodal.data.dataset import Collator
+from polymodal.model import move_batch
+
+
+class ModelRunner:
+    """Callable batch function for the micro-batcher; holds the loaded model (no Trainer, no DataLoader)."""
+
+    def __init__(self, predictor) -> None:
+        predictor._require_model()
+        self.model, self.task, self.prep = predictor.model.eval(), predictor.task, predictor.prep
+        self.collate = Collator(self.prep)
+        self.device = next(self.model.parameters()).device
+
+    def probabilities(self, items: list[dict]) -> np.ndarray:
+        batch = move_batch(self.collate(items), self.device)
+        with torch.inference_mode():
+            return self.task.probabilities(self.model(batch)).float().cpu().numpy()
+
+    def __call__(self, items: list[dict]) -> list[dict]:
+        probs = self.probabilities(items)
+        if self.task.problem_type == "regression":
+            return [{"prediction": float(p), "probabilities": None} for p in probs]
+        labels = self.prep.decode_target(self.task.decode(probs))
+        return [{"prediction": label, "probabilities": {c: float(x) for c, x in zip(self.prep.classes, row)}}
+                for label, row in zip(labels, probs)]

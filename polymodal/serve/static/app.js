@@ -1,0 +1,162 @@
+// polymodal web page: builds the form from GET /schema, posts multipart to /predict and /search.
+// Plain JS, no build step. Untrusted strings are only ever set through textContent.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, props = {}, children = []) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === "text") node.textContent = v;
+    else if (k === "dataset") Object.assign(node.dataset, v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.appendChild(c);
+  return node;
+}
+
+function showError(box, message) {
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+async function errorText(resp) {
+  try {
+    const body = await resp.json();
+    if (typeof body.detail === "string") return body.detail;
+    return JSON.stringify(body.detail ?? body);
+  } catch (_) {
+    return `HTTP ${resp.status}`;
+  }
+}
+
+function fieldFor(input) {
+  const id = `f-${input.name}`;
+  const label = el("label", { for: id, text: `${input.name} ` }, [el("span", { class: "hint", text: `(${input.modality})` })]);
+  const wrap = el("div", { class: "field" }, [label]);
+  if (input.input === "file") {
+    const file = el("input", { type: "file", id, name: input.name, accept: input.accept });
+    wrap.appendChild(file);
+    const preview = el(input.modality === "image" ? "img" : "audio", { class: "preview", hidden: "" });
+    if (input.modality === "audio") preview.setAttribute("controls", "");
+    if (input.modality === "image") preview.setAttribute("alt", `${input.name} preview`);
+    wrap.appendChild(preview);
+    file.addEventListener("change", () => {
+      if (preview.src) URL.revokeObjectURL(preview.src);
+      if (file.files.length) {
+        preview.src = URL.createObjectURL(file.files[0]);
+        preview.hidden = false;
+      } else {
+        preview.removeAttribute("src");
+        preview.hidden = true;
+      }
+    });
+  } else if (input.input === "number") {
+    wrap.appendChild(el("input", { type: "number", step: "any", id, name: input.name }));
+  } else {
+    const attrs = { type: "text", id, name: input.name };
+    if (input.choices) {
+      attrs.list = `${id}-choices`;
+      wrap.appendChild(el("datalist", { id: attrs.list }, input.choices.map((c) => el("option", { value: c }))));
+    }
+    wrap.appendChild(el("input", attrs));
+  }
+  return wrap;
+}
+
+function formBody(form) {
+  // Only filled-in fields are sent: an empty field is a missing modality, not an empty value.
+  const body = new FormData();
+  for (const node of form.querySelectorAll("input[name]")) {
+    if (node.type === "file") {
+      if (node.files.length) body.append(node.name, node.files[0]);
+    } else if (node.value.trim() !== "") {
+      body.append(node.name, node.value);
+    }
+  }
+  return body;
+}
+
+function showPrediction(out) {
+  $("prediction").textContent = String(out.prediction);
+  $("latency").textContent = `(${out.latency_ms.toFixed(1)} ms)`;
+  const list = $("probabilities");
+  list.replaceChildren();
+  const probs = Object.entries(out.probabilities || {}).sort((a, b) => b[1] - a[1]);
+  for (const [cls, p] of probs) {
+    const bar = el("div", { class: "bar" }, [el("span", { style: `width:${(100 * p).toFixed(1)}%` })]);
+    list.appendChild(el("li", { dataset: { cls } }, [el("span", { text: cls }), bar,
+      el("span", { text: `${(100 * p).toFixed(1)}%` })]));
+  }
+  $("result").hidden = false;
+}
+
+function safeImageSrc(src) {
+  return typeof src === "string" && (/^data:image\//.test(src) || /^https?:\/\//.test(src) || src.startsWith("/"));
+}
+
+function showResults(results) {
+  const box = $("search-results");
+  box.replaceChildren();
+  for (const r of results) {
+    const fig = el("figure");
+    if (safeImageSrc(r.thumbnail)) fig.appendChild(el("img", { src: r.thumbnail, alt: String(r.id) }));
+    const caption = r.caption ? `${r.caption} ` : "";
+    fig.appendChild(el("figcaption", { text: `${caption}#${r.id} · ${Number(r.score).toFixed(3)}` }));
+    box.appendChild(fig);
+  }
+  if (!results.length) box.appendChild(el("p", { text: "no results" }));
+}
+
+async function init() {
+  const resp = await fetch("/schema");
+  if (!resp.ok) {
+    showError($("error"), `cannot read the model schema: ${await errorText(resp)}`);
+    return;
+  }
+  const schema = await resp.json();
+  const classes = schema.classes.length ? ` into ${schema.classes.length} classes` : "";
+  $("model-info").textContent = `Predicts “${schema.label}” (${schema.problem_type})${classes}. ` +
+    "Fill in any inputs you have; missing ones are allowed.";
+  $("fields").replaceChildren(...schema.inputs.map(fieldFor));
+  $("predict").disabled = false;
+
+  $("predict-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    showError($("error"), "");
+    $("predict").disabled = true;
+    try {
+      const r = await fetch("/predict", { method: "POST", body: formBody(ev.target) });
+      if (r.ok) showPrediction(await r.json());
+      else showError($("error"), await errorText(r));
+    } catch (e) {
+      showError($("error"), `request failed: ${e}`);
+    } finally {
+      $("predict").disabled = false;
+    }
+  });
+
+  if (schema.search) {
+    $("tabs").hidden = false;
+    $("search-image-label").hidden = !schema.search.modalities.includes("image");
+    for (const tab of document.querySelectorAll(".tab")) {
+      tab.addEventListener("click", () => {
+        for (const t of document.querySelectorAll(".tab")) t.classList.toggle("active", t === tab);
+        for (const p of document.querySelectorAll(".panel")) p.hidden = p.id !== tab.dataset.tab;
+      });
+    }
+    $("search-form").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      showError($("search-error"), "");
+      try {
+        const r = await fetch("/search", { method: "POST", body: formBody(ev.target) });
+        if (r.ok) showResults((await r.json()).results);
+        else showError($("search-error"), await errorText(r));
+      } catch (e) {
+        showError($("search-error"), `request failed: ${e}`);
+      }
+    });
+  }
+}
+
+init();

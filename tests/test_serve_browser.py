@@ -1,0 +1,94 @@
+"""End to end: a real uvicorn server on loopback, the web page driven in headless Chromium (playwright-core).
+
+Needs Debian's chromium, node and tests/browser/node_modules (scripts/install_browser.sh installs them);
+skipped with the reason when any is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+
+BROWSER_DIR = Path(__file__).parent / "browser"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+def _requirements() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"needs Chromium at {CHROMIUM} (scripts/install_browser.sh: apt-get install -y chromium)"
+    if shutil.which("node") is None:
+        return "needs node to run playwright-core"
+    if not (BROWSER_DIR / "node_modules" / "playwright-core").exists():
+        return "needs playwright-core in tests/browser/node_modules (scripts/install_browser.sh runs npm ci)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_requirements() is not None, reason=_requirements() or "")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import torch
+    from test_serve import train_tiny
+
+    from polymodal import MultimodalPredictor
+    from polymodal.serve.app import create_app
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("browser")
+    predictor = MultimodalPredictor.load(train_tiny(root).path)
+    port = free_port()
+    config = uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/", predictor, root
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def drive(url: str, image: Path, shot: Path, **fields) -> dict:
+    cmd = ["node", str(BROWSER_DIR / "e2e.mjs"), url, str(image), str(shot), *[f"{k}={v}" for k, v in fields.items()]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=BROWSER_DIR,
+                          env={**os.environ, "CHROMIUM": CHROMIUM})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_upload_type_click_see_answer(server, tmp_path, index):
+    import pandas as pd
+
+    url, predictor, root = server
+    df = pd.read_csv(root / "train.csv").iloc[[index]]
+    df.attrs["base_dir"] = str(root)
+    expected = predictor.predict(df).iloc[0]
+    out = drive(url, root / "imgs" / f"{index}.png", tmp_path / "page.png",
+                size=df["size"].iloc[0], shop=df["shop"].iloc[0])
+    assert out["error"] is None
+    assert out["prediction"] == expected == df["label"].iloc[0]
+    assert sorted(out["bars"]) == ["blue", "red"] and out["bars"][0] == expected  # best class listed first
+    assert "Predicts “label”" in out["info"]
+    assert (tmp_path / "page.png").stat().st_size > 1000
