@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= dev,retrieval,export,serve,speech
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean browser
 
 $(BIN)/polymodal: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,7 +21,11 @@ setup: $(BIN)/polymodal
 demo: setup
 	$(BIN)/polymodal demo
 
-test: setup
+# Debian's Chromium + playwright-core for the web-page test (tests/test_serve_browser.py skips without them).
+browser:
+	bash scripts/install_browser.sh
+
+test: setup browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: setup

@@ -62,9 +62,10 @@ def print_metrics(metrics: dict, title: str) -> None:
 @app.command()
 @user_errors
 def fit(
-    train: Path = typer.Argument(..., help="training table (.csv, .tsv, .jsonl, .parquet)"),
-    label: str = typer.Option(..., "--label", "-l", help="label column"),
-    out: Path = typer.Option(..., "--out", "-o", help="run folder to write"),
+    train: Path | None = typer.Argument(None, help="training table (.csv, .tsv, .jsonl, .parquet)"),
+    label: str | None = typer.Option(None, "--label", "-l", help="label column"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="run folder to write"),
+    resume: Path | None = typer.Option(None, help="continue an interrupted run folder (same data and settings)"),
     valid: Path | None = typer.Option(None, help="validation table (default: stratified split)"),
     test: Path | None = typer.Option(None, help="test table, scored after training"),
     problem_type: str | None = typer.Option(None, help="binary|multiclass|multilabel|regression"),
@@ -95,6 +96,10 @@ def fit(
     from polymodal import MultimodalPredictor
     from polymodal.errors import PolymodalError
 
+    if resume:
+        return _resume(resume)
+    if train is None or label is None or out is None:
+        raise PolymodalError("fit needs a training table, --label and --out (or --resume RUN)")
     if on_bad_rows not in ("error", "skip"):
         raise PolymodalError("--on-bad-rows must be 'error' or 'skip'")
     encoders = {k: v for k, v in {"image": image_encoder, "text": text_encoder, "audio": audio_encoder}.items()
@@ -113,6 +118,27 @@ def fit(
     if "test" in p.metrics:
         print_metrics(p.metrics["test"], "test")
     console.print(f"run folder: {out}")
+
+
+def _resume(run: Path) -> None:
+    from polymodal import MultimodalPredictor
+    from polymodal.errors import PolymodalError
+    from polymodal.training.artifacts import FIT_STATE
+
+    state_path = run / FIT_STATE
+    if not state_path.exists():
+        raise PolymodalError(f"{run} has no {FIT_STATE}: it is not an interrupted polymodal run")
+    state = json.loads(state_path.read_text())
+    tables = state["tables"]
+    if not tables.get("train"):
+        raise PolymodalError(f"{run} was trained from a DataFrame: resume it in Python with fit(..., resume=True)")
+    cfg = state["config"]
+    label = cfg.pop("label")
+    problem_type = cfg.pop("problem_type")
+    p = MultimodalPredictor(label=label, problem_type=problem_type, path=run, **cfg)
+    p.fit(tables["train"], tables.get("valid"), tables.get("test"), resume=True)
+    print_metrics(p.metrics["valid"], "validation")
+    console.print(f"run folder: {run}")
 
 
 @app.command()
@@ -263,6 +289,39 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="run folder"),
     metrics = run_demo(out, train_images, test_images, epochs)
     print_metrics(metrics, "easy-vqa test")
     Console().print(f"[bold]test accuracy: {metrics['accuracy']:.4f}[/]  ({time.time() - t0:.0f} s, run folder {out})")
+
+
+@app.command()
+@user_errors
+def transcribe(audio: list[Path] = typer.Argument(..., help="audio files (wav, flac, ogg, ...)"),
+               model: str = typer.Option("tiny.en", help="tiny.en (packaged, converted offline) or a HF name"),
+               beam_size: int = typer.Option(1, help="1 = greedy"),
+               reference: list[str] | None = typer.Option(None, "--reference", "-r",
+                                                          help="reference transcript(s): report word error rate")
+               ) -> None:
+    """Transcribe speech with a PyTorch Whisper (the packaged tiny.en weights, converted from CTranslate2)."""
+    from polymodal.encoders.whisper import load_whisper
+    from polymodal.errors import DataError
+    from polymodal.tasks.speech import transcribe as run_transcribe
+    from polymodal.tasks.speech import word_error_rate
+
+    for a in audio:
+        if not a.exists():
+            raise DataError("audio file not found", file=str(a))
+    texts = run_transcribe([str(a) for a in audio], model=load_whisper(model), beam_size=beam_size)
+    for a, t in zip(audio, texts):
+        print(f"{a}\t{t}")
+    if reference:
+        if len(reference) != len(texts):
+            from polymodal.errors import PolymodalError
+
+            raise PolymodalError(f"{len(reference)} references for {len(texts)} audio files")
+        console.print(f"word error rate: {word_error_rate(list(reference), texts):.4f}")
+
+
+from polymodal.serve.cli import serve as _serve  # noqa: E402  (registered here; lives with the server)
+
+app.command(name="serve")(_serve)
 
 
 def main() -> None:  # pragma: no cover - console entry point

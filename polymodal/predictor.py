@@ -52,13 +52,24 @@ class MultimodalPredictor:
         self.metrics: dict = {}
 
     # ---- training ------------------------------------------------------------------------------------
-    def fit(self, train_data, valid_data=None, test_data=None, **overrides) -> MultimodalPredictor:
-        """Train; `valid_data` defaults to a stratified split of `train_data`; `test_data` is only scored."""
+    def fit(self, train_data, valid_data=None, test_data=None, resume: bool = False,
+            **overrides) -> MultimodalPredictor:
+        """Train; `valid_data` defaults to a stratified split of `train_data`; `test_data` is only scored.
+
+        With `resume=True` (and the same data and settings), continue an interrupted run in `path` from its
+        last checkpoint; the result equals an uninterrupted run with the same seed.
+        """
         self.config = dataclasses.replace(self.config, **overrides)
         train = as_table(train_data)
         valid = as_table(valid_data) if valid_data is not None else None
         run_dir = self.path or Path(tempfile.mkdtemp(prefix="polymodal-run-"))
-        res = fit(train, valid, self.config, run_dir, log=self._log)
+        if resume and not self.path:
+            raise PolymodalError("resume needs the run folder: MultimodalPredictor(..., path=run_dir)")
+        artifacts.atomic_write_json(Path(run_dir) / artifacts.FIT_STATE, {
+            "config": self.config.to_dict(),
+            "tables": {k: (str(Path(v).resolve()) if isinstance(v, (str, os.PathLike)) else None)
+                       for k, v in (("train", train_data), ("valid", valid_data), ("test", test_data))}})
+        res = fit(train, valid, self.config, run_dir, log=self._log, resume=resume)
         self._result = res
         self.model, self.prep, self.task = res.model, res.prep, res.task
         self.metrics = {"valid": res.val_metrics, "fit_seconds": round(res.fit_seconds, 2),

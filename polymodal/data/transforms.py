@@ -70,16 +70,25 @@ def load_wave(path: str, sample_rate: int, max_seconds: float | None = None, aug
             raise DataError(f"cannot decode audio {path}: {exc}") from None
     if wave.shape[0] == 0:
         raise DataError(f"audio file has no samples: {path}")
+    if not np.isfinite(wave).all():  # float WAVs can hold NaN/inf; they would poison the features silently
+        raise DataError(f"audio samples are not finite (NaN or infinity) in {path}")
+    if sr <= 0:  # a corrupt header; resampling would divide by zero
+        raise DataError(f"audio file declares an invalid sample rate ({sr} Hz): {path}")
     wave = wave.mean(axis=1)
+    if max_seconds and len(wave) > math.ceil(max_seconds * sr):
+        # Crop before resampling: resampling costs time and memory in proportion to the whole clip, and a
+        # corrupt header that declares 1 Hz turns a 3 s clip into 13 hours (minutes and gigabytes to resample).
+        n_src = math.ceil(max_seconds * sr)
+        start = int((rng or np.random.default_rng()).integers(0, len(wave) - n_src + 1)) if augment else 0
+        wave = wave[start:start + n_src]
     if sr != sample_rate:
         import librosa
 
         wave = librosa.resample(wave, orig_sr=sr, target_sr=sample_rate).astype(np.float32)
     if max_seconds:
         n = int(round(max_seconds * sample_rate))
-        if len(wave) > n:
-            start = int((rng or np.random.default_rng()).integers(0, len(wave) - n + 1)) if augment else 0
-            wave = wave[start:start + n]
+        if len(wave) > n:  # by a sample or two of resampling rounding
+            wave = wave[:n]
         elif len(wave) < n:
             pad = n - len(wave)
             left = int((rng or np.random.default_rng()).integers(0, pad + 1)) if augment else 0
@@ -91,10 +100,24 @@ def load_wave(path: str, sample_rate: int, max_seconds: float | None = None, aug
 
 def load_audio_features(path: str, cfg: dict, augment: bool = False,
                         rng: np.random.Generator | None = None) -> np.ndarray:
-    """Audio file → the encoder's input features (log-mel (n_mels, T) scaled to about [-2, 2])."""
+    """Audio file → the encoder's input features (log-mel (n_mels, T) scaled to about [-2, 2]).
+
+    Whisper encoders (`cfg["kind"] == "whisper"`) take Whisper's own 30 s, 80-mel features instead.
+    """
+    if cfg.get("kind") == "whisper":
+        from polymodal.encoders.whisper import whisper_features
+
+        return whisper_features(load_wave(path, 16000, 30.0), 16000).astype(np.float32)
     from polymodal.encoders.audio import log_mel
 
     wave = load_wave(path, cfg["sample_rate"], cfg.get("max_seconds"), augment=augment, rng=rng)
+    peak = float(np.abs(wave).max())
+    if peak > 1.0:
+        # Float WAVs may hold any magnitude (a corrupt one, up to 3e38), whose float32 power overflows to inf/NaN.
+        # log_mel is relative to the clip's loudest bin, so scaling to unit peak leaves the features unchanged.
+        wave = wave / peak
     mel = log_mel(wave, cfg["sample_rate"], n_mels=cfg["n_mels"], n_fft=cfg["n_fft"],
                   hop_length=cfg["hop_length"])
+    if not np.isfinite(mel).all():
+        raise DataError(f"audio features are not finite (corrupt samples?) in {path}")
     return mel.astype(np.float32)

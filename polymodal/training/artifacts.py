@@ -23,6 +23,7 @@ from polymodal.errors import PolymodalError
 from polymodal.types import TABULAR, TEXT
 
 CONFIG, PREPROCESS, WEIGHTS, METRICS = "config.json", "preprocess.json", "model.safetensors", "metrics.json"
+FIT_STATE = "fit_state.json"  # written when training starts: what `fit --resume` needs to continue
 
 
 def atomic_write_text(path: Path, text: str) -> None:

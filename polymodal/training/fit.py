@@ -181,10 +181,14 @@ def make_loader(df, prep, feats, config: FitConfig, train: bool, with_target: bo
     ds = TableDataset(df, prep, feats, train=train, with_target=with_target, augment=config.augment,
                       seed=config.seed)
     workers = config.num_workers if ds.values else 0  # everything cached → decoding threads buy nothing
-    gen = torch.Generator().manual_seed(config.seed)
-    return DataLoader(ds, batch_size=config.batch_size, shuffle=train, collate_fn=Collator(prep),
-                      num_workers=workers, pin_memory=torch.cuda.is_available(), generator=gen,
-                      persistent_workers=workers > 0, drop_last=False)
+    from polymodal.training.callbacks import EpochSampler
+
+    # The loader's own generator: creating an iterator must not draw from the global RNG, or a resumed run
+    # (whose iterator is created at a different moment) would see different dropout masks.
+    return DataLoader(ds, batch_size=config.batch_size, sampler=EpochSampler(len(ds), config.seed, shuffle=train),
+                      collate_fn=Collator(prep), num_workers=workers, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=workers > 0, drop_last=False,
+                      generator=torch.Generator().manual_seed(config.seed))
 
 
 @dataclass
@@ -204,7 +208,8 @@ class FitResult:
 
 
 def fit(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: FitConfig, run_dir: str | os.PathLike,
-        log: Log = print) -> FitResult:
+        log: Log = print, resume: bool = False) -> FitResult:
+    """Train. With `resume`, continue from `run_dir/checkpoints/last.ckpt` (same data and config)."""
     t0 = time.time()
     L.seed_everything(config.seed, workers=True, verbose=False)
     schema = infer_schema(train_df, config.label, config.column_types, config.problem_type)
@@ -271,8 +276,12 @@ def fit(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: FitConfig
     trainer, ckpt = _trainer(config, run_dir, monitor, mode)
     train_loader = make_loader(train_df, prep, feats["train"], config, train=True)
     valid_loader = make_loader(valid_df, prep, feats["valid"], config, train=False)
+    last = os.path.join(run_dir, "checkpoints", "last.ckpt")
+    ckpt_path = last if resume and os.path.exists(last) else None
+    if resume:
+        log(f"  resuming from {last}" if ckpt_path else "  no checkpoint to resume from: training from the start")
     with _threads_for(model, device):
-        trainer.fit(module, train_loader, valid_loader)
+        trainer.fit(module, train_loader, valid_loader, ckpt_path=ckpt_path)
     best = ckpt.best_model_path
     if best and os.path.exists(best):
         module.load_trained_state(best)
@@ -322,7 +331,7 @@ def _trainer(config: FitConfig, run_dir, monitor: str, mode: str):
 
     return build_trainer(run_dir, monitor, mode, config.max_epochs, config.patience, config.precision,
                          config.accelerator, config.devices, config.strategy, config.num_nodes,
-                         config.progress, config.time_limit)
+                         config.progress, config.time_limit, seed=config.seed)
 
 
 def _history(path: str) -> pd.DataFrame:

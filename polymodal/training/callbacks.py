@@ -1,0 +1,69 @@
+"""Callbacks and a sampler that make training resumable and reproducible after a kill.
+
+- `AtomicCheckpoint` writes each checkpoint to a temporary name and renames it into place: a process
+  killed mid-write (SIGKILL) leaves the previous `last.ckpt` intact instead of a truncated file.
+- `EpochSeed` reseeds torch/numpy/random at every epoch start from (seed, epoch), and `EpochSampler`
+  shuffles from (seed, epoch): a run resumed at epoch k draws the same batches, augmentations and
+  dropout masks as an uninterrupted run, so both end with the same weights.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from weakref import proxy
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch.utils.data import Sampler
+
+
+class AtomicCheckpoint(ModelCheckpoint):
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        tmp = f"{filepath}.partial"
+        trainer.save_checkpoint(tmp, self.save_weights_only)
+        if trainer.is_global_zero:
+            os.replace(tmp, filepath)
+        trainer.strategy.barrier("atomic_checkpoint")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class EpochSeed(Callback):
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        seed_all(self.seed * 100_003 + trainer.current_epoch)
+
+
+class EpochSampler(Sampler[int]):
+    """Yields `epoch * n + i` so the dataset knows the epoch (for augmentation) even inside workers."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = range(self.n)
+        base = self.epoch * self.n
+        return iter([base + i for i in order])
