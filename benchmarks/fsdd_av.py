@@ -19,7 +19,7 @@ def run(train: pd.DataFrame, test: pd.DataFrame, cols: list[str], seed: int, fus
     t0 = time.time()
     p = MultimodalPredictor(
         label="digit", path=None, verbose=False, progress=False, seed=seed, fusion=fusion,
-        column_types={"speaker": "id"}, encoders={"image": "small-cnn"},
+        encoders={"image": "small-cnn"},
         encoder_opts={"image": {"image_size": 32}, "audio": {"sample_rate": 8000, "max_seconds": 1.0}},
         max_epochs=epochs, batch_size=64, lr=2e-3, patience=6, num_workers=1)
     p.fit(train[cols + ["digit"]])

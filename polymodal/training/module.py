@@ -11,13 +11,26 @@ from polymodal.training.metrics import compute_metrics
 
 class FitModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, task, lr: float = 1e-3, weight_decay: float = 1e-2,
-                 warmup_ratio: float = 0.05, encoder_lr_scale: float = 0.1) -> None:
+                 warmup_ratio: float = 0.05, encoder_lr_scale: float = 0.1, compile: bool = False) -> None:
         super().__init__()
         self.model, self.task = model, task
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_ratio, self.encoder_lr_scale = warmup_ratio, encoder_lr_scale
-        self._val: list[tuple[np.ndarray, np.ndarray]] = []
+        self.compile_encoders = compile
+        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        # checkpoints leave out frozen encoder weights (see on_save_checkpoint): resume must accept that
+        self.strict_loading = False
         self.val_metrics: dict[str, float] = {}
+
+    def setup(self, stage: str) -> None:
+        # Runs before Lightning moves the model to its device and builds the optimiser, so the optimiser
+        # state is created in the same (channels_last) layout as the weights.
+        from polymodal.model import compile_encoders, use_channels_last
+
+        use_channels_last(self.model, self.trainer.strategy.root_device)
+        if self.compile_encoders and not getattr(self, "_compiled", False):
+            compile_encoders(self.model)
+            self._compiled = True
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(batch)
@@ -31,16 +44,29 @@ class FitModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self.model(batch)
         loss = self.task.loss(logits, batch["target"])
-        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["target"]))
+        # sync_dist: under DDP every rank must see the same monitored value (early stopping, best checkpoint)
+        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["target"]),
+                 sync_dist=True)
         probs = self.task.probabilities(logits)
-        self._val.append((probs.detach().cpu().numpy(), batch["target"].cpu().numpy()))
+        # kept on the device: one transfer per epoch instead of a host sync per validation batch
+        self._val.append((probs.detach().float(), batch["target"], batch["row"]))
+
+    def _gathered_validation(self) -> tuple[np.ndarray, np.ndarray]:
+        """This epoch's validation outputs; under DDP, every rank's shard gathered and de-duplicated by
+        table row (distributed samplers pad shards to equal length by repeating rows)."""
+        probs, target, rows = (torch.cat([v[i] for v in self._val]) for i in range(3))
+        self._val.clear()
+        if self.trainer.world_size > 1:
+            probs, target, rows = (self.all_gather(t).flatten(0, 1) for t in (probs, target, rows))
+            _, first = np.unique(rows.cpu().numpy(), return_index=True)
+            keep = torch.as_tensor(first, device=probs.device)
+            probs, target = probs[keep], target[keep]
+        return probs.cpu().numpy(), target.cpu().numpy()
 
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
-        probs = np.concatenate([p for p, _ in self._val])
-        target = np.concatenate([t for _, t in self._val])
-        self._val.clear()
+        probs, target = self._gathered_validation()
         if self.task.problem_type == "regression":
             target = target * self.task.target_std + self.task.target_mean
         self.val_metrics = compute_metrics(self.task.problem_type, probs, target)
@@ -61,11 +87,23 @@ class FitModule(L.LightningModule):
         groups = [{"params": rest, "lr": self.lr}]
         if enc:  # fine-tuned pretrained towers learn slower than the freshly initialised fusion and head
             groups.append({"params": enc, "lr": self.lr * self.encoder_lr_scale})
-        fused = torch.cuda.is_available() and self.device.type == "cuda"
+        # fused AdamW (one kernel for all tensors) on CUDA; not under fp16's GradScaler, whose unscaling
+        # Lightning must do before clipping (bf16 and fp32 have no scaler)
+        fused = self.device.type == "cuda" and str(self.trainer.precision) not in ("16-mixed", "16")
         opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, fused=fused)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = get_cosine_schedule_with_warmup(opt, int(self.warmup_ratio * total), total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning's mixed-precision plugin refuses to clip for any optimiser that unscales inside step()
+        # (fused AdamW): a RuntimeError at the first bf16 step. That matters only with fp16's GradScaler;
+        # bf16/fp32 gradients are unscaled, so clip by norm here (foreach kernels, no host sync).
+        if gradient_clip_val:
+            if gradient_clip_algorithm not in (None, "norm"):
+                raise ValueError(f"unsupported gradient_clip_algorithm {gradient_clip_algorithm!r}")
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Frozen encoder weights never change: keep them out of every checkpoint (smaller, faster writes).

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
+
+from polymodal.training.callbacks import AtomicCheckpoint, EpochSeed
 
 
 def default_precision() -> str:
@@ -22,17 +24,31 @@ def build_trainer(run_dir: str | os.PathLike, monitor: str, mode: str, max_epoch
                   patience: int = 5, precision: str | None = None, accelerator: str = "auto",
                   devices: int | str = "auto", strategy: str = "auto", num_nodes: int = 1,
                   progress: bool = True, max_time: float | None = None,
-                  gradient_clip_val: float | None = 1.0) -> tuple[L.Trainer, ModelCheckpoint]:
+                  gradient_clip_val: float | None = 1.0, seed: int = 0,
+                  deterministic: bool | str | None = None) -> tuple[L.Trainer, AtomicCheckpoint]:
+    """`deterministic=None`: "warn" (deterministic kernels, warn where none exists) on CPU; off on GPUs,
+    where cuDNN's deterministic algorithms cost throughput (benchmarks/results/throughput.md) while
+    seeded runs still agree to rounding. Pass True/"warn" to force bitwise-reproducible GPU runs."""
+    if strategy == "ddp":
+        # Some parameters can sit out a step (missing-modality embeddings when every row is present,
+        # fusion branches skipped by modality dropout); plain DDP aborts on those at the next step.
+        strategy = "ddp_find_unused_parameters_true"
+    if deterministic is None:
+        deterministic = "warn" if _resolves_to_cpu(accelerator) else False
     run_dir = Path(run_dir)
-    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=f"val_{monitor}", mode=mode,
+    ckpt = AtomicCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=f"val_{monitor}", mode=mode,
                            save_top_k=1, save_last=True, enable_version_counter=False)
     stop = EarlyStopping(monitor=f"val_{monitor}", mode=mode, patience=patience)
     trainer = L.Trainer(
         default_root_dir=str(run_dir), max_epochs=max_epochs, accelerator=accelerator, devices=devices,
         strategy=strategy, num_nodes=num_nodes, precision=precision or default_precision(),
-        callbacks=[ckpt, stop], logger=CSVLogger(str(run_dir), name="", version="logs"),
+        callbacks=[ckpt, stop, EpochSeed(seed)], logger=CSVLogger(str(run_dir), name="", version="logs"),
         enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=10,
-        deterministic="warn", gradient_clip_val=gradient_clip_val,
+        deterministic=deterministic, gradient_clip_val=gradient_clip_val,
         max_time={"seconds": int(max_time)} if max_time else None,
         num_sanity_val_steps=0)
     return trainer, ckpt
+
+
+def _resolves_to_cpu(accelerator: str) -> bool:
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
