@@ -142,16 +142,14 @@ class TableDataset(Dataset):
         self.tabular = prep.tabular_arrays(df) if TABULAR in prep.inputs and TABULAR not in self.features \
             else None
         self.target = prep.encode_target(df) if with_target else None
-        self.epoch = 0
 
     def __len__(self) -> int:
         return self.n
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __getitem__(self, i: int) -> dict:
-        rng = np.random.default_rng((self.seed, self.epoch, i)) if self.augment else None
+    def __getitem__(self, index: int) -> dict:
+        # An EpochSampler passes epoch * n + i, so augmentation is a function of (seed, epoch, row) alone.
+        epoch, i = divmod(int(index), self.n)
+        rng = np.random.default_rng((self.seed, epoch, i)) if self.augment else None
         item: dict = {"row": int(self.rows[i]), "inputs": {}, "features": {}, "present": {}}
         for key, (feats, present) in self.features.items():
             item["features"][key] = feats[i]

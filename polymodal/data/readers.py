@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
 from polymodal.errors import DataError
 
+
+def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
+    """CSV/TSV read so that every record written comes back as one row (pandas' defaults lose or add some)."""
+    data = path.read_bytes()
+    opts: dict = {"sep": sep}
+    line_ends = b"\r\n"
+    # pandas' own to_csv leaves a carriage return inside a cell unquoted, and read_csv takes any bare CR for a
+    # line end, so such a file would come back with extra, shifted rows. In a file whose lines end in LF (or
+    # CRLF), a CR not followed by LF is cell content: read with LF as the only line end.
+    if b"\n" in data and re.search(rb"\r(?!\n)", data):
+        data, opts["lineterminator"], line_ends = data.replace(b"\r\n", b"\n"), "\n", b"\n"
+    df = pd.read_csv(io.BytesIO(data), **opts)
+    if df.shape[1] == 1:
+        # In a one-column file an empty or all-space line is a row whose cell is blank (to_csv writes a space
+        # unquoted), but read_csv skips it as a blank line. Keep such lines, except the empty ones ending the file.
+        df = pd.read_csv(io.BytesIO(data.rstrip(line_ends) + b"\n"), skip_blank_lines=False, **opts)
+    return df
+
+
 READERS = {
-    ".csv": lambda p: pd.read_csv(p),
-    ".tsv": lambda p: pd.read_csv(p, sep="\t"),
+    ".csv": lambda p: _read_delimited(p, ","),
+    ".tsv": lambda p: _read_delimited(p, "\t"),
     ".jsonl": lambda p: pd.read_json(p, lines=True),
     ".json": lambda p: pd.read_json(p),
     ".parquet": lambda p: pd.read_parquet(p),
@@ -36,7 +58,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         raise DataError(f"could not parse the table: {exc}", file=str(path)) from None
     if len(df) == 0:
         raise DataError("the table has no rows", file=str(path))
-    df.columns = [str(c) for c in df.columns]
+    df.columns = column_names(df, str(path))
     df.attrs["source"] = str(path)
     df.attrs["base_dir"] = str(path.resolve().parent)
     return df
@@ -48,11 +70,20 @@ def as_table(data: pd.DataFrame | str | os.PathLike, base_dir: str | None = None
         if len(data) == 0:
             raise DataError("the table has no rows", file=data.attrs.get("source", "<DataFrame>"))
         df = data.copy()
-        df.columns = [str(c) for c in df.columns]
         df.attrs["source"] = data.attrs.get("source", "<DataFrame>")
+        df.columns = column_names(df, df.attrs["source"])
         df.attrs["base_dir"] = base_dir or data.attrs.get("base_dir") or os.getcwd()
         return df
     return read_table(data)
+
+
+def column_names(df: pd.DataFrame, source: str) -> list[str]:
+    """Column names as strings; repeated names are an error, since df[name] would then be a table, not a column."""
+    names = [str(c) for c in df.columns]
+    dup = sorted(n for n, k in Counter(names).items() if k > 1)
+    if dup:
+        raise DataError(f"duplicate column names {dup}: rename them so each column has its own name", file=source)
+    return names
 
 
 def resolve_path(value: str, base_dir: str) -> str:

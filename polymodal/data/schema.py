@@ -6,12 +6,13 @@ Also infers the problem type from the label column. Both are overridable by the 
 from __future__ import annotations
 
 import os
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from polymodal.data.readers import is_missing, resolve_path
+from polymodal.data.readers import column_names, is_missing, resolve_path
 from polymodal.errors import DataError
 from polymodal.types import AUDIO, CATEGORICAL, ID, IMAGE, MODALITIES, NUMERIC, TEXT, VIDEO
 
@@ -59,12 +60,20 @@ def _media_kind(values: pd.Series, base_dir: str) -> tuple[str | None, str]:
     return None, ""
 
 
+def _nested(v: object) -> bool:
+    """A list/array/object cell, or anything unhashable (pandas' nunique and value_counts need hashing)."""
+    return isinstance(v, (tuple, np.ndarray)) or not isinstance(v, Hashable)
+
+
 def infer_column_type(series: pd.Series, base_dir: str, sample: int = 500, seed: int = 0) -> tuple[str, str]:
     """Return (modality, reason) for one feature column."""
     values = series[[not is_missing(v) for v in series]]
     n = len(series)
     if len(values) == 0:
         return ID, "every value is missing"
+    if any(_nested(v) for v in values):  # every value, not a sample: one would break nunique below
+        # JSON arrays/objects in a cell: no encoder takes them
+        return ID, "nested values (lists, objects) are not a supported input; flatten them into columns"
     if len(values) > sample:
         values = values.sample(sample, random_state=seed)
     nunique_all = series.nunique(dropna=True)
@@ -81,8 +90,6 @@ def infer_column_type(series: pd.Series, base_dir: str, sample: int = 500, seed:
         if integral and nunique_all <= 10:
             return CATEGORICAL, f"integers with {nunique_all} distinct values"
         return NUMERIC, "numbers"
-    if any(isinstance(v, (list, tuple, np.ndarray)) for v in values):
-        return NUMERIC, "arrays of numbers"
     kind, reason = _media_kind(values, base_dir)
     if kind:
         return kind, reason
@@ -105,6 +112,8 @@ def infer_problem_type(label: pd.Series, column: str = "label") -> str:
         raise DataError("the label column has no values", column=column)
     if any(isinstance(v, (list, tuple, np.ndarray)) for v in values):
         return MULTILABEL
+    if any(_nested(v) for v in values):
+        raise DataError("label values must be classes or numbers, not objects such as JSON {...}", column=column)
     if all(isinstance(v, str) for v in values) and \
             values.astype(str).str.contains(MULTILABEL_SEP, regex=False).mean() >= 0.1:
         return MULTILABEL
@@ -137,6 +146,7 @@ def infer_schema(df: pd.DataFrame, label: str, column_types: str | dict | None =
                  problem_type: str | None = None, sample: int = 500) -> Schema:
     """Infer the modality of every column but the label, and the problem type."""
     source = df.attrs.get("source", "<DataFrame>")
+    column_names(df, source)  # repeated names are an error here too, for frames that skipped as_table
     if label not in df.columns:
         raise DataError(f"label column '{label}' not found; columns are: {', '.join(df.columns)}", file=source)
     overrides = parse_overrides(column_types)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from PIL import Image, ImageEnhance, UnidentifiedImageError
+from PIL import Image, ImageEnhance
 
 from polymodal.errors import DataError
 
@@ -24,7 +24,7 @@ def load_image(path: str, size: int, mean: list[float], std: list[float], augmen
             im.load()
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # PIL's plugins raise many types on corrupt data (OSError, SyntaxError, struct.error…)
         raise DataError(f"cannot decode image {path}: {exc}") from None
     if augment:
         rng = rng or np.random.default_rng()

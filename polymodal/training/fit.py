@@ -234,6 +234,9 @@ def fit(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: FitConfig
         if unseen.any():
             log(f"  dropped {int(unseen.sum())} validation rows whose label does not occur in training")
             valid_df = _keep(valid_df, ~unseen)
+            if len(valid_df) == 0:
+                raise DataError("no validation row is left: every validation label is a class the training table "
+                                "does not have", file=valid_df.attrs.get("source"), column=config.label)
     for name in ("train", "valid"):
         df = train_df if name == "train" else valid_df
         df, problems = raise_or_drop(df, check_rows(df, prep), config.on_bad_rows)
