@@ -323,10 +323,12 @@ from polymodal.serve.cli import serve as _serve  # noqa: E402  (registered here;
 
 app.command(name="serve")(_serve)
 
+from polymodal.compress.cli import compress, export  # noqa: E402  (registered here; live with compression)
+
+app.command()(compress)
+app.command()(export)
+
 
 def main() -> None:  # pragma: no cover - console entry point
     app(sys.argv[1:])
 
-
-if __name__ == "__main__":  # pragma: no cover
-    app()

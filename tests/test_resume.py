@@ -25,7 +25,7 @@ def _table(path):
 
 def _fit(table, out, *extra):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "polymodal.cli", "fit", str(table), "--label", "y", "--out", str(out),
+    cmd = [sys.executable, "-m", "polymodal", "fit", str(table), "--label", "y", "--out", str(out),
            "--epochs", "5", "--batch-size", "8", "--patience", "10", "--seed", "3", *extra]
     return cmd, env
 
@@ -50,7 +50,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert not (tmp_path / "b" / "metrics.json").exists()  # it really died before finishing
     assert not list((tmp_path / "b" / "checkpoints").glob("*.partial")) or last.exists()
 
-    r = subprocess.run([sys.executable, "-m", "polymodal.cli", "fit", "--resume", str(tmp_path / "b")], env=env,
+    r = subprocess.run([sys.executable, "-m", "polymodal", "fit", "--resume", str(tmp_path / "b")], env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resuming from" in r.stdout + r.stderr
@@ -66,6 +66,6 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
 
 
 def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "polymodal.cli", "fit", "--resume", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "polymodal", "fit", "--resume", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "not an interrupted polymodal run" in r.stderr

@@ -1,0 +1,66 @@
+"""`polymodal compress` and `polymodal export` (registered in polymodal/cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from polymodal.cli import console, user_errors
+
+
+@user_errors
+def compress(
+    run: Path = typer.Argument(..., help="trained run folder to compress"),
+    out: Path = typer.Option(..., "--out", "-o", help="compressed run folder to write"),
+    quantize: str | None = typer.Option(None, help="int8: post-training quantisation"),
+    backend: str = typer.Option("onnx", help="int8 back end: onnx (static, CNNs included; onnxruntime) or "
+                                             "torch (dynamic Linear + 8-bit embeddings)"),
+    prune: float = typer.Option(0.0, help="fraction of neurons (structured) or weights (unstructured) to prune"),
+    prune_mode: str = typer.Option("structured", help="structured (removes neurons) | unstructured (zeros)"),
+    prune_encoders: bool = typer.Option(False, help="also prune transformer text encoders' FFN neurons"),
+    distill_from: Path | None = typer.Option(None, help="teacher run: train a smaller student from it"),
+    student: str = typer.Option("small", help="student preset: small | tiny"),
+    train: Path | None = typer.Option(None, help="training table (distillation, pruning fine-tune, calibration)"),
+    valid: Path | None = typer.Option(None, help="validation table (model selection and the report's metric)"),
+    epochs: int | None = typer.Option(None, help="epochs for distillation (15) / fine-tuning (5)"),
+) -> None:
+    """Distil, prune and/or quantise a run; writes the compressed folder with report.md and report.png."""
+    from polymodal.compress.pipeline import compress_run
+
+    res = compress_run(run, out, train, valid, quantize, backend, prune, prune_mode, prune_encoders,
+                       distill_from, student, epochs, log=lambda m: console.print(m, highlight=False))
+    if "report" in res:
+        from rich.console import Console
+
+        Console().print(res["report"].to_string(index=False))
+    console.print(f"compressed run: {out}")
+
+
+@user_errors
+def export(
+    run: Path = typer.Argument(..., help="run folder (or a compressed one with float weights)"),
+    out: Path = typer.Option(..., "--out", "-o", help="ONNX file to write"),
+    format: str = typer.Option("onnx", "--format", help="onnx"),
+    check: Path | None = typer.Option(None, help="table whose rows are also compared with PyTorch"),
+    opset: int = typer.Option(17, help="ONNX opset"),
+) -> None:
+    """Export the whole model (encoders + fusion + head) to ONNX and check it against PyTorch."""
+    from polymodal.compress.artifacts import COMPRESSION, load_compressed
+    from polymodal.compress.onnx_export import export_predictor
+    from polymodal.errors import PolymodalError
+
+    if format != "onnx":
+        raise PolymodalError(f"--format supports 'onnx', got {format!r}")
+    if (run / COMPRESSION).exists():
+        p = load_compressed(run)
+        if not hasattr(p, "model") or any("quantized" in type(m).__module__ for m in p.model.modules()):
+            raise PolymodalError(f"{run} holds an int8 or ONNX artefact; export its float source run instead")
+    else:
+        from polymodal import MultimodalPredictor
+
+        p = MultimodalPredictor.load(run)
+    report = export_predictor(p, out, check, opset)
+    console.print(str(report), highlight=False, soft_wrap=True)
+    console.print(f"predict with: polymodal.compress.OnnxPredictor({str(out)!r}).predict(table)",
+                  highlight=False, soft_wrap=True)

@@ -1,0 +1,334 @@
+"""ONNX export of a whole predictor (encoders + fusion + head) and an onnxruntime prediction path.
+
+The exported graph takes raw encoder inputs as named tensors, because ONNX has no dict inputs:
+image `<key>` (B, 3, S, S) float; text `<key>__input_ids`, `<key>__attention_mask` (B, L) int64; audio
+`<key>` (B, n_mels, T) float; tabular `tabular__numeric`, `tabular__numeric_missing`, `tabular__categorical`;
+presence `present__<key>` (B,) bool. Batch is dynamic, and so are text length and audio frames. Output:
+`logits`. The polymodal metadata (preprocessing, input names, task) is stored in the ONNX file itself
+(metadata_props["polymodal"]); text tokenizers are copied beside it (`<file>.tokenizers/<key>/`,
+to be moved along with the file).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from polymodal.data.dataset import Collator, TableDataset, check_rows, raise_or_drop
+from polymodal.data.preprocess import Preprocessor
+from polymodal.data.readers import as_table
+from polymodal.errors import PolymodalError
+from polymodal.types import AUDIO, IMAGE, TABULAR, TEXT
+
+META_KEY = "polymodal"
+OPSET = 17
+
+
+def _safe(key: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_]", "_", key)
+
+
+@dataclass
+class FlatInput:
+    """One named graph input: which batch entry it comes from (`key`, sub-field `part` or presence)."""
+
+    name: str
+    key: str
+    part: str | None  # "input_ids" etc. for dict inputs, None for a plain tensor, "present" for masks
+    dynamic: dict[int, str]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "key": self.key, "part": self.part,
+                "dynamic": {str(k): v for k, v in self.dynamic.items()}}
+
+
+def flat_inputs(prep: Preprocessor, keys: list[str]) -> list[FlatInput]:
+    """Named graph inputs for the model's encoder keys, in a fixed (sorted) order."""
+    out: list[FlatInput] = []
+    for key in sorted(keys):
+        mod, s = prep.inputs[key].modality, _safe(key)
+        if mod == TEXT:
+            out += [FlatInput(f"{s}__{p}", key, p, {0: "batch", 1: f"{s}_length"})
+                    for p in ("input_ids", "attention_mask")]
+        elif mod == TABULAR:
+            out += [FlatInput(f"tabular__{p}", key, p, {0: "batch"})
+                    for p in ("numeric", "numeric_missing", "categorical")]
+        elif mod == AUDIO:
+            out.append(FlatInput(s, key, None, {0: "batch", 2: f"{s}_frames"}))
+        else:
+            out.append(FlatInput(s, key, None, {0: "batch"}))
+    out += [FlatInput(f"present__{_safe(k)}", k, "present", {0: "batch"}) for k in sorted(keys)]
+    return out
+
+
+class FlatModel(nn.Module):
+    """The model with positional tensor inputs (ONNX/TorchScript need flat named tensors, not dicts)."""
+
+    def __init__(self, model: nn.Module, spec: list[FlatInput]) -> None:
+        super().__init__()
+        self.model, self.spec = model, spec
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.model(unflatten(self.spec, tensors))
+
+
+def unflatten(spec: list[FlatInput], tensors) -> dict:
+    batch: dict = {"inputs": {}, "features": {}, "present": {}}
+    for s, t in zip(spec, tensors, strict=True):
+        if s.part == "present":
+            batch["present"][s.key] = t
+        elif s.part is None:
+            batch["inputs"][s.key] = t
+        else:
+            batch["inputs"].setdefault(s.key, {})[s.part] = t
+    return batch
+
+
+def flatten(spec: list[FlatInput], batch: dict) -> list[torch.Tensor]:
+    out = []
+    for s in spec:
+        if s.part == "present":
+            out.append(batch["present"][s.key])
+        elif s.part is None:
+            out.append(batch["inputs"][s.key])
+        else:
+            out.append(batch["inputs"][s.key][s.part])
+    return out
+
+
+def table_batch(prep: Preprocessor, df: pd.DataFrame) -> dict:
+    """Raw encoder inputs for every row of `df` (no feature cache): what an exported model consumes."""
+    ds = TableDataset(df, prep, None, train=False, with_target=False)
+    return Collator(prep)([ds[i] for i in range(len(ds))])
+
+
+def random_batch(prep: Preprocessor, model: nn.Module, batch_size: int = 3, seq_len: int = 11,
+                 frames: int = 40, seed: int = 0) -> dict:
+    """Random raw inputs of every encoder's shape (random token ids, categories, presence bits)."""
+    g = torch.Generator().manual_seed(seed)
+    batch: dict = {"inputs": {}, "features": {}, "present": {}}
+    for key in model.encoders.keys():
+        spec = prep.inputs[key]
+        if spec.modality == IMAGE:
+            s = spec.config["image_size"]
+            x = torch.randn(batch_size, 3, s, s, generator=g)
+        elif spec.modality == AUDIO:
+            x = torch.randn(batch_size, spec.config["n_mels"], frames, generator=g)
+        elif spec.modality == TEXT:
+            vocab = model.encoders[key].model.config.vocab_size
+            ids = torch.randint(1000, vocab, (batch_size, seq_len), generator=g)
+            mask = torch.ones(batch_size, seq_len, dtype=torch.long)
+            mask[0, seq_len // 2:] = 0  # one padded row, so the masked pooling is exercised
+            x = {"input_ids": ids, "attention_mask": mask}
+        else:
+            cfg = spec.config
+            cats = [len(prep.vocab[c]) + 1 for c in cfg["categorical"]]
+            num = torch.randn(batch_size, len(cfg["numeric"]), generator=g)
+            x = {"numeric": num, "numeric_missing": (torch.rand(num.shape, generator=g) < 0.2).float(),
+                 "categorical": torch.stack([torch.randint(0, c, (batch_size,), generator=g) for c in cats], 1)
+                 if cats else torch.zeros(batch_size, 0, dtype=torch.long)}
+        batch["inputs"][key] = x
+        present = torch.rand(batch_size, generator=g) < 0.8
+        present[0] = True
+        batch["present"][key] = present if spec.modality != TABULAR else torch.ones(batch_size, dtype=torch.bool)
+    return batch
+
+
+def to_numpy_feeds(spec: list[FlatInput], batch: dict) -> dict[str, np.ndarray]:
+    return {s.name: t.detach().cpu().numpy() for s, t in zip(spec, flatten(spec, batch), strict=True)}
+
+
+def _eager_attention(model: nn.Module) -> None:
+    """Hugging Face models: the plain attention path traces into ONNX ops (SDPA's mask logic may not)."""
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is not None and hasattr(cfg, "_attn_implementation"):
+            try:
+                cfg._attn_implementation = "eager"
+            except Exception:  # read-only on some versions: the default then has to trace
+                pass
+
+
+def export_model(model: nn.Module, prep: Preprocessor, path: str | Path, meta: dict | None = None,
+                 opset: int = OPSET) -> list[FlatInput]:
+    """Write `model` (a MultimodalModel) as ONNX with dynamic batch / text length / audio frames."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    _eager_attention(model)
+    spec = flat_inputs(prep, list(model.encoders.keys()))
+    example = random_batch(prep, model)
+    flat = FlatModel(model, spec).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        # Tracer warnings (Python values read from tensors in HF mask code) are expected: parity on other
+        # batch sizes and lengths is checked after export by `check_parity`.
+        warnings.simplefilter("ignore")
+        # The TorchScript exporter (dynamo=False): it works offline with HF models and dynamic axes.
+        torch.onnx.export(flat, tuple(flatten(spec, example)), str(path), input_names=[s.name for s in spec],
+                          output_names=["logits"], opset_version=opset, dynamo=False,
+                          dynamic_axes={**{s.name: s.dynamic for s in spec}, "logits": {0: "batch"}})
+    _write_meta(path, model, prep, spec, meta or {})
+    return spec
+
+
+def _write_meta(path: Path, model: nn.Module, prep: Preprocessor, spec: list[FlatInput], meta: dict) -> None:
+    import copy
+
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    prep_d = copy.deepcopy(prep.to_dict())  # to_dict shares the config dicts with the live Preprocessor
+    tok_root = Path(str(path) + ".tokenizers")
+    for key, s in prep.inputs.items():
+        if s.modality == TEXT:
+            from polymodal.encoders.text import get_tokenizer
+
+            target = tok_root / key
+            if target.exists():
+                shutil.rmtree(target)
+            get_tokenizer(s.config["tokenizer"]).save_pretrained(str(target))
+            enc = model.encoders[key]
+            if hasattr(enc, "model") and hasattr(enc.model, "config"):  # AutoTokenizer reads the model type
+                enc.model.config.save_pretrained(str(target))
+            prep_d["inputs"][key]["config"]["tokenizer"] = key  # found at <onnx file>.tokenizers/<key>
+    payload = {"preprocess": prep_d, "inputs": [s.to_dict() for s in spec], **meta}
+    del m.metadata_props[:]
+    entry = m.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(payload)
+    onnx.save(m, str(path))
+
+
+def read_meta(path: str | Path) -> dict:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    for p in m.metadata_props:
+        if p.key == META_KEY:
+            return json.loads(p.value)
+    raise PolymodalError(f"{path} was not exported by polymodal (no '{META_KEY}' metadata)")
+
+
+def session(path: str | Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+@dataclass
+class ParityReport:
+    path: str
+    max_abs_diff_random: float
+    max_abs_diff_real: float | None
+    rows_real: int
+
+    def __str__(self) -> str:
+        real = f"{self.max_abs_diff_real:.2e} on {self.rows_real} real rows" \
+            if self.max_abs_diff_real is not None else "no real rows given"
+        return f"{self.path}: max |onnxruntime - PyTorch| logits = {self.max_abs_diff_random:.2e} on random " \
+               f"inputs, {real}"
+
+
+@torch.no_grad()
+def check_parity(model: nn.Module, prep: Preprocessor, path: str | Path, df: pd.DataFrame | None = None,
+                 max_rows: int = 32) -> ParityReport:
+    """Max |ONNX − PyTorch| over the logits on random inputs (batch 5) and on real table rows."""
+    meta = read_meta(path)
+    spec = [FlatInput(d["name"], d["key"], d["part"], {}) for d in meta["inputs"]]
+    sess = session(path)
+    model = model.eval().cpu()
+    diffs = []
+    batches = [random_batch(prep, model, batch_size=5, seq_len=7, frames=23, seed=1)]
+    if df is not None and len(df):
+        batches.append(table_batch(prep, df.head(max_rows)))
+    for b in batches:
+        ref = model(b).float().numpy()
+        out = sess.run(["logits"], to_numpy_feeds(spec, b))[0]
+        diffs.append(float(np.abs(out - ref).max()))
+    return ParityReport(str(path), diffs[0], diffs[1] if len(diffs) > 1 else None,
+                        min(len(df), max_rows) if df is not None else 0)
+
+
+def export_predictor(predictor, out: str | Path, check_table=None, opset: int = OPSET) -> ParityReport:
+    """Export a MultimodalPredictor to ONNX and check it against PyTorch (random + `check_table` rows)."""
+    task = predictor.task
+    meta = {"label": predictor.config.label, "problem_type": task.problem_type,
+            "classes": list(getattr(task, "classes", []) or []),
+            "target_mean": predictor.prep.target_mean, "target_std": predictor.prep.target_std,
+            "model_id": getattr(predictor, "model_id", None)}
+    export_model(predictor.model, predictor.prep, out, meta, opset)
+    df = None
+    if check_table is not None:
+        df = as_table(check_table)
+        df, _ = raise_or_drop(df, check_rows(df, predictor.prep, with_target=False), "skip")
+    return check_parity(predictor.model, predictor.prep, out, df)
+
+
+class OnnxPredictor:
+    """Predict with an exported model in onnxruntime, reusing polymodal's table reading and preprocessing.
+
+    >>> OnnxPredictor("model.onnx").predict_proba(df)
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 32) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise PolymodalError(f"ONNX file not found: {self.path}")
+        meta = read_meta(self.path)
+        prep_d = meta["preprocess"]
+        for s in prep_d["inputs"].values():
+            if s["modality"] == TEXT:
+                s["config"]["tokenizer"] = str(Path(str(self.path) + ".tokenizers") / s["config"]["tokenizer"])
+        self.prep = Preprocessor.from_dict(prep_d)
+        self.spec = [FlatInput(d["name"], d["key"], d["part"], {}) for d in meta["inputs"]]
+        self.meta = meta
+        from polymodal.tasks import build_task
+
+        self.task = build_task(meta["problem_type"], meta["classes"], meta["target_mean"], meta["target_std"])
+        self.session = session(self.path, threads)
+        self.batch_size = batch_size
+
+    def logits(self, data) -> np.ndarray:
+        df = as_table(data)
+        df, _ = raise_or_drop(df, check_rows(df, self.prep, with_target=False), "error")
+        out = []
+        for i in range(0, len(df), self.batch_size):
+            batch = table_batch(self.prep, df.iloc[i:i + self.batch_size])
+            out.append(self.session.run(["logits"], to_numpy_feeds(self.spec, batch))[0])
+        return np.concatenate(out) if out else np.zeros((0, self.task.num_outputs), np.float32)
+
+    def predict_proba(self, data, as_pandas: bool = True) -> pd.DataFrame | np.ndarray:
+        df = as_table(data)
+        probs = self.task.probabilities(torch.from_numpy(self.logits(df))).numpy()
+        if not as_pandas:
+            return probs
+        if self.task.problem_type == "regression":
+            return pd.DataFrame({self.meta["label"]: probs}, index=df.index)
+        return pd.DataFrame(probs, columns=self.prep.classes, index=df.index)
+
+    def predict(self, data, as_pandas: bool = True) -> pd.Series | np.ndarray:
+        df = as_table(data)
+        values = self.prep.decode_target(self.task.decode(self.predict_proba(df, as_pandas=False)))
+        return pd.Series(values, name=self.meta["label"], index=df.index) if as_pandas else np.asarray(values)
+
+    def evaluate(self, data) -> dict[str, float]:
+        from polymodal.training.metrics import compute_metrics
+
+        df = as_table(data)
+        probs = self.predict_proba(df, as_pandas=False)
+        target = self.prep.encode_target(df)
+        if self.task.problem_type == "regression":
+            target = target * self.prep.target_std + self.prep.target_mean
+        return {**compute_metrics(self.task.problem_type, probs, target), "rows": len(df)}
