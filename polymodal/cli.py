@@ -4,36 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from functools import wraps
 from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+
+from polymodal.errors import console, user_errors  # noqa: F401  (re-exported for command modules)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Multimodal deep learning on tables of image, text, audio and tabular columns.")
-console = Console(stderr=True)
-
-
-def user_errors(fn):
-    """Print user mistakes as one clear line (exit code 2) instead of a traceback."""
-
-    @wraps(fn)
-    def wrapper(*args, **kwargs):
-        from polymodal.errors import PolymodalError
-
-        try:
-            return fn(*args, **kwargs)
-        except PolymodalError as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]")
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 def _parse_kv(spec: str | None) -> dict[str, str]:

@@ -86,3 +86,19 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def color_table(root: Path, n: int = 80, caption_words: dict[str, list[str]] | None = None) -> Path:
+    """root/train.csv: image (colour = label red/blue), numeric `size`, categorical `shop`, optional `caption`."""
+    (root / "imgs").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        color = ["red", "blue"][i % 2]
+        write_image(root / "imgs" / f"{i}.png", color, seed=i)
+        row = {"image": f"imgs/{i}.png", "size": float(rng.normal()), "shop": "abc"[i % 3], "label": color}
+        if caption_words:
+            row["caption"] = "a " + " ".join(rng.choice(caption_words[color], size=int(rng.integers(1, 6)))) + " thing"
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    return root / "train.csv"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -31,19 +30,10 @@ WORDS = {"red": ["crimson", "ruby", "cherry"], "blue": ["navy", "azure", "cobalt
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """small-cnn image (32 px) + MiniLM cut to 1 layer (frozen) + tabular, trained in a few seconds."""
-    from conftest import write_image
+    from conftest import color_table
 
     root = tmp_path_factory.mktemp("compress")
-    (root / "imgs").mkdir()
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(80):
-        color = ["red", "blue"][i % 2]
-        write_image(root / "imgs" / f"{i}.png", color, seed=i)
-        words = " ".join(rng.choice(WORDS[color], size=int(rng.integers(1, 6))))
-        rows.append({"image": f"imgs/{i}.png", "caption": f"a {words} thing", "size": float(rng.normal()),
-                     "shop": "abc"[i % 3], "label": color})
-    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    color_table(root, caption_words=WORDS)
     p = MultimodalPredictor(label="label", path=root / "run", encoders={"image": "small-cnn"},
                             encoder_opts={"image": {"image_size": 32}, "text": {"num_layers": 1}},
                             column_types={"caption": "text"}, verbose=False, **FAST)

@@ -14,17 +14,10 @@ FAST = dict(max_epochs=6, batch_size=16, lr=3e-3, patience=6, progress=False)
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from conftest import write_image
+    from conftest import color_table
 
     root = tmp_path_factory.mktemp("fit")
-    (root / "imgs").mkdir()
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(80):
-        color = ["red", "blue"][i % 2]
-        write_image(root / "imgs" / f"{i}.png", color, seed=i)
-        rows.append({"image": f"imgs/{i}.png", "size": float(rng.normal()), "shop": "abc"[i % 3], "label": color})
-    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    color_table(root)
     p = MultimodalPredictor(label="label", path=root / "run", encoders={"image": "small-cnn"},
                             encoder_opts={"image": {"image_size": 32}}, verbose=False, **FAST)
     p.fit(root / "train.csv")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from polymodal.cli import console, user_errors
+from polymodal.errors import console, user_errors
 
 
 @user_errors

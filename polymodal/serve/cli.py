@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from polymodal.cli import user_errors
+from polymodal.errors import user_errors
 
 
 @user_errors
