@@ -78,3 +78,10 @@ def write_markdown(path: str | Path, title: str, command: str, table: pd.DataFra
     Path(path).write_text(md)
     print(md)
     return md
+
+
+def emit(text: str, path: str | Path) -> None:
+    """Print a finished Markdown report and write it to `path` (creating its folder)."""
+    print(text)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text, encoding="utf-8")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from common import emit
 
 from polymodal.retrieval.index import VectorIndex
 
@@ -124,10 +125,7 @@ def main() -> None:
               for name, setting, build, ms, rec in rows]
     lines += ["", "Command: `python benchmarks/faiss_scale.py" + ("" if args.n == 1_000_000 else f" --n {args.n}")
               + "`"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
+    emit("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 import torch
+from common import emit
 from sklearn.cross_decomposition import CCA
 from sklearn.model_selection import train_test_split
 
@@ -160,10 +161,7 @@ def main() -> None:
         "Command: `python benchmarks/retrieval_wikipedia.py" + (f" --seeds {' '.join(map(str, args.seeds))}"
                                                                  if args.seeds != [0, 1, 2] else "") + "`",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
+    emit("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":
