@@ -186,6 +186,11 @@ def ct2_to_hf(variables: dict[str, np.ndarray], aliases: dict[str, str]):
         return len({n.split("/")[1] for n in v if n.startswith(f"{side}/layer_")
                     and n.split("/")[1][6:].isdigit()})
 
+    def self_attention(ct: str, hf: str) -> None:  # the same block in encoder and decoder layers
+        split(f"{ct}/self_attention/linear_0", [f"{hf}.self_attn.{p}_proj" for p in "qkv"])
+        linear(f"{ct}/self_attention/linear_1", f"{hf}.self_attn.out_proj")
+        norm(f"{ct}/self_attention/layer_norm", f"{hf}.self_attn_layer_norm")
+
     n_enc, n_dec = n_layers("encoder"), n_layers("decoder")
     for name in ("conv1", "conv2"):
         linear(f"encoder/{name}", f"model.encoder.{name}")
@@ -193,9 +198,7 @@ def ct2_to_hf(variables: dict[str, np.ndarray], aliases: dict[str, str]):
     norm("encoder/layer_norm", "model.encoder.layer_norm")
     for i in range(n_enc):
         ct, hf = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
-        split(f"{ct}/self_attention/linear_0", [f"{hf}.self_attn.{p}_proj" for p in "qkv"])
-        linear(f"{ct}/self_attention/linear_1", f"{hf}.self_attn.out_proj")
-        norm(f"{ct}/self_attention/layer_norm", f"{hf}.self_attn_layer_norm")
+        self_attention(ct, hf)
         ffn(ct, hf)
     sd["model.decoder.embed_tokens.weight"] = take("decoder/embeddings/weight")
     sd["proj_out.weight"] = take("decoder/projection/weight")
@@ -205,9 +208,7 @@ def ct2_to_hf(variables: dict[str, np.ndarray], aliases: dict[str, str]):
     norm("decoder/layer_norm", "model.decoder.layer_norm")
     for i in range(n_dec):
         ct, hf = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
-        split(f"{ct}/self_attention/linear_0", [f"{hf}.self_attn.{p}_proj" for p in "qkv"])
-        linear(f"{ct}/self_attention/linear_1", f"{hf}.self_attn.out_proj")
-        norm(f"{ct}/self_attention/layer_norm", f"{hf}.self_attn_layer_norm")
+        self_attention(ct, hf)
         linear(f"{ct}/attention/linear_0", f"{hf}.encoder_attn.q_proj")
         split(f"{ct}/attention/linear_1", [f"{hf}.encoder_attn.k_proj", f"{hf}.encoder_attn.v_proj"])
         linear(f"{ct}/attention/linear_2", f"{hf}.encoder_attn.out_proj")
