@@ -125,9 +125,17 @@ def _resume(run: Path) -> None:
 @user_errors
 def evaluate(run: Path = typer.Argument(..., help="run folder"),
              data: Path = typer.Argument(..., help="labelled table"),
-             out: Path | None = typer.Option(None, help="write metrics JSON (and confusion matrix) here")) -> None:
-    """Score a trained run on a labelled table."""
+             out: Path | None = typer.Option(None, help="write metrics JSON (and confusion matrix) here"),
+             pair_id: str | None = typer.Option(None, help="alignment runs: column whose equal values are positives")
+             ) -> None:
+    """Score a trained run on a labelled table (an alignment run: Recall@K, median rank, mAP both ways)."""
     from polymodal import MultimodalPredictor
+    from polymodal.retrieval.pipeline import is_alignment_run
+
+    if is_alignment_run(run):
+        from polymodal.retrieval.cli import evaluate_alignment
+
+        return evaluate_alignment(run, data, out, pair_id)
 
     p = MultimodalPredictor.load(run)
     plots = (out.parent if out else run / "evaluation")
@@ -307,6 +315,13 @@ from polymodal.compress.cli import compress, export  # noqa: E402  (registered h
 
 app.command()(compress)
 app.command()(export)
+
+from polymodal.retrieval.cli import align, index, search, zero_shot  # noqa: E402  (live with retrieval)
+
+app.command()(align)
+app.command()(index)
+app.command()(search)
+app.command(name="zero-shot")(zero_shot)
 
 
 def main() -> None:  # pragma: no cover - console entry point

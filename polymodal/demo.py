@@ -37,3 +37,38 @@ def run_demo(out: Path, train_images: int = 1200, test_images: int = 300, epochs
                             max_epochs=epochs, batch_size=128, lr=2e-3, patience=4)
     p.fit(data / "train.csv", test_data=data / "test.csv")
     return p.metrics["test"]
+
+
+SHAPES = ("circle", "rectangle", "triangle")
+COLOURS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
+
+
+def easy_vqa_captions(split: str, n_images: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """One row per easy-vqa image: its path and a caption "a <colour> <shape>".
+
+    Shape and colour come from the image's "what ..." questions, whose wording and answers describe the
+    shape that is present ("what color is the triangle?" → "blue"); yes/no questions also name absent ones,
+    so they are not used. Images whose questions do not give both are left out.
+    """
+    import easy_vqa
+
+    if split == "train":
+        qs, answers, ids = easy_vqa.get_train_questions()
+        paths = easy_vqa.get_train_image_paths()
+    else:
+        qs, answers, ids = easy_vqa.get_test_questions()
+        paths = easy_vqa.get_test_image_paths()
+    found: dict[int, dict[str, set[str]]] = {}
+    for q, a, i in zip(qs, answers, ids):
+        if not q.startswith("what"):
+            continue
+        words = set(q.rstrip("?").split()) | {a}
+        slot = found.setdefault(i, {"shape": set(), "colour": set()})
+        slot["shape"] |= words & set(SHAPES)
+        slot["colour"] |= words & set(COLOURS)
+    rows = [{"image": paths[i], "caption": f"a {next(iter(s['colour']))} {next(iter(s['shape']))}"}
+            for i, s in sorted(found.items()) if len(s["shape"]) == 1 and len(s["colour"]) == 1]
+    df = pd.DataFrame(rows)
+    if n_images and n_images < len(df):
+        df = df.sample(n_images, random_state=seed).reset_index(drop=True)
+    return df

@@ -180,14 +180,19 @@ def _cluster_batch_plan(features: torch.Tensor, batch_size: int, n_clusters: int
     return batches
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    # As open_clip: no weight decay on biases, norm gains and the temperature.
-    decay, no_decay = [], []
+def _param_groups(model: DualEncoder, weight_decay: float, lr: float, tower_lr_scale: float = 1.0,
+                  ) -> list[dict[str, Any]]:
+    # As open_clip: no weight decay on biases, norm gains and the temperature. Fine-tuned pretrained towers
+    # learn at lr * tower_lr_scale: the fresh heads need large steps, pretrained weights small ones.
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        side = name.split("_tower.")[0] if "_tower." in name else None
+        pretrained = side in ("left", "right") and getattr(model.tower(side), "pretrained", False)
+        groups.setdefault((p.ndim < 2 or "logit_scale" in name, pretrained), []).append(p)
+    return [{"params": ps, "weight_decay": 0.0 if no_decay else weight_decay,
+             "lr": lr * (tower_lr_scale if pretrained else 1.0)} for (no_decay, pretrained), ps in groups.items()]
 
 
 def train_alignment(
@@ -209,6 +214,8 @@ def train_alignment(
     n_clusters: int | None = None,
     encode_batch_size: int = 1024,
     device: torch.device | str | None = None,
+    features_given: tuple[Side, ...] = (),
+    tower_lr_scale: float = 1.0,
 ) -> AlignmentResult:
     """Train ``model`` with the symmetric InfoNCE loss on paired rows of ``left_data`` and ``right_data``.
 
@@ -217,7 +224,9 @@ def train_alignment(
     - ``valid``: ``(left, right)`` or ``(left, right, pair_ids)``; early stopping on the mean over both
       directions of R@1 (``metric="mean_r1"``) or mAP (``"map"``) with ``patience`` epochs. Without it the
       last epoch is kept.
-    - Frozen towers are run once and training uses their cached outputs.
+    - Frozen towers are run once and training uses their cached outputs; for the sides named in
+      ``features_given`` (frozen ones) the data passed in already are those outputs (e.g. from the feature
+      cache), so the tower is not run at all. Fine-tuned pretrained towers learn at ``lr * tower_lr_scale``.
     - AdamW (no decay on biases/temperature), linear warm-up then cosine decay per step.
     - ``hard_negatives``: batches built from k-means clusters of the left tower features
       (``n_clusters`` default N / batch_size).
@@ -239,7 +248,13 @@ def train_alignment(
         raise ValueError(f"{len(ids)} pair ids for {n} pairs")
 
     # Cache frozen towers' outputs once: training then only touches the heads for that side.
+    for side in features_given:
+        if not model.frozen[side]:
+            raise ValueError(f"features_given names the {side} side, whose tower is trained")
+
     def prepared(data: Data, side: Side) -> Data:
+        if side in features_given:
+            return torch.as_tensor(data).float()
         if model.frozen[side]:
             return encode(model, data, side, encode_batch_size, features=True, device=device)
         return data
@@ -271,7 +286,7 @@ def train_alignment(
     steps_per_epoch = math.ceil(n / batch_size)
     total = max(1, epochs * steps_per_epoch)
     warmup = int(warmup_fraction * total)
-    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr)
+    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay, lr, tower_lr_scale), lr=lr)
     # Linear warm-up then cosine decay to 0, stepped per batch.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup
@@ -322,7 +337,7 @@ def train_alignment(
         result.history.append(row)
         if valid is not None and since_best >= patience:
             break
-    if valid is None:
+    if valid is None or not result.state_dict:  # no validation, or no epoch run: keep the last weights
         result.best_epoch, result.state_dict = len(result.history) - 1, copy.deepcopy(model.state_dict())
     model.load_state_dict(result.state_dict)
     model.eval()

@@ -80,8 +80,9 @@ class VectorIndex:
     """
 
     def __init__(self, index: Any, *, model_id: str, kind: str, dim: int, ids: list, metadata: list | None,
-                 params: dict[str, Any]) -> None:
+                 params: dict[str, Any], source: dict[str, Any] | None = None) -> None:
         self.index = index
+        self.source = source or {}  # where the vectors came from (model run, column, side), for query embedding
         self.model_id = model_id
         self.kind = kind
         self.dim = dim
@@ -234,7 +235,7 @@ class VectorIndex:
                 "format_version": FORMAT_VERSION, "model_id": self.model_id, "kind": self.kind,
                 "dim": self.dim,
                 "ntotal": len(self), "metric": "cosine", "params": self.params, "ids": self.ids,
-                "metadata": self.metadata, "index_sha256": _sha256(Path(tmp_index)),
+                "metadata": self.metadata, "source": self.source, "index_sha256": _sha256(Path(tmp_index)),
             }
             tmp_sidecar = _atomic_target(path.with_name(path.name + ".json"))
             with open(tmp_sidecar, "w", encoding="utf-8") as f:
@@ -271,4 +272,4 @@ class VectorIndex:
             raise IndexFormatError(f"{path}: {index.ntotal} vectors of dim {index.d}, sidecar says "
                                    f"{len(meta['ids'])} of dim {meta['dim']}")
         return cls(index, model_id=meta["model_id"], kind=meta["kind"], dim=meta["dim"], ids=meta["ids"],
-                   metadata=meta.get("metadata"), params=meta.get("params", {}))
+                   metadata=meta.get("metadata"), params=meta.get("params", {}), source=meta.get("source"))

@@ -122,39 +122,49 @@ OPENAPI_SEARCH = {"requestBody": {"required": True, "content": {
         "vector": {"type": "array", "items": {"type": "number"}}}}},
     "multipart/form-data": {"schema": {"type": "object", "additionalProperties": False, "properties": {
         "text": {"type": "string"}, "k": {"type": "integer", "minimum": 1, "maximum": MAX_SEARCH_K},
-        "image": {"type": "string", "format": "binary"}}}}}}}
+        "image": {"type": "string", "format": "binary"}, "audio": {"type": "string", "format": "binary"}}}}}}}
 
 
 def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batching: bool = True,
                searcher: Searcher | None = None, cors_origins: list[str] | tuple[str, ...] = (),
                max_file_bytes: int = 10 * MB, max_pixels: int = 40_000_000) -> FastAPI:
-    """A FastAPI app serving `predictor` (a loaded MultimodalPredictor); `searcher` enables POST /search."""
-    runner = ModelRunner(predictor)
-    builder = RowBuilder(predictor.prep, max_file_bytes=max_file_bytes, max_pixels=max_pixels)
+    """A FastAPI app serving `predictor` (a loaded MultimodalPredictor); `searcher` enables POST /search.
+
+    With `predictor=None` the app only searches (an alignment run's index): no /predict route."""
+    if predictor is None and searcher is None:
+        raise PolymodalError("nothing to serve: give a predictor, a searcher or both")
     metrics = ServerMetrics()
-    batcher = MicroBatcher(runner, max_batch=max_batch, max_wait_ms=max_wait_ms, enabled=batching,
-                           on_batch=metrics.observe_batch)
-    prep = predictor.prep
+    runner = batcher = builder = prep = None
+    if predictor is not None:
+        runner = ModelRunner(predictor)
+        builder = RowBuilder(predictor.prep, max_file_bytes=max_file_bytes, max_pixels=max_pixels)
+        batcher = MicroBatcher(runner, max_batch=max_batch, max_wait_ms=max_wait_ms, enabled=batching,
+                               on_batch=metrics.observe_batch)
+        prep = predictor.prep
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await batcher.start()
-        await batcher.run_now([builder.build({}, require_input=False)])  # first forward allocates; not a client's
+        if batcher is not None:
+            await batcher.start()
+            # the first forward allocates; not a client's
+            await batcher.run_now([builder.build({}, require_input=False)])
         metrics.ready = True
         yield
         metrics.ready = False
-        await batcher.stop()
+        if batcher is not None:
+            await batcher.stop()
 
-    app = FastAPI(title="polymodal", version="1", lifespan=lifespan,
-                  description=f"Predicts `{prep.schema.label}` ({prep.schema.problem_type}) from "
-                              f"{', '.join(builder.fields)}.")
+    description = ("Searches a gallery." if prep is None else
+                   f"Predicts `{prep.schema.label}` ({prep.schema.problem_type}) from {', '.join(builder.fields)}.")
+    app = FastAPI(title="polymodal", version="1", lifespan=lifespan, description=description)
     app.state.batcher, app.state.metrics, app.state.runner, app.state.builder = batcher, metrics, runner, builder
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["*"])
-    max_body = max_file_bytes * max(1, len(builder.file_fields)) + MB  # + room for fields and boundaries
+    n_files = max(1, len(builder.file_fields) if builder else 1)
+    max_body = max_file_bytes * n_files + MB  # + room for fields and boundaries
     app.add_middleware(_Guard, metrics=metrics, max_body=max_body)
 
     @app.exception_handler(InputError)
@@ -183,45 +193,46 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batc
                               f"application/json, not "
                               f"'{ctype or 'no content type'}'")
 
-    @app.post("/predict", response_model=PredictResponse, responses=ERRORS,
-              openapi_extra=_openapi_predict(builder))
-    async def predict(request: Request) -> dict:
-        """One row: image/audio files by column name plus text/numeric/categorical fields (all optional,
-        at least one)."""
-        start = time.perf_counter()
-        values = await read_values(request, builder.from_json, builder.from_form)
-        item = await run_in_threadpool(builder.build, values)  # image/audio decode off the event loop
-        out = await batcher.submit(item)
-        return {**out, "latency_ms": round((time.perf_counter() - start) * 1000, 3)}
+    if predictor is not None:
+        @app.post("/predict", response_model=PredictResponse, responses=ERRORS,
+                  openapi_extra=_openapi_predict(builder))
+        async def predict(request: Request) -> dict:
+            """One row: image/audio files by column name plus text/numeric/categorical fields (all optional,
+            at least one)."""
+            start = time.perf_counter()
+            values = await read_values(request, builder.from_json, builder.from_form)
+            item = await run_in_threadpool(builder.build, values)  # image/audio decode off the event loop
+            out = await batcher.submit(item)
+            return {**out, "latency_ms": round((time.perf_counter() - start) * 1000, 3)}
 
     if searcher is not None:
         async def search_form(form) -> dict:
             query: dict[str, Any] = {}
             for name, v in form.multi_items():
-                if name == "image":
+                if name in ("image", "audio"):
                     if isinstance(v, str):
-                        raise InputError(422, "'image' must be an uploaded file; paths are never read", name)
+                        raise InputError(422, f"'{name}' must be an uploaded file; paths are never read", name)
                     data = await v.read()
                     if len(data) > max_file_bytes:
-                        raise InputError(413, f"the image is larger than the {max_file_bytes / MB:g} MB limit",
+                        raise InputError(413, f"the {name} is larger than the {max_file_bytes / MB:g} MB limit",
                                          name)
                     if data:
-                        query["image"] = Upload(data, v.content_type or "", v.filename or "")
+                        query[name] = Upload(data, v.content_type or "", v.filename or "")
                 elif name in ("text", "k"):
                     if not isinstance(v, str):
                         raise InputError(422, f"'{name}' must be a form field, not a file", name)
                     query[name] = v
                 else:
-                    raise InputError(422, f"unknown field '{name}'; /search takes text, image, k", name)
+                    raise InputError(422, f"unknown field '{name}'; /search takes text, image, audio, k", name)
             return check_search(query, from_form=True)
 
         def check_search(query: Any, from_form: bool = False) -> dict:
             if not isinstance(query, dict):
                 raise InputError(422, "the JSON body must be an object: {\"text\": ..., \"k\": ...}")
-            unknown = set(query) - {"text", "image", "vector", "k"}
+            unknown = set(query) - {"text", "image", "audio", "vector", "k"}
             if unknown:
                 raise InputError(422, f"unknown field '{sorted(unknown)[0]}'; /search takes text, image, "
-                                      "vector, k", sorted(unknown)[0])
+                                      "audio, vector, k", sorted(unknown)[0])
             k = query.get("k", 10)
             try:
                 k = int(k) if not isinstance(k, (bool, float)) else None
@@ -236,11 +247,12 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batc
                     raise InputError(422, "'text' must be a string", "text")
                 if text.strip():
                     out["text"] = text
-            if "image" in query:
-                if not from_form:
-                    raise InputError(422, "'image' must be uploaded as a file (multipart/form-data); paths and "
-                                          "URLs are never read", "image")
-                out["image"] = query["image"].data
+            for kind in ("image", "audio"):
+                if kind in query:
+                    if not from_form:
+                        raise InputError(422, f"'{kind}' must be uploaded as a file (multipart/form-data); paths "
+                                              "and URLs are never read", kind)
+                    out[kind] = query[kind].data
             vec = query.get("vector")
             if vec is not None:
                 if not isinstance(vec, list) or not vec or not all(
@@ -248,12 +260,12 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batc
                     raise InputError(422, "'vector' must be a non-empty list of numbers", "vector")
                 out["vector"] = vec
             if len(out) == 1:
-                raise InputError(422, "send a query: text, an image upload or a vector")
+                raise InputError(422, "send a query: text, an image or audio upload, or a vector")
             return out
 
         @app.post("/search", response_model=SearchResponse, responses=ERRORS, openapi_extra=OPENAPI_SEARCH)
         async def search(request: Request) -> dict:
-            """Top-k gallery items for a text, image or vector query."""
+            """Top-k gallery items for a text, image, audio or vector query."""
             start = time.perf_counter()
             query = await read_values(request, check_search, search_form)
             try:
@@ -266,8 +278,10 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batc
     @app.get("/schema")
     def schema() -> dict:
         """The model's input columns and modalities, its label and classes; drives the web page's form."""
-        return {"label": prep.schema.label, "problem_type": prep.schema.problem_type,
-                "classes": list(prep.classes), "inputs": [f.to_dict() for f in builder.fields.values()],
+        return {"label": prep.schema.label if prep else None,
+                "problem_type": prep.schema.problem_type if prep else None,
+                "classes": list(prep.classes) if prep else [],
+                "inputs": [f.to_dict() for f in builder.fields.values()] if builder else [],
                 "max_file_bytes": max_file_bytes, "model_id": getattr(predictor, "model_id", None),
                 "search": None if searcher is None else
                 {"modalities": list(getattr(searcher, "modalities", ("text", "image")))}}
@@ -280,7 +294,7 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batc
     @app.get("/ready", responses={503: {"model": ErrorResponse}})
     def ready():
         """Readiness: the model is loaded, warmed up and the batch worker runs."""
-        if metrics.ready and (batcher.running or not batcher.enabled):
+        if metrics.ready and (batcher is None or batcher.running or not batcher.enabled):
             return {"ready": True}
         return JSONResponse({"detail": "model not ready"}, status_code=503)
 
@@ -298,7 +312,13 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batc
 
 
 def app_from_run(run_dir: str | os.PathLike, device: str | None = None, **options) -> FastAPI:
-    """Load the run folder's predictor once and serve it."""
+    """Load the run folder's predictor once and serve it (an alignment run serves only its search index)."""
     from polymodal.predictor import MultimodalPredictor
+    from polymodal.retrieval.pipeline import is_alignment_run
 
+    if is_alignment_run(run_dir):
+        if options.get("searcher") is None:
+            raise PolymodalError(f"{run_dir} is an alignment run: serve it with --index GALLERY.index "
+                                 "(built by `polymodal index`)")
+        return create_app(None, **options)
     return create_app(MultimodalPredictor.load(run_dir, device=device), **options)

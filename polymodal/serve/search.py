@@ -51,16 +51,18 @@ class IndexSearcher:
         for s, r in zip(scores[0], rows[0]):
             if r < 0:
                 continue
-            extra = dict(meta[r]) if meta and meta[r] else {}
+            # gallery file paths stay on the server: clients get the file name and thumbnail only
+            extra = {k: v for k, v in meta[r].items() if k != "path"} if meta and meta[r] else {}
             out.append({**extra, "id": self.index.ids[r], "score": float(s)})
         return out
 
 
-def load_index_searcher(path: str | os.PathLike) -> IndexSearcher:
-    """Open a saved VectorIndex (PATH and PATH.json) as a vector-query searcher."""
-    from polymodal.retrieval.index import VectorIndex
+def load_index_searcher(path: str | os.PathLike, run: str | os.PathLike | None = None) -> IndexSearcher:
+    """Open a saved VectorIndex (PATH and PATH.json): vector queries, plus text/image/audio queries when the
+    index was built by an alignment run (`polymodal index`; `run` overrides the recorded run folder)."""
+    from polymodal.retrieval.pipeline import load_searcher
 
-    return IndexSearcher(VectorIndex.load(path))
+    return load_searcher(path, run)
 
 
 def jsonable(value: Any) -> Any:

@@ -115,30 +115,38 @@ async function init() {
     return;
   }
   const schema = await resp.json();
-  const classes = schema.classes.length ? ` into ${schema.classes.length} classes` : "";
-  $("model-info").textContent = `Predicts “${schema.label}” (${schema.problem_type})${classes}. ` +
-    "Fill in any inputs you have; missing ones are allowed.";
-  $("fields").replaceChildren(...schema.inputs.map(fieldFor));
-  $("predict").disabled = false;
+  if (schema.label) {
+    const classes = schema.classes.length ? ` into ${schema.classes.length} classes` : "";
+    $("model-info").textContent = `Predicts “${schema.label}” (${schema.problem_type})${classes}. ` +
+      "Fill in any inputs you have; missing ones are allowed.";
+    $("fields").replaceChildren(...schema.inputs.map(fieldFor));
+    $("predict").disabled = false;
 
-  $("predict-form").addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    showError($("error"), "");
-    $("predict").disabled = true;
-    try {
-      const r = await fetch("/predict", { method: "POST", body: formBody(ev.target) });
-      if (r.ok) showPrediction(await r.json());
-      else showError($("error"), await errorText(r));
-    } catch (e) {
-      showError($("error"), `request failed: ${e}`);
-    } finally {
-      $("predict").disabled = false;
-    }
-  });
+    $("predict-form").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      showError($("error"), "");
+      $("predict").disabled = true;
+      try {
+        const r = await fetch("/predict", { method: "POST", body: formBody(ev.target) });
+        if (r.ok) showPrediction(await r.json());
+        else showError($("error"), await errorText(r));
+      } catch (e) {
+        showError($("error"), `request failed: ${e}`);
+      } finally {
+        $("predict").disabled = false;
+      }
+    });
+  } else {  // a search-only server (an alignment run's gallery index)
+    $("model-info").textContent = `Searches a gallery by ${schema.search.modalities.join(", ")}.`;
+    $("predict-panel").hidden = true;
+    $("search-panel").hidden = false;
+  }
 
   if (schema.search) {
-    $("tabs").hidden = false;
-    $("search-image-label").hidden = !schema.search.modalities.includes("image");
+    $("tabs").hidden = !schema.label;
+    for (const kind of ["text", "image", "audio"]) {
+      $(`search-${kind}-label`).hidden = !schema.search.modalities.includes(kind);
+    }
     for (const tab of document.querySelectorAll(".tab")) {
       tab.addEventListener("click", () => {
         for (const t of document.querySelectorAll(".tab")) t.classList.toggle("active", t === tab);
