@@ -43,12 +43,14 @@ def print_metrics(metrics: dict, title: str) -> None:
 @user_errors
 def fit(
     train: Path | None = typer.Argument(None, help="training table (.csv, .tsv, .jsonl, .parquet)"),
-    label: str | None = typer.Option(None, "--label", "-l", help="label column"),
+    label: list[str] | None = typer.Option(None, "--label", "-l",
+                                           help="label column; repeat for multi-task (one head per label)"),
     out: Path | None = typer.Option(None, "--out", "-o", help="run folder to write"),
     resume: Path | None = typer.Option(None, help="continue an interrupted run folder (same data and settings)"),
     valid: Path | None = typer.Option(None, help="validation table (default: stratified split)"),
     test: Path | None = typer.Option(None, help="test table, scored after training"),
-    problem_type: str | None = typer.Option(None, help="binary|multiclass|multilabel|regression"),
+    problem_type: str | None = typer.Option(None, help="binary|multiclass|multilabel|regression "
+                                                       "(multi-task: label=type,...)"),
     column_types: str | None = typer.Option(None, help="override inference: col=image,col2=text,..."),
     image_encoder: str | None = typer.Option(None, help="efficientnet-lite0 (default), mobilenet_v2, "
                                                 "small-cnn, timm:NAME, torchvision:NAME"),
@@ -71,6 +73,19 @@ def fit(
     strategy: str = typer.Option("auto", help="Lightning strategy: auto, ddp, fsdp"),
     num_nodes: int = typer.Option(1),
     time_limit: float | None = typer.Option(None, help="stop training after this many seconds"),
+    dropout: float = typer.Option(0.2, help="dropout in the fusion and head"),
+    loss: str = typer.Option("cross_entropy", help="classification loss: cross_entropy | focal"),
+    focal_gamma: float = typer.Option(2.0, help="focal loss focusing parameter"),
+    class_weighting: str = typer.Option("auto", help="auto (on when classes are ≥3x imbalanced) | on | off"),
+    sampler: str = typer.Option("shuffle", help="shuffle | weighted (resample classes of the first label equally)"),
+    tune_threshold: str | None = typer.Option(None, help="binary labels: tune the decision threshold on the "
+                                                         "validation set for f1 | balanced_accuracy"),
+    loss_weighting: str = typer.Option("uniform", help="multi-task: uniform | fixed | uncertainty (learned)"),
+    task_weights: str | None = typer.Option(None, help="multi-task fixed weights: label=weight,..."),
+    mixup: float = typer.Option(0.0, help="mixup alpha (0 = off)"),
+    text_augment: float = typer.Option(0.0, help="word drop/swap probability for fine-tuned text encoders"),
+    l1: float = typer.Option(0.0, help="L1 penalty on the head's weights"),
+    label_smoothing: float = typer.Option(0.0),
 ) -> None:
     """Train a model on a table and write a self-contained run folder."""
     from polymodal import MultimodalPredictor
@@ -78,21 +93,34 @@ def fit(
 
     if resume:
         return _resume(resume)
-    if train is None or label is None or out is None:
+    if train is None or not label or out is None:
         raise PolymodalError("fit needs a training table, --label and --out (or --resume RUN)")
     if on_bad_rows not in ("error", "skip"):
         raise PolymodalError("--on-bad-rows must be 'error' or 'skip'")
+    checks = {"--loss": (loss, ("cross_entropy", "focal")), "--sampler": (sampler, ("shuffle", "weighted")),
+              "--class-weighting": (class_weighting, ("auto", "on", "off")),
+              "--loss-weighting": (loss_weighting, ("uniform", "fixed", "uncertainty")),
+              "--tune-threshold": (tune_threshold or "f1", ("f1", "balanced_accuracy"))}
+    for flag, (value, allowed) in checks.items():
+        if value not in allowed:
+            raise PolymodalError(f"{flag} must be one of {', '.join(allowed)}, not {value!r}")
+    labels = label if len(label) > 1 else label[0]
+    ptype = _parse_kv(problem_type) if problem_type and "=" in problem_type else problem_type
+    weights = {k: float(v) for k, v in _parse_kv(task_weights).items()} if task_weights else None
     encoders = {k: v for k, v in {"image": image_encoder, "text": text_encoder, "audio": audio_encoder}.items()
                 if v}
     encoder_opts = {"image": {"image_size": image_size}} if image_size else {}
     frozen = {m.strip(): False for m in (finetune or "").split(",") if m.strip()}
     p = MultimodalPredictor(
-        label=label, problem_type=problem_type, path=out, column_types=_parse_kv(column_types),
+        label=labels, problem_type=ptype, path=out, column_types=_parse_kv(column_types),
         encoders=encoders, encoder_opts=encoder_opts, frozen=frozen, fusion=fusion, max_epochs=epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
         on_bad_rows=on_bad_rows, num_workers=num_workers, precision=precision,
         devices=int(devices) if devices.isdigit() else devices, strategy=strategy, num_nodes=num_nodes,
-        time_limit=time_limit)
+        time_limit=time_limit, dropout=dropout, loss=loss, focal_gamma=focal_gamma,
+        class_weighting={"auto": None, "on": True, "off": False}[class_weighting], sampler=sampler,
+        tune_threshold=tune_threshold, loss_weighting=loss_weighting, task_weights=weights, mixup=mixup,
+        text_augment=text_augment, l1=l1, label_smoothing=label_smoothing)
     p.fit(train, valid, test)
     print_metrics(p.metrics["valid"], "validation")
     if "test" in p.metrics:
@@ -156,6 +184,8 @@ def predict(run: Path = typer.Argument(..., help="run folder"),
             out: Path = typer.Option(..., "--out", "-o", help="CSV to write"),
             proba: bool = typer.Option(True, help="add one probability column per class")) -> None:
     """Write predictions (and class probabilities) for every row of a table."""
+    import pandas as pd
+
     from polymodal import MultimodalPredictor
     from polymodal.data.readers import read_table
     from polymodal.training.artifacts import atomic_write_text
@@ -164,11 +194,13 @@ def predict(run: Path = typer.Argument(..., help="run folder"),
     df = read_table(data)
     pred = p.predict(df)
     result = df.copy()
-    result[f"predicted_{p.config.label}"] = pred
-    if proba and p.task.problem_type != "regression":
+    for name, values in (pred.items() if isinstance(pred, pd.DataFrame) else [(p.config.label, pred)]):
+        result[f"predicted_{name}"] = values
+    if proba:
         probs = p.predict_proba(df)
         for c in probs.columns:
-            result[f"proba_{c}"] = probs[c].round(6)
+            if c not in p.config.labels:  # regression labels' "probabilities" are the predictions above
+                result[f"proba_{c}"] = probs[c].round(6)
     atomic_write_text(out, result.to_csv(index=False))
     console.print(f"wrote {len(result)} predictions to {out}")
 

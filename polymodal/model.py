@@ -26,6 +26,17 @@ class MLPHead(nn.Module):
         return self.net(x)
 
 
+class MultiHead(nn.Module):
+    """One head per task over the shared fused vector; logits concatenated in task order."""
+
+    def __init__(self, heads: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleDict(heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([h(x) for h in self.heads.values()], dim=-1)
+
+
 class MultimodalModel(nn.Module):
     """`encoders[key](inputs[key])` → `fusion(features, present)` → `head`.
 

@@ -17,6 +17,7 @@ import torch
 from polymodal.data.dataset import check_rows, raise_or_drop
 from polymodal.data.readers import as_table
 from polymodal.errors import PolymodalError
+from polymodal.tasks import task_from_prep
 from polymodal.training import artifacts
 from polymodal.training.fit import (
     FitConfig,
@@ -30,7 +31,7 @@ from polymodal.training.fit import (
     frozen_keys,
     predict_probs,
 )
-from polymodal.training.metrics import compute_metrics, confusion_matrix
+from polymodal.training.metrics import confusion_matrix
 from polymodal.types import TABULAR
 
 
@@ -42,7 +43,8 @@ class MultimodalPredictor:
     >>> MultimodalPredictor.load("runs/x")
     """
 
-    def __init__(self, label: str, problem_type: str | None = None, path: str | os.PathLike | None = None,
+    def __init__(self, label: str | list[str], problem_type: str | dict | None = None,
+                 path: str | os.PathLike | None = None,
                  verbose: bool = True, **config) -> None:
         self.config = FitConfig(label=label, problem_type=problem_type, **config)
         self.path = Path(path) if path else None
@@ -93,28 +95,32 @@ class MultimodalPredictor:
         return df, feats
 
     def predict_proba(self, data, as_pandas: bool = True) -> pd.DataFrame | np.ndarray:
-        """Class probabilities (columns = classes), or predicted values for regression."""
+        """Class probabilities (columns = classes), or predicted values for regression.
+
+        Multi-task: one block per label, columns "label:class" (and "label" for a regression label)."""
         df, feats = self._prepare(data, with_target=False)
         probs, _ = predict_probs(self.model, self.task, self.prep, df, self.config, feats, with_target=False)
         if not as_pandas:
             return probs
-        if self.task.problem_type == "regression":
-            return pd.DataFrame({self.config.label: probs}, index=df.index)
-        return pd.DataFrame(probs, columns=self.prep.classes, index=df.index)
+        return pd.DataFrame(probs.reshape(len(df), -1), columns=probability_columns(self.task, self.config),
+                            index=df.index)
 
-    def predict(self, data, as_pandas: bool = True) -> pd.Series | np.ndarray:
+    def predict(self, data, as_pandas: bool = True) -> pd.Series | pd.DataFrame | np.ndarray:
+        """Predicted labels (a Series; multi-task: a DataFrame with one column per label)."""
         probs = self.predict_proba(data, as_pandas=False)
-        values = self.prep.decode_target(self.task.decode(probs))
+        values = self.task.labels(probs)
         index = as_table(data).index if as_pandas else None
+        if isinstance(values, dict):
+            frame = pd.DataFrame(values, index=index)
+            return frame if as_pandas else frame.to_numpy()
         return pd.Series(values, name=self.config.label, index=index) if as_pandas else np.asarray(values)
 
     def evaluate(self, data, plots_dir: str | os.PathLike | None = None) -> dict[str, float]:
-        """All metrics for a labelled table; with `plots_dir`, also a confusion-matrix PNG."""
+        """All metrics for a labelled table (multi-task: "label/metric" per label plus their mean "score");
+        with `plots_dir`, also a confusion-matrix PNG."""
         df, feats = self._prepare(data, with_target=True)
         probs, target = predict_probs(self.model, self.task, self.prep, df, self.config, feats)
-        if self.task.problem_type == "regression":
-            target = target * self.prep.target_std + self.prep.target_mean
-        metrics = compute_metrics(self.task.problem_type, probs, target)
+        metrics = self.task.metrics(probs, target)
         metrics["rows"] = len(df)
         if plots_dir and self.task.problem_type in ("binary", "multiclass"):
             from polymodal.training.plots import plot_confusion
@@ -151,9 +157,7 @@ class MultimodalPredictor:
         encoders, _ = build_encoders(prep.schema, config, arch)
         if TABULAR in prep.inputs:
             encoders[TABULAR] = build_tabular_encoder(prep, config)
-        from polymodal.tasks import build_task
-
-        self.task = build_task(prep.schema.problem_type, prep.classes, prep.target_mean, prep.target_std)
+        self.task = task_from_prep(prep, config)
         self.model = assemble_model(encoders, self.task, config)
         artifacts.load_weights(self.model, Path(path) / artifacts.WEIGHTS)
         for key, enc in self.model.encoders.items():
@@ -180,3 +184,13 @@ class MultimodalPredictor:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+
+def probability_columns(task, config: FitConfig) -> list[str]:
+    """Column names of predict_proba: classes, the label (regression), or "label:class" blocks (multi-task)."""
+    if getattr(task, "tasks", None):
+        cols = []
+        for name, t in task.tasks.items():
+            cols += [name] if t.problem_type == "regression" else [f"{name}:{c}" for c in t.classes]
+        return cols
+    return [config.label] if task.problem_type == "regression" else list(task.classes)

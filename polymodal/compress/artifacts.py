@@ -75,7 +75,7 @@ def _float_skeleton(path: Path, shapes: dict[str, list[int]] | None = None):
     """A MultimodalPredictor with the run's architecture, weights not loaded (shrunk layers re-sized)."""
     from polymodal import MultimodalPredictor
     from polymodal.compress.prune import resize_to_state
-    from polymodal.tasks import build_task
+    from polymodal.tasks import task_from_prep
     from polymodal.training.fit import FitConfig, assemble_model, build_encoders, build_tabular_encoder
     from polymodal.types import TABULAR
 
@@ -94,7 +94,7 @@ def _float_skeleton(path: Path, shapes: dict[str, list[int]] | None = None):
     encoders, _ = build_encoders(prep.schema, config, arch)
     if TABULAR in prep.inputs:
         encoders[TABULAR] = build_tabular_encoder(prep, config)
-    p.task = build_task(prep.schema.problem_type, prep.classes, prep.target_mean, prep.target_std)
+    p.task = task_from_prep(prep, config)
     p.model = assemble_model(encoders, p.task, config)
     if shapes:
         resize_to_state(p.model, {k: torch.empty(v) for k, v in shapes.items()})

@@ -18,7 +18,6 @@ import torch
 from polymodal.data.dataset import check_rows, raise_or_drop
 from polymodal.model import MultimodalModel, move_batch
 from polymodal.training.fit import FitConfig, features_for, frozen_keys, make_loader, predict_probs
-from polymodal.training.metrics import compute_metrics
 
 LossFn = Callable[[MultimodalModel, dict], tuple[torch.Tensor, dict[str, float]]]
 
@@ -39,9 +38,7 @@ def cached_features(model: MultimodalModel, prep, config: FitConfig, df: pd.Data
 
 def score(model: MultimodalModel, task, prep, config: FitConfig, df: pd.DataFrame, feats: dict) -> dict:
     probs, target = predict_probs(model, task, prep, df, config, feats, device="cpu")
-    if task.problem_type == "regression":
-        target = target * prep.target_std + prep.target_mean
-    return compute_metrics(task.problem_type, probs, target)
+    return task.metrics(probs, target)
 
 
 def train_loop(model: MultimodalModel, task, prep, config: FitConfig, train_df: pd.DataFrame,

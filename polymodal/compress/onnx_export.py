@@ -267,6 +267,7 @@ def export_predictor(predictor, out: str | Path, check_table=None, opset: int = 
     meta = {"label": predictor.config.label, "problem_type": task.problem_type,
             "classes": list(getattr(task, "classes", []) or []),
             "target_mean": predictor.prep.target_mean, "target_std": predictor.prep.target_std,
+            "decision_threshold": dict(predictor.config.decision_threshold),
             "model_id": getattr(predictor, "model_id", None)}
     export_model(predictor.model, predictor.prep, out, meta, opset)
     df = None
@@ -294,9 +295,13 @@ class OnnxPredictor:
         self.prep = Preprocessor.from_dict(prep_d)
         self.spec = [FlatInput(d["name"], d["key"], d["part"], {}) for d in meta["inputs"]]
         self.meta = meta
-        from polymodal.tasks import build_task
+        from polymodal.tasks import task_from_prep
+        from polymodal.training.fit import FitConfig
 
-        self.task = build_task(meta["problem_type"], meta["classes"], meta["target_mean"], meta["target_std"])
+        self.config = FitConfig(label=self.prep.schema.labels if len(self.prep.schema.labels) > 1
+                                else self.prep.schema.label,
+                                decision_threshold=meta.get("decision_threshold") or {})
+        self.task = task_from_prep(self.prep, self.config)
         self.session = session(self.path, threads)
         self.batch_size = batch_size
 
@@ -310,25 +315,24 @@ class OnnxPredictor:
         return np.concatenate(out) if out else np.zeros((0, self.task.num_outputs), np.float32)
 
     def predict_proba(self, data, as_pandas: bool = True) -> pd.DataFrame | np.ndarray:
+        from polymodal.predictor import probability_columns
+
         df = as_table(data)
         probs = self.task.probabilities(torch.from_numpy(self.logits(df))).numpy()
         if not as_pandas:
             return probs
-        if self.task.problem_type == "regression":
-            return pd.DataFrame({self.meta["label"]: probs}, index=df.index)
-        return pd.DataFrame(probs, columns=self.prep.classes, index=df.index)
+        return pd.DataFrame(probs.reshape(len(df), -1), columns=probability_columns(self.task, self.config),
+                            index=df.index)
 
-    def predict(self, data, as_pandas: bool = True) -> pd.Series | np.ndarray:
+    def predict(self, data, as_pandas: bool = True) -> pd.Series | pd.DataFrame | np.ndarray:
         df = as_table(data)
-        values = self.prep.decode_target(self.task.decode(self.predict_proba(df, as_pandas=False)))
+        values = self.task.labels(self.predict_proba(df, as_pandas=False))
+        if isinstance(values, dict):  # multi-task
+            frame = pd.DataFrame(values, index=df.index)
+            return frame if as_pandas else frame.to_numpy()
         return pd.Series(values, name=self.meta["label"], index=df.index) if as_pandas else np.asarray(values)
 
     def evaluate(self, data) -> dict[str, float]:
-        from polymodal.training.metrics import compute_metrics
-
         df = as_table(data)
         probs = self.predict_proba(df, as_pandas=False)
-        target = self.prep.encode_target(df)
-        if self.task.problem_type == "regression":
-            target = target * self.prep.target_std + self.prep.target_mean
-        return {**compute_metrics(self.task.problem_type, probs, target), "rows": len(df)}
+        return {**self.task.metrics(probs, self.prep.encode_target(df)), "rows": len(df)}

@@ -65,7 +65,12 @@ def check_rows(df: pd.DataFrame, prep: Preprocessor, with_target: bool = True) -
             for row, v, o in zip(df.index, df[col], x):
                 if not is_missing(v) and not np.isfinite(o):
                     problems.append(Problem(int(row), col, f"value {v!r} is not a number"))
-    if with_target:
+    if with_target and prep.schema.problem_type == "multitask":
+        # multi-task: a missing label (or an unseen class) only drops the row from that task's loss/metrics
+        for label in prep.schema.labels:
+            if label not in df.columns:
+                problems.append(Problem(-1, label, "label column is missing from the table"))
+    elif with_target:
         label = prep.schema.label
         if label not in df.columns:
             problems.append(Problem(-1, label, "label column is missing from the table"))
@@ -121,8 +126,10 @@ class TableDataset(Dataset):
     """Rows of a table → per-input encoder inputs or precomputed features, presence masks and targets."""
 
     def __init__(self, df: pd.DataFrame, prep: Preprocessor, features: dict[str, tuple] | None = None,
-                 train: bool = False, with_target: bool = True, augment: bool = True, seed: int = 0) -> None:
+                 train: bool = False, with_target: bool = True, augment: bool = True, seed: int = 0,
+                 text_augment: float = 0.0) -> None:
         self.prep, self.train, self.augment, self.seed = prep, train, augment and train, seed
+        self.text_augment = text_augment if self.augment else 0.0
         self.features = features or {}
         self.n = len(df)
         self.source = df.attrs.get("source", "<DataFrame>")
@@ -166,6 +173,8 @@ class TableDataset(Dataset):
                 elif spec.modality == AUDIO:
                     item["inputs"][key] = load_audio_features(
                         v, spec.config, self.augment, rng)
+                elif spec.modality == TEXT and self.text_augment and v is not None:
+                    item["inputs"][key] = augment_text(v, self.text_augment, rng)
                 else:
                     item["inputs"][key] = v
             except DataError as exc:
@@ -177,6 +186,19 @@ class TableDataset(Dataset):
         if self.target is not None:
             item["target"] = self.target[i]
         return item
+
+
+def augment_text(text: str, p: float, rng: np.random.Generator) -> str:
+    """Easy data augmentation (Wei & Zou 2019), the two label-safe edits: drop each word with probability
+    p (keeping at least one) and swap about p·n random word pairs."""
+    words = text.split()
+    if len(words) < 2:
+        return text
+    kept = [w for w in words if rng.random() >= p] or [words[int(rng.integers(len(words)))]]
+    for _ in range(int(rng.binomial(len(kept), p))):
+        i, j = rng.integers(len(kept), size=2)
+        kept[i], kept[j] = kept[j], kept[i]
+    return " ".join(kept)
 
 
 def placeholder(modality: str, cfg: dict) -> np.ndarray:

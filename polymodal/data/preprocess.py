@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from polymodal.data.readers import is_missing
-from polymodal.data.schema import MULTILABEL, MULTILABEL_SEP, REGRESSION, Schema
+from polymodal.data.schema import MULTILABEL, MULTILABEL_SEP, MULTITASK, REGRESSION, Schema
 from polymodal.errors import DataError, PolymodalError
 from polymodal.types import AUDIO, CATEGORICAL, ID, IMAGE, NUMERIC, TABULAR, TEXT, VIDEO
 
@@ -39,6 +39,8 @@ class Preprocessor:
     classes: list[str] = field(default_factory=list)
     target_mean: float = 0.0
     target_std: float = 1.0
+    # multi-task: label → the single-label state of that label (problem_type, classes, target_mean/std)
+    label_specs: dict[str, dict] = field(default_factory=dict)
 
     # ---- fitting -----------------------------------------------------------------------------------
     @classmethod
@@ -72,6 +74,13 @@ class Preprocessor:
 
     def _fit_label(self, df: pd.DataFrame) -> None:
         label, ptype = self.schema.label, self.schema.problem_type
+        if ptype == MULTITASK:
+            for lab in self.schema.labels:
+                sub = Preprocessor(Schema({}, lab, self.schema.problem_types[lab]), {})
+                sub._fit_label(df)
+                self.label_specs[lab] = {"problem_type": sub.schema.problem_type, "classes": sub.classes,
+                                         "target_mean": sub.target_mean, "target_std": sub.target_std}
+            return
         y = df[label][[not is_missing(v) for v in df[label]]]
         if ptype == REGRESSION:
             t = self._numeric(y, label)
@@ -113,9 +122,38 @@ class Preprocessor:
                 cat[:, j] = [0 if is_missing(v) else index.get(str(v), 0) for v in df[col]]
         return {"numeric": num, "numeric_missing": miss, "categorical": cat}
 
+    def label_view(self, label: str) -> Preprocessor:
+        """A single-label Preprocessor for one label of a multi-task one (same inputs)."""
+        spec = self.label_specs[label]
+        return Preprocessor(Schema(self.schema.columns, label, spec["problem_type"]), self.inputs,
+                            classes=list(spec["classes"]), target_mean=spec["target_mean"],
+                            target_std=spec["target_std"])
+
+    def target_width(self, label: str | None = None) -> int:
+        """Columns a label takes in an encoded multi-task target: C for multi-label, else 1."""
+        view = self.label_view(label) if label else self
+        return len(view.classes) if view.schema.problem_type == MULTILABEL else 1
+
     def encode_target(self, df: pd.DataFrame) -> np.ndarray:
-        """Label column → class ids (int64), multi-hot (float32) or standardised values (float32)."""
+        """Label column → class ids (int64), multi-hot (float32) or standardised values (float32).
+
+        Multi-task: one float32 matrix, each label's columns side by side (class ids as floats); a missing
+        label, or a class training never saw, is NaN there and that row does not count for that task."""
         label, ptype = self.schema.label, self.schema.problem_type
+        if ptype == MULTITASK:
+            parts = []
+            for lab in self.schema.labels:
+                if lab not in df.columns:
+                    raise DataError(f"label column '{lab}' not found", file=df.attrs.get("source"))
+                view = self.label_view(lab)
+                out = np.full((len(df), self.target_width(lab)), np.nan, np.float32)
+                ok = np.array([not is_missing(v) and (view.schema.problem_type in (REGRESSION, MULTILABEL)
+                                                      or str(v) in set(view.classes)) for v in df[lab]], bool)
+                if ok.any():
+                    enc = view.encode_target(df[ok])
+                    out[ok] = enc.reshape(int(ok.sum()), -1)
+                parts.append(out)
+            return np.concatenate(parts, axis=1)
         if label not in df.columns:
             raise DataError(f"label column '{label}' not found", file=df.attrs.get("source"))
         col = df[label]
@@ -143,6 +181,8 @@ class Preprocessor:
 
     def decode_target(self, values: np.ndarray) -> list:
         ptype = self.schema.problem_type
+        if ptype == MULTITASK:
+            raise PolymodalError("a multi-task target decodes per label: use label_view(label).decode_target")
         if ptype == REGRESSION:  # the task already returned values in the label's units
             return np.asarray(values, dtype=np.float64).tolist()
         if ptype == MULTILABEL:
@@ -156,14 +196,16 @@ class Preprocessor:
     def to_dict(self) -> dict:
         return {"schema": self.schema.to_dict(), "inputs": {k: s.to_dict() for k, s in self.inputs.items()},
                 "numeric_mean": self.numeric_mean, "numeric_std": self.numeric_std, "vocab": self.vocab,
-                "classes": self.classes, "target_mean": self.target_mean, "target_std": self.target_std}
+                "classes": self.classes, "target_mean": self.target_mean, "target_std": self.target_std,
+                "label_specs": self.label_specs}
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessor:
         return cls(schema=Schema.from_dict(d["schema"]),
                    inputs={k: InputSpec(**s) for k, s in d["inputs"].items()},
                    numeric_mean=d["numeric_mean"], numeric_std=d["numeric_std"], vocab=d["vocab"],
-                   classes=d["classes"], target_mean=d["target_mean"], target_std=d["target_std"])
+                   classes=d["classes"], target_mean=d["target_mean"], target_std=d["target_std"],
+                   label_specs=d.get("label_specs", {}))
 
 
 def _split_labels(v) -> list[str]:

@@ -23,27 +23,42 @@ MEDIA_EXT = {IMAGE: IMAGE_EXT, AUDIO: AUDIO_EXT, VIDEO: VIDEO_EXT}
 
 BINARY, MULTICLASS, MULTILABEL, REGRESSION = "binary", "multiclass", "multilabel", "regression"
 PROBLEM_TYPES = (BINARY, MULTICLASS, MULTILABEL, REGRESSION)
+MULTITASK = "multitask"  # several label columns; each has its own problem type in Schema.problem_types
 MULTILABEL_SEP = "|"
 
 
 @dataclass
 class Schema:
-    """Column modalities (label excluded) plus the label and its problem type."""
+    """Column modalities (labels excluded) plus the label(s) and problem type(s).
+
+    One label: ``label`` and its ``problem_type``. Several (multi-task): ``labels`` in order, ``label`` is the
+    first, ``problem_type`` is "multitask" and ``problem_types`` holds each label's own.
+    """
 
     columns: dict[str, str]
     label: str
     problem_type: str
     reasons: dict[str, str] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+    problem_types: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.labels:
+            self.labels = [self.label]
+        if not self.problem_types and self.problem_type != MULTITASK:
+            self.problem_types = {self.label: self.problem_type}
 
     def of(self, modality: str) -> list[str]:
         return [c for c, m in self.columns.items() if m == modality]
 
     def to_dict(self) -> dict:
-        return {"columns": self.columns, "label": self.label, "problem_type": self.problem_type}
+        return {"columns": self.columns, "label": self.label, "problem_type": self.problem_type,
+                "labels": self.labels, "problem_types": self.problem_types}
 
     @classmethod
     def from_dict(cls, d: dict) -> Schema:
-        return cls(columns=dict(d["columns"]), label=d["label"], problem_type=d["problem_type"])
+        return cls(columns=dict(d["columns"]), label=d["label"], problem_type=d["problem_type"],
+                   labels=list(d.get("labels") or []), problem_types=dict(d.get("problem_types") or {}))
 
 
 def _media_kind(values: pd.Series, base_dir: str) -> tuple[str | None, str]:
@@ -142,13 +157,37 @@ def parse_overrides(spec: str | dict | None) -> dict[str, str]:
     return out
 
 
-def infer_schema(df: pd.DataFrame, label: str, column_types: str | dict | None = None,
-                 problem_type: str | None = None, sample: int = 500) -> Schema:
-    """Infer the modality of every column but the label, and the problem type."""
+def infer_schema(df: pd.DataFrame, label: str | list[str], column_types: str | dict | None = None,
+                 problem_type: str | dict | None = None, sample: int = 500) -> Schema:
+    """Infer the modality of every column but the label(s), and the problem type(s).
+
+    Several labels (a list) make a multi-task schema; ``problem_type`` is then a dict label → type (labels not
+    in it are inferred) or None.
+    """
     source = df.attrs.get("source", "<DataFrame>")
     column_names(df, source)  # repeated names are an error here too, for frames that skipped as_table
-    if label not in df.columns:
-        raise DataError(f"label column '{label}' not found; columns are: {', '.join(df.columns)}", file=source)
+    labels = [label] if isinstance(label, str) else list(label)
+    if not labels or len(set(labels)) != len(labels):
+        raise DataError(f"label columns must be given once each, got {labels}", file=source)
+    for lab in labels:
+        if lab not in df.columns:
+            raise DataError(f"label column '{lab}' not found; columns are: {', '.join(df.columns)}", file=source)
+    if len(labels) > 1:
+        given = problem_type if isinstance(problem_type, dict) else {}
+        if problem_type is not None and not isinstance(problem_type, dict):
+            raise DataError("with several labels, give problem types per label (label=type,...)", file=source)
+        types = {}
+        for lab in labels:
+            if lab in given and given[lab] not in PROBLEM_TYPES:
+                raise DataError(f"unknown problem type '{given[lab]}' for label '{lab}' "
+                                f"(choose from {', '.join(PROBLEM_TYPES)})")
+            types[lab] = given.get(lab) or infer_problem_type(df[lab], column=lab)
+        first = infer_schema(df.drop(columns=labels[1:]), labels[0], column_types, types[labels[0]], sample)
+        return Schema(columns=first.columns, label=labels[0], problem_type=MULTITASK, reasons=first.reasons,
+                      labels=labels, problem_types=types)
+    label = labels[0]
+    if isinstance(problem_type, dict):
+        problem_type = problem_type.get(label)
     overrides = parse_overrides(column_types)
     for col in overrides:
         if col not in df.columns:

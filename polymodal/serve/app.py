@@ -34,7 +34,7 @@ MAX_SEARCH_K = 100
 
 
 class PredictResponse(BaseModel):
-    prediction: str | float
+    prediction: str | float | dict[str, str | float]  # a dict of label → prediction for multi-task models
     probabilities: dict[str, float] | None = None
     latency_ms: float
 

@@ -27,6 +27,13 @@ class ModelRunner:
         probs = self.probabilities(items)
         if self.task.problem_type == "regression":
             return [{"prediction": float(p), "probabilities": None} for p in probs]
-        labels = self.prep.decode_target(self.task.decode(probs))
-        return [{"prediction": label, "probabilities": {c: float(x) for c, x in zip(self.prep.classes, row)}}
+        if self.task.problem_type == "multitask":  # one prediction per label; probabilities as "label:class"
+            from polymodal.predictor import probability_columns
+
+            labels = self.task.labels(probs)
+            cols = probability_columns(self.task, None)
+            return [{"prediction": {n: labels[n][i] for n in labels},
+                     "probabilities": {c: float(x) for c, x in zip(cols, row)}} for i, row in enumerate(probs)]
+        labels = self.task.labels(probs)
+        return [{"prediction": label, "probabilities": {c: float(x) for c, x in zip(self.task.classes, row)}}
                 for label, row in zip(labels, probs)]

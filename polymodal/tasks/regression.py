@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from polymodal.training.metrics import compute_metrics
+
 
 @dataclass
 class RegressionTask:
@@ -23,7 +25,7 @@ class RegressionTask:
         return ("rmse", "min")
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(logits.float().squeeze(-1), target.float())
+        return F.mse_loss(logits.float().reshape(-1), target.float().reshape(-1))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         # "Probabilities" of a regressor are its predictions, in the original units.
@@ -31,3 +33,11 @@ class RegressionTask:
 
     def decode(self, probs: np.ndarray) -> np.ndarray:
         return probs
+
+    def labels(self, probs: np.ndarray) -> list:
+        return np.asarray(probs, dtype=np.float64).reshape(-1).tolist()
+
+    def metrics(self, probs: np.ndarray, target: np.ndarray) -> dict[str, float]:
+        """RMSE, MAE and R² in the label's units (``target`` is standardised, as the preprocessor encodes it)."""
+        t = np.asarray(target, dtype=np.float64).reshape(-1) * self.target_std + self.target_mean
+        return compute_metrics(self.problem_type, np.asarray(probs).reshape(-1), t)

@@ -48,10 +48,14 @@ class EpochSeed(Callback):
 
 
 class EpochSampler(Sampler[int]):
-    """Yields `epoch * n + i` so the dataset knows the epoch (for augmentation) even inside workers."""
+    """Yields `epoch * n + i` so the dataset knows the epoch (for augmentation) even inside workers.
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+    With `weights`, each epoch draws n rows with replacement in proportion to them (resampling for class
+    imbalance), from the same (seed, epoch) generator, so a resumed run draws the same rows."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, weights=None) -> None:
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
         self.epoch = epoch
@@ -60,7 +64,10 @@ class EpochSampler(Sampler[int]):
         return self.n
 
     def __iter__(self):
-        if self.shuffle:
+        if self.weights is not None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+        elif self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.n, generator=g).tolist()
         else:

@@ -66,10 +66,7 @@ def _probs(res: FitResult, df: pd.DataFrame, perturb: tuple[str, str] | None = N
                 _add_noise(batch, key, gen)
         probs.append(res.task.probabilities(model(batch)).numpy())
         targets.append(batch["target"].numpy())
-    target = np.concatenate(targets)
-    if res.task.problem_type == "regression":
-        target = target * prep.target_std + prep.target_mean
-    return np.concatenate(probs), target
+    return np.concatenate(probs), np.concatenate(targets)
 
 
 def _add_noise(batch: dict, key: str, gen: torch.Generator) -> None:
@@ -127,8 +124,8 @@ def compare(train_df: pd.DataFrame, config: FitConfig, fusions: list[str], seeds
         if len(groups) < 2 and name != "concat":
             continue
         candidates.append((f"fusion: {name}", dataclasses.replace(config, fusion=name)))
-    metric = "rmse" if schema.problem_type == "regression" else (
-        "f1_macro" if schema.problem_type == "multilabel" else "accuracy")
+    metric = {"regression": "rmse", "multilabel": "f1_macro", "multitask": "score"}.get(schema.problem_type,
+                                                                                       "accuracy")
     rows = []
     unimodal_probs: dict[int, list[np.ndarray]] = {}
     for name, cfg in candidates:
@@ -138,7 +135,7 @@ def compare(train_df: pd.DataFrame, config: FitConfig, fusions: list[str], seeds
                 res = fit(train_df, valid_df, dataclasses.replace(cfg, seed=seed), run_dir, log=lambda m: None)
             train_s = time.time() - t0
             probs, target = _probs(res, test_df)
-            m = compute_metrics(schema.problem_type, probs, target)
+            m = res.task.metrics(probs, target)
             n_params = sum(p.numel() for p in res.model.parameters())
             trainable = sum(p.numel() for n, p in res.model.named_parameters()
                             if not n.startswith("encoders.") or not getattr(
@@ -149,9 +146,9 @@ def compare(train_df: pd.DataFrame, config: FitConfig, fusions: list[str], seeds
                 for key in groups:
                     for how in ("removed", "noised"):
                         p, t = _probs(res, test_df, (key, how), seed)
-                        row[f"{key} {how}"] = compute_metrics(schema.problem_type, p, t)[metric]
+                        row[f"{key} {how}"] = res.task.metrics(p, t)[metric]
             rows.append(row)
-            if name.startswith("only") and schema.problem_type != "regression":
+            if name.startswith("only") and schema.problem_type not in ("regression", "multitask"):
                 unimodal_probs.setdefault(seed, []).append(probs)
             log(f"  {name} seed {seed}: {metric} {m[metric]:.4f} ({train_s:.0f} s)")
     for seed, plist in unimodal_probs.items():

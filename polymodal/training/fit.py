@@ -22,14 +22,13 @@ from torch.utils.data import DataLoader
 from polymodal.data.dataset import Collator, Problem, TableDataset, check_rows, raise_or_drop
 from polymodal.data.preprocess import Preprocessor
 from polymodal.data.readers import is_missing
-from polymodal.data.schema import MULTILABEL, REGRESSION, Schema, infer_schema
+from polymodal.data.schema import MULTILABEL, MULTITASK, REGRESSION, Schema, infer_schema
 from polymodal.encoders import build_encoder
 from polymodal.encoders.cache import precompute_features
 from polymodal.errors import DataError, PolymodalError
 from polymodal.fusion import build_fusion
-from polymodal.model import MLPHead, MultimodalModel
-from polymodal.tasks import build_task
-from polymodal.training.metrics import compute_metrics
+from polymodal.model import MLPHead, MultiHead, MultimodalModel
+from polymodal.tasks import MultiTask, task_from_prep, tune_threshold
 from polymodal.types import TABULAR
 
 Log = Callable[[str], None]
@@ -39,8 +38,8 @@ Log = Callable[[str], None]
 class FitConfig:
     """Everything that defines a run; saved as config.json so a run folder rebuilds itself."""
 
-    label: str
-    problem_type: str | None = None
+    label: str | list[str]  # several labels: multi-task (one shared trunk, a head per label)
+    problem_type: str | dict | None = None  # multi-task: {label: type} (missing ones inferred)
     column_types: dict[str, str] = field(default_factory=dict)
     encoders: dict[str, str] = field(default_factory=dict)  # modality → encoder name (defaults otherwise)
     encoder_opts: dict[str, dict] = field(default_factory=dict)  # modality → builder options
@@ -58,6 +57,16 @@ class FitConfig:
     valid_fraction: float = 0.2
     class_weighting: bool | None = None  # None: on when the largest class is ≥ 3× the smallest
     label_smoothing: float = 0.0
+    loss: str = "cross_entropy"  # classification loss: cross_entropy | focal
+    focal_gamma: float = 2.0
+    loss_weighting: str = "uniform"  # multi-task: uniform | fixed (task_weights) | uncertainty (learned)
+    task_weights: dict[str, float] | None = None
+    sampler: str = "shuffle"  # shuffle | weighted (resample rows by inverse class frequency of the first label)
+    tune_threshold: str | None = None  # binary labels: pick the decision threshold maximising f1|balanced_accuracy
+    decision_threshold: dict[str, float] = field(default_factory=dict)  # label → tuned threshold (set by fit)
+    mixup: float = 0.0  # Beta(α, α) mixup of per-modality encoder inputs/features and targets; 0 = off
+    text_augment: float = 0.0  # per-word drop/swap probability for text inputs whose encoder trains
+    l1: float = 0.0  # L1 penalty on the head's weights
     augment: bool = True
     on_bad_rows: str = "error"  # "error" | "skip"
     cache_dir: str | None = None
@@ -72,6 +81,10 @@ class FitConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.label] if isinstance(self.label, str) else list(self.label)
 
     @classmethod
     def from_dict(cls, d: dict) -> FitConfig:
@@ -141,6 +154,9 @@ def assemble_model(encoders: dict[str, nn.Module], task, config: FitConfig) -> M
                           **config.fusion_opts)
     if getattr(fusion, "produces_logits", False):
         head: nn.Module = nn.Identity()
+    elif isinstance(task, MultiTask):
+        head = MultiHead({n: MLPHead(fusion.out_dim, t.num_outputs, config.head_hidden, config.dropout)
+                          for n, t in task.tasks.items()})
     else:
         head = MLPHead(fusion.out_dim, task.num_outputs, config.head_hidden, config.dropout)
     return MultimodalModel(nn.ModuleDict(encoders), fusion, head)
@@ -179,16 +195,36 @@ def features_for(df: pd.DataFrame, prep: Preprocessor, model: MultimodalModel, k
 
 def make_loader(df, prep, feats, config: FitConfig, train: bool, with_target: bool = True) -> DataLoader:
     ds = TableDataset(df, prep, feats, train=train, with_target=with_target, augment=config.augment,
-                      seed=config.seed)
+                      seed=config.seed, text_augment=config.text_augment)
     workers = config.num_workers if ds.values else 0  # everything cached → decoding threads buy nothing
     from polymodal.training.callbacks import EpochSampler
 
+    weights = sample_weights(prep, ds.target) if train and config.sampler == "weighted" else None
     # The loader's own generator: creating an iterator must not draw from the global RNG, or a resumed run
     # (whose iterator is created at a different moment) would see different dropout masks.
-    return DataLoader(ds, batch_size=config.batch_size, sampler=EpochSampler(len(ds), config.seed, shuffle=train),
+    return DataLoader(ds, batch_size=config.batch_size,
+                      sampler=EpochSampler(len(ds), config.seed, shuffle=train, weights=weights),
                       collate_fn=Collator(prep), num_workers=workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=workers > 0, drop_last=False,
                       generator=torch.Generator().manual_seed(config.seed))
+
+
+def sample_weights(prep: Preprocessor, target: np.ndarray | None) -> np.ndarray:
+    """Per-row sampling weights 1 / (count of the row's class) for the weighted sampler, so that every
+    class of the (first) label is drawn equally often; rows without that label get the mean weight."""
+    ptype = prep.schema.problem_types.get(prep.schema.labels[0])
+    if target is None or ptype not in ("binary", "multiclass"):
+        raise PolymodalError("the weighted sampler balances the classes of a binary or multiclass (first) label; "
+                             f"'{prep.schema.labels[0]}' is {ptype}")
+    y = np.asarray(target, dtype=np.float64)
+    y = y[:, 0] if y.ndim == 2 else y  # multi-task: the first label's column
+    known = ~np.isnan(y)
+    ids = y[known].astype(np.int64)
+    counts = np.bincount(ids)
+    w = np.full(len(y), np.nan)
+    w[known] = 1.0 / counts[ids]
+    w[~known] = np.nanmean(w) if known.any() else 1.0
+    return w
 
 
 @dataclass
@@ -217,19 +253,22 @@ def fit(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: FitConfig
         log(f"  column {col!r}: {mod} ({schema.reasons.get(col, '')})")
     log(f"  problem type: {schema.problem_type}")
     bad: list[Problem] = []
-    unlabeled = [Problem(int(r), config.label, "label is missing")
-                 for r, v in zip(train_df.index, train_df[config.label]) if is_missing(v)]
+    labels = schema.labels
+    # rows with no label at all (multi-task: none of the labels) cannot train anything
+    unlabeled = [Problem(int(r), labels[0], "label is missing" if len(labels) == 1 else "every label is missing")
+                 for r, *vs in zip(train_df.index, *(train_df[lab] for lab in labels))
+                 if all(is_missing(v) for v in vs)]
     train_df, dropped = raise_or_drop(train_df, unlabeled, config.on_bad_rows)  # before a stratified split
     bad += dropped
     if valid_df is None:
-        train_df, valid_df = split_train_valid(train_df, config.label, schema.problem_type,
+        train_df, valid_df = split_train_valid(train_df, labels[0], schema.problem_types[labels[0]],
                                                config.valid_fraction, config.seed)
         log(f"  split: {len(train_df)} train / {len(valid_df)} valid rows (seed {config.seed})")
     encoders, pre_cfg = build_encoders(schema, config)
     prep = Preprocessor.fit(train_df, schema, pre_cfg)
     if TABULAR in prep.inputs:
         encoders[TABULAR] = build_tabular_encoder(prep, config)
-    if prep.classes and schema.problem_type != MULTILABEL:  # valid rows whose class training never saw
+    if prep.classes and schema.problem_type not in (MULTILABEL, MULTITASK):  # valid classes training never saw
         unseen = ~valid_df[config.label].astype(str).isin(set(prep.classes))
         if unseen.any():
             log(f"  dropped {int(unseen.sum())} validation rows whose label does not occur in training")
@@ -245,18 +284,15 @@ def fit(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: FitConfig
             train_df = df
         else:
             valid_df = df
-    y_train = prep.encode_target(train_df)
-    weighting = config.class_weighting
-    if weighting is None and schema.problem_type in ("binary", "multiclass"):
-        counts = np.bincount(y_train, minlength=len(prep.classes))
-        weighting = bool(counts.min() == 0 or counts.max() >= 3 * counts.min())
-    task = build_task(schema.problem_type, prep.classes, prep.target_mean, prep.target_std, y_train,
-                      bool(weighting), config.label_smoothing)
+    task = task_from_prep(prep, config, prep.encode_target(train_df))
     for key, enc in encoders.items():
         if prep.inputs[key].modality != TABULAR and is_frozen(key, prep.inputs[key].modality, enc, config):
             enc.freeze()
     model = assemble_model(encoders, task, config)
     keys = frozen_keys(model, prep, config)
+    if config.text_augment and not any(s.modality == "text" and k not in keys for k, s in prep.inputs.items()):
+        log("  note: --text-augment changes text fed to a trained text encoder; these text features are cached "
+            "from a frozen encoder, so it has no effect (add --finetune text)")
     device = "cuda" if torch.cuda.is_available() and config.accelerator in ("auto", "gpu", "cuda") else "cpu"
     stats = {"computed": 0, "reused": 0}
     feats = {}
@@ -274,7 +310,8 @@ def fit(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: FitConfig
         log(f"  skipped {len({(p.row, p.column) for p in bad})} bad rows (listed in bad_rows.csv)")
     log(f"  feature cache: {stats['computed']} computed, {stats['reused']} reused")
     module_cls = _fit_module()
-    module = module_cls(model, task, lr=config.lr, weight_decay=config.weight_decay)
+    module = module_cls(model, task, lr=config.lr, weight_decay=config.weight_decay, l1=config.l1,
+                        mixup=config.mixup)
     monitor, mode = task.monitor
     trainer, ckpt = _trainer(config, run_dir, monitor, mode)
     train_loader = make_loader(train_df, prep, feats["train"], config, train=True)
@@ -290,8 +327,9 @@ def fit(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: FitConfig
         module.load_trained_state(best)
     history = _history(os.path.join(run_dir, "logs", "metrics.csv"))
     probs, target = predict_probs(model, task, prep, valid_df, config, feats["valid"])
-    target = _targets_for_metrics(task, prep, target)
-    val_metrics = compute_metrics(task.problem_type, probs, target)
+    if config.tune_threshold:
+        _tune_thresholds(task, config, probs, target, log)
+    val_metrics = task.metrics(probs, target)
     return FitResult(model.cpu().eval(), prep, task, config, history, val_metrics, bad, stats,
                      time.time() - t0, best, probs, target)
 
@@ -351,10 +389,23 @@ def _history(path: str) -> pd.DataFrame:
     return h.groupby("epoch", as_index=False).first() if "epoch" in h else h
 
 
-def _targets_for_metrics(task, prep: Preprocessor, target: np.ndarray) -> np.ndarray:
-    if task.problem_type == REGRESSION:
-        return target * prep.target_std + prep.target_mean
-    return target
+def _tune_thresholds(task, config: FitConfig, probs: np.ndarray, target: np.ndarray, log: Log) -> None:
+    """Set each binary label's decision threshold to the one that maximises `config.tune_threshold` on the
+    validation predictions (recorded in config.decision_threshold, so the run folder keeps it)."""
+    if isinstance(task, MultiTask):
+        blocks = task.split(probs)
+        parts = {n: (blocks[n], target[:, task.target_slices[n]][:, 0]) for n in task.names}
+    else:
+        parts = {config.labels[0]: (probs, target)}
+    tasks = task.tasks if isinstance(task, MultiTask) else {config.labels[0]: task}
+    for name, (p, t) in parts.items():
+        if tasks[name].problem_type != "binary":
+            continue
+        keep = ~np.isnan(np.asarray(t, dtype=np.float64))
+        th = tune_threshold(p[keep], t[keep], config.tune_threshold)
+        tasks[name].threshold = th
+        config.decision_threshold[name] = th
+        log(f"  decision threshold for {name!r}: {th:.4f} (maximises validation {config.tune_threshold})")
 
 
 @torch.inference_mode()

@@ -10,8 +10,10 @@ import torchmetrics.functional as tmf
 from torchmetrics.functional import classification as tmc
 
 
-def compute_metrics(problem_type: str, probs: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """All metrics for a problem type. `probs`: (N, C) probabilities, or (N,) predictions for regression."""
+def compute_metrics(problem_type: str, probs: np.ndarray, target: np.ndarray,
+                    pred: np.ndarray | None = None) -> dict[str, float]:
+    """All metrics for a problem type. `probs`: (N, C) probabilities, or (N,) predictions for regression.
+    `pred`: class ids to score instead of the argmax (a tuned binary decision threshold)."""
     p = torch.as_tensor(np.asarray(probs), dtype=torch.float64)
     t = torch.as_tensor(np.asarray(target))
     with warnings.catch_warnings():
@@ -23,19 +25,20 @@ def compute_metrics(problem_type: str, probs: np.ndarray, target: np.ndarray) ->
                     "r2": float(tmf.r2_score(p, t)) if len(t) > 1 else float("nan")}
         if problem_type == "multilabel":
             return _multilabel(p, t.long())
-        return _multiclass(p, t.long())
+        return _multiclass(p, t.long(), None if pred is None else torch.as_tensor(np.asarray(pred)).long())
 
 
-def _multiclass(p: torch.Tensor, t: torch.Tensor) -> dict[str, float]:
+def _multiclass(p: torch.Tensor, t: torch.Tensor, pred: torch.Tensor | None = None) -> dict[str, float]:
     c = p.shape[1]
     kw = {"num_classes": c}
-    out = {"accuracy": float(tmc.multiclass_accuracy(p, t, average="micro", **kw)),
+    y = p.argmax(1) if pred is None else pred  # torchmetrics scores integer predictions as given
+    out = {"accuracy": float(tmc.multiclass_accuracy(y, t, average="micro", **kw)),
            # balanced accuracy = mean per-class recall over the classes that occur in the targets (sklearn's rule)
-           "balanced_accuracy": _balanced_accuracy(p.argmax(1), t, c)}
+           "balanced_accuracy": _balanced_accuracy(y, t, c)}
     for avg in ("macro", "weighted"):
-        out[f"precision_{avg}"] = float(tmc.multiclass_precision(p, t, average=avg, **kw))
-        out[f"recall_{avg}"] = float(tmc.multiclass_recall(p, t, average=avg, **kw))
-        out[f"f1_{avg}"] = float(tmc.multiclass_f1_score(p, t, average=avg, **kw))
+        out[f"precision_{avg}"] = float(tmc.multiclass_precision(y, t, average=avg, **kw))
+        out[f"recall_{avg}"] = float(tmc.multiclass_recall(y, t, average=avg, **kw))
+        out[f"f1_{avg}"] = float(tmc.multiclass_f1_score(y, t, average=avg, **kw))
     present = torch.unique(t)
     if len(present) >= 2:
         if c == 2:

@@ -6,14 +6,14 @@ import lightning as L
 import numpy as np
 import torch
 
-from polymodal.training.metrics import compute_metrics
-
 
 class FitModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, task, lr: float = 1e-3, weight_decay: float = 1e-2,
-                 warmup_ratio: float = 0.05, encoder_lr_scale: float = 0.1, compile: bool = False) -> None:
+                 warmup_ratio: float = 0.05, encoder_lr_scale: float = 0.1, compile: bool = False,
+                 l1: float = 0.0, mixup: float = 0.0) -> None:
         super().__init__()
-        self.model, self.task = model, task
+        self.model, self.task = model, task  # a MultiTask is an nn.Module: its learned loss weights train too
+        self.l1, self.mixup = l1, mixup
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_ratio, self.encoder_lr_scale = warmup_ratio, encoder_lr_scale
         self.compile_encoders = compile
@@ -36,10 +36,33 @@ class FitModule(L.LightningModule):
         return self.model(batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.task.loss(self.model(batch), batch["target"])
+        if self.mixup > 0:
+            loss = self._mixup_loss(batch)
+        else:
+            loss = self.task.loss(self.model(batch), batch["target"])
+        if self.l1 > 0:  # on the head's weight matrices (not biases/norms): sparse read-out of the fused vector
+            loss = loss + self.l1 * sum(p.abs().sum() for n, p in self.model.head.named_parameters()
+                                        if p.ndim > 1 and p.requires_grad)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=len(batch["target"]))
         return loss
+
+    def _mixup_loss(self, batch: dict) -> torch.Tensor:
+        """mixup (Zhang et al. 2018): a Beta(α, α) blend of each row with a random other row, the loss blended
+        alike. Image/audio inputs whose encoder trains are mixed as pixels/spectrograms; cached (frozen) and
+        text features are mixed after their encoder (manifold mixup, Verma et al. 2019) — token ids cannot be
+        blended. Draws come from the global RNG that EpochSeed reseeds, so resumed runs repeat them."""
+        n = len(batch["target"])
+        lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
+        perm = torch.randperm(n).to(batch["target"].device)
+        mixed = {key: lam * x + (1 - lam) * x[perm] for key, x in batch["inputs"].items()
+                 if isinstance(x, torch.Tensor) and x.is_floating_point() and x.ndim >= 3}  # pixels, spectrograms
+        features, present = self.model.encode({**batch, "inputs": {**batch["inputs"], **mixed}})
+        features = {k: f if k in mixed else lam * f + (1 - lam) * f[perm] for k, f in features.items()}
+        present = {k: p | p[perm] for k, p in present.items()}
+        logits = self.model.head(self.model.fusion(features, present))
+        y = batch["target"]
+        return lam * self.task.loss(logits, y) + (1 - lam) * self.task.loss(logits, y[perm])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self.model(batch)
@@ -67,9 +90,7 @@ class FitModule(L.LightningModule):
         if not self._val:
             return
         probs, target = self._gathered_validation()
-        if self.task.problem_type == "regression":
-            target = target * self.task.target_std + self.task.target_mean
-        self.val_metrics = compute_metrics(self.task.problem_type, probs, target)
+        self.val_metrics = self.task.metrics(probs, target)
         name = self.task.monitor[0]
         for k, v in self.val_metrics.items():
             self.log(f"val_{k}", v, prog_bar=(k == name))
@@ -84,6 +105,8 @@ class FitModule(L.LightningModule):
             is_pretrained_encoder = name.startswith("encoders.") and getattr(
                 self.model.encoders[name.split(".")[1]], "pretrained", False)
             (enc if is_pretrained_encoder else rest).append(p)
+        if isinstance(self.task, torch.nn.Module):  # learned multi-task loss weights
+            rest += [p for p in self.task.parameters() if p.requires_grad]
         groups = [{"params": rest, "lr": self.lr}]
         if enc:  # fine-tuned pretrained towers learn slower than the freshly initialised fusion and head
             groups.append({"params": enc, "lr": self.lr * self.encoder_lr_scale})

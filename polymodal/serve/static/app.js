@@ -78,7 +78,9 @@ function formBody(form) {
 }
 
 function showPrediction(out) {
-  $("prediction").textContent = String(out.prediction);
+  const pred = out.prediction;  // a multi-task model answers one prediction per label
+  $("prediction").textContent = pred !== null && typeof pred === "object"
+    ? Object.entries(pred).map(([k, v]) => `${k}: ${v}`).join(" · ") : String(pred);
   $("latency").textContent = `(${out.latency_ms.toFixed(1)} ms)`;
   const list = $("probabilities");
   list.replaceChildren();
