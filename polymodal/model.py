@@ -38,29 +38,54 @@ class MultiHead(nn.Module):
 
 
 class MultimodalModel(nn.Module):
-    """`encoders[key](inputs[key])` → `fusion(features, present)` → `head`.
+    """`encoders[key](inputs[key])` → `fusion(features, present, masks)` → `head`.
 
     Inputs whose frozen encoder output was precomputed arrive in `batch["features"]` and skip the encoder.
+    `token_inputs` (key → modality) are fed to the fusion as token sequences (B, T, D) from
+    `encoders.tokens.token_features` instead of pooled vectors; their token masks come from the zero padding.
     """
 
-    def __init__(self, encoders: nn.ModuleDict, fusion: nn.Module, head: nn.Module) -> None:
+    def __init__(self, encoders: nn.ModuleDict, fusion: nn.Module, head: nn.Module,
+                 token_inputs: dict[str, str] | None = None) -> None:
         super().__init__()
         self.encoders = encoders
         self.fusion = fusion
         self.head = head
+        self.token_inputs = dict(token_inputs or {})
+        self.token_configs: dict[str, dict] = {}  # preprocessing settings token_features needs (text length)
 
     def encode(self, batch: dict) -> tuple[Features, Present]:
         features: Features = {}
         for key in sorted(self.encoders.keys()):
             if key in batch.get("features", {}):
                 features[key] = batch["features"][key].float()
+            elif key in self.token_inputs:
+                from polymodal.encoders.tokens import token_features
+
+                features[key] = token_features(self.encoders[key], batch["inputs"][key], self.token_inputs[key],
+                                               self.token_configs.get(key, {}))
             else:
                 features[key] = self.encoders[key](batch["inputs"][key]).float()
         return features, batch["present"]
 
+    def fuse(self, features: Features, present: Present) -> torch.Tensor:
+        """The fusion over encoded features, with token masks for token inputs."""
+        from polymodal.encoders.tokens import token_mask
+
+        masks = {k: token_mask(f) for k, f in features.items() if f.dim() == 3}
+        if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+            # drop token positions that are padding in every row (text padded to max_length): attention cost
+            # falls with the batch's longest sequence; a traced graph keeps fixed shapes instead
+            features, masks = dict(features), dict(masks)
+            for k, m in masks.items():
+                used = m.any(0).nonzero()
+                n = int(used.max()) + 1 if len(used) else 1
+                if n < m.shape[1]:
+                    features[k], masks[k] = features[k][:, :n], m[:, :n]
+        return self.fusion(features, present, masks)
+
     def forward(self, batch: dict) -> torch.Tensor:
-        features, present = self.encode(batch)
-        return self.head(self.fusion(features, present))
+        return self.head(self.fuse(*self.encode(batch)))
 
 
 def move_batch(batch, device: torch.device | str):

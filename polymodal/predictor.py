@@ -158,7 +158,7 @@ class MultimodalPredictor:
         if TABULAR in prep.inputs:
             encoders[TABULAR] = build_tabular_encoder(prep, config)
         self.task = task_from_prep(prep, config)
-        self.model = assemble_model(encoders, self.task, config)
+        self.model = assemble_model(encoders, self.task, config, prep)
         artifacts.load_weights(self.model, Path(path) / artifacts.WEIGHTS)
         for key, enc in self.model.encoders.items():
             if hasattr(enc, "freeze") and key != TABULAR:

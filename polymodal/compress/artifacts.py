@@ -95,7 +95,7 @@ def _float_skeleton(path: Path, shapes: dict[str, list[int]] | None = None):
     if TABULAR in prep.inputs:
         encoders[TABULAR] = build_tabular_encoder(prep, config)
     p.task = task_from_prep(prep, config)
-    p.model = assemble_model(encoders, p.task, config)
+    p.model = assemble_model(encoders, p.task, config, prep)
     if shapes:
         resize_to_state(p.model, {k: torch.empty(v) for k, v in shapes.items()})
     for key, enc in p.model.encoders.items():

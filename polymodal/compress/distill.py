@@ -85,7 +85,7 @@ def teacher_outputs(teacher, df: pd.DataFrame, log=print) -> tuple[torch.Tensor,
     fused = None
     for batch in loader:
         batch = move_batch(batch, "cpu")
-        z = model.fusion(*model.encode(batch))
+        z = model.fuse(*model.encode(batch))
         out = model.head(z)
         if fused is None and not getattr(model.fusion, "produces_logits", False):
             fused = torch.zeros(n, z.shape[-1])
@@ -106,7 +106,7 @@ class DistillLoss:
     beta: float = 1.0
 
     def __call__(self, model: MultimodalModel, batch: dict):
-        z = model.fusion(*model.encode(batch))
+        z = model.fuse(*model.encode(batch))
         out = model.head(z).float()
         t = self.teacher_logits[batch["row"]]
         ptype = self.task.problem_type

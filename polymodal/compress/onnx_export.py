@@ -173,9 +173,16 @@ def export_model(model: nn.Module, prep: Preprocessor, path: str | Path, meta: d
         # batch sizes and lengths is checked after export by `check_parity`.
         warnings.simplefilter("ignore")
         # The TorchScript exporter (dynamo=False): it works offline with HF models and dynamic axes.
-        torch.onnx.export(flat, tuple(flatten(spec, example)), str(path), input_names=[s.name for s in spec],
-                          output_names=["logits"], opset_version=opset, dynamo=False,
-                          dynamic_axes={**{s.name: s.dynamic for s in spec}, "logits": {0: "batch"}})
+        # nn.TransformerEncoderLayer's fused inference kernel (token-level transformer fusion) has no ONNX
+        # symbolic: export the plain layer ops instead.
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            torch.onnx.export(flat, tuple(flatten(spec, example)), str(path), input_names=[s.name for s in spec],
+                              output_names=["logits"], opset_version=opset, dynamo=False,
+                              dynamic_axes={**{s.name: s.dynamic for s in spec}, "logits": {0: "batch"}})
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
     _write_meta(path, model, prep, spec, meta or {})
     return spec
 

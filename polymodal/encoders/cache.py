@@ -84,7 +84,8 @@ class FeatureCache:
         shard = max((s for s, _ in index.values()), default=-1) + 1
         while (self.dir / f"{shard:06d}.keys.json").exists():  # another process wrote meanwhile
             shard += 1
-        _atomic_save_npy(self.dir / f"{shard:06d}.npy", np.ascontiguousarray(values, dtype=np.float32))
+        dtype = np.float16 if values.dtype == np.float16 else np.float32  # token sequences are kept in half
+        _atomic_save_npy(self.dir / f"{shard:06d}.npy", np.ascontiguousarray(values, dtype=dtype))
         _atomic_write(self.dir / f"{shard:06d}.keys.json", json.dumps({"keys": keys}))
         for j, k in enumerate(keys):
             index[k] = (shard, j)
@@ -122,16 +123,25 @@ def _collate(items):
     return items
 
 
-def namespace(encoder: torch.nn.Module, spec: InputSpec) -> str:
-    return encoder.cache_id + "|" + json.dumps(spec.config, sort_keys=True)
+def namespace(encoder: torch.nn.Module, spec: InputSpec, tokens: bool = False) -> str:
+    return encoder.cache_id + "|" + json.dumps(spec.config, sort_keys=True) + ("|tokens" if tokens else "")
 
 
 @torch.inference_mode()
 def encode_values(encoder: torch.nn.Module, spec: InputSpec, values: list[str], batch_size: int = 64,
                   device: str | torch.device = "cpu", num_workers: int = 0,
-                  progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, dict[int, str]]:
-    """Run a frozen encoder over unique values; returns (features, {index: error}) for undecodable ones."""
+                  progress: Callable[[int], None] | None = None,
+                  tokens: bool = False) -> tuple[np.ndarray, dict[int, str]]:
+    """Run a frozen encoder over unique values; returns (features, {index: error}) for undecodable ones.
+    `tokens`: token sequences (N, T, D) as `encoders.tokens.token_features` makes them, as float16."""
     encoder.eval().to(device)
+    if tokens:
+        from polymodal.encoders.tokens import token_features
+
+        def run(x):
+            return token_features(encoder, x, spec.modality, spec.config).half()
+    else:
+        run = encoder
     errors: dict[int, str] = {}
     out: np.ndarray | None = None
     if spec.modality == TEXT:
@@ -143,7 +153,7 @@ def encode_values(encoder: torch.nn.Module, spec: InputSpec, values: list[str], 
             idx = order[s:s + batch_size]
             enc = tok([values[i] for i in idx], padding=True, truncation=True,
                       max_length=spec.config.get("max_length", 64), return_tensors="pt")
-            f = encoder({k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")})
+            f = run({k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")})
             out = _place(out, idx, f, len(values))
             if progress:
                 progress(len(idx))
@@ -170,7 +180,7 @@ def encode_values(encoder: torch.nn.Module, spec: InputSpec, values: list[str], 
             x = np.zeros((len(arrs), *arrs[0].shape[:-1], last), np.float32)
             for j, a in enumerate(arrs):
                 x[j, ..., :a.shape[-1]] = a
-            f = encoder(torch.from_numpy(x).to(device))
+            f = run(torch.from_numpy(x).to(device))
             out = _place(out, idx, f, len(values))
         if progress:
             progress(len(items))
@@ -180,9 +190,9 @@ def encode_values(encoder: torch.nn.Module, spec: InputSpec, values: list[str], 
 
 
 def _place(out: np.ndarray | None, idx: list[int], f: torch.Tensor, n: int) -> np.ndarray:
-    f = f.float().cpu().numpy()
+    f = (f if f.dtype == torch.float16 else f.float()).cpu().numpy()
     if out is None:
-        out = np.zeros((n, *f.shape[1:]), np.float32)
+        out = np.zeros((n, *f.shape[1:]), f.dtype)
     out[idx] = f
     return out
 
@@ -190,9 +200,10 @@ def _place(out: np.ndarray | None, idx: list[int], f: torch.Tensor, n: int) -> n
 def precompute_features(df: pd.DataFrame, prep: Preprocessor, encoders: dict[str, torch.nn.Module],
                         keys: list[str], cache_dir: str | os.PathLike | None = None, batch_size: int = 64,
                         device: str | torch.device = "cpu", num_workers: int = 0,
-                        progress: Callable[[str, int, int], None] | None = None,
+                        progress: Callable[[str, int, int], None] | None = None, token_keys=(),
                         ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[Problem], dict[str, int]]:
-    """Row-aligned features for frozen inputs, reusing and filling the cache.
+    """Row-aligned features for frozen inputs, reusing and filling the cache (`token_keys`: those cached
+    as float16 token sequences, see `encoders.tokens`).
 
     Returns ({key: (features (N, D), present (N,))}, problems for undecodable files, {"computed", "reused"}).
     """
@@ -215,7 +226,8 @@ def precompute_features(df: pd.DataFrame, prep: Preprocessor, encoders: dict[str
                 ckeys[v] = None
                 problems.extend(Problem(int(r), col, f"cannot read {v}: {exc.strerror}")
                                 for r, x in zip(df.index, vals) if x == v)
-        cache = FeatureCache(cache_dir or default_cache_dir(), namespace(enc, spec))
+        as_tokens = key in token_keys
+        cache = FeatureCache(cache_dir or default_cache_dir(), namespace(enc, spec, as_tokens))
         found = cache.get([k for k in ckeys.values() if k])
         todo = sorted({v for v, k in ckeys.items() if k and k not in found})
         stats["reused"] += len(uniq) - len(todo)
@@ -227,7 +239,7 @@ def precompute_features(df: pd.DataFrame, prep: Preprocessor, encoders: dict[str
                 if progress:
                     progress(key, done[0], total)
 
-            arr, errors = encode_values(enc, spec, todo, batch_size, device, num_workers, tick)
+            arr, errors = encode_values(enc, spec, todo, batch_size, device, num_workers, tick, as_tokens)
             ok = [i for i in range(len(todo)) if i not in errors]
             cache.put([ckeys[todo[i]] for i in ok], arr[ok])
             stats["computed"] += len(ok)
@@ -236,7 +248,7 @@ def precompute_features(df: pd.DataFrame, prep: Preprocessor, encoders: dict[str
                 ckeys[todo[i]] = None
             found.update({ckeys[todo[i]]: arr[i] for i in ok})
         dim = next(iter(found.values())).shape if found else (enc.out_dim,)
-        out = np.zeros((len(df), *dim), np.float32)
+        out = np.zeros((len(df), *dim), np.float16 if as_tokens else np.float32)
         present = np.zeros(len(df), bool)
         for r, v in enumerate(vals):
             k = ckeys.get(v) if v is not None else None

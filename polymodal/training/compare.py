@@ -52,7 +52,7 @@ def _probs(res: FitResult, df: pd.DataFrame, perturb: tuple[str, str] | None = N
     model, prep, cfg = res.model.eval(), res.prep, res.config
     keys = frozen_keys(model, prep, cfg)
     feats, _, _ = precompute_features(df, prep, {k: model.encoders[k] for k in keys}, keys, cfg.cache_dir,
-                                      cfg.batch_size)
+                                      cfg.batch_size, token_keys=[k for k in keys if k in model.token_inputs])
     loader = make_loader(df, prep, feats, dataclasses.replace(cfg, num_workers=0), train=False)
     gen = torch.Generator().manual_seed(seed)
     probs, targets = [], []

@@ -46,6 +46,7 @@ class FitConfig:
     frozen: dict[str, bool] = field(default_factory=dict)  # modality → frozen? (default: pretrained ones)
     fusion: str = "concat"
     fusion_opts: dict = field(default_factory=dict)
+    tokens: bool | None = None  # image/text/audio as token sequences; None: when the fusion takes tokens
     head_hidden: int = 256
     dropout: float = 0.2
     lr: float = 1e-3
@@ -148,10 +149,30 @@ def is_frozen(key: str, modality: str, encoder: nn.Module, config: FitConfig) ->
     return bool(config.frozen.get(modality, getattr(encoder, "pretrained", False)))
 
 
-def assemble_model(encoders: dict[str, nn.Module], task, config: FitConfig) -> MultimodalModel:
-    in_dims = {k: e.out_dim for k, e in encoders.items()}
-    fusion = build_fusion(config.fusion, in_dims, num_outputs=task.num_outputs, dropout=config.dropout,
-                          **config.fusion_opts)
+def token_inputs(config: FitConfig, prep: Preprocessor | None) -> dict[str, str]:
+    """Inputs fed to the fusion as token sequences: image/text/audio ones, when `config.tokens` (or, by
+    default, when the fusion accepts tokens: transformer, film)."""
+    from polymodal.encoders.tokens import TOKEN_MODALITIES
+    from polymodal.fusion import FUSIONS
+
+    use = config.tokens if config.tokens is not None else getattr(FUSIONS.get(config.fusion), "accepts_tokens",
+                                                                  False)
+    if use and not getattr(FUSIONS.get(config.fusion), "accepts_tokens", False):
+        raise PolymodalError(f"fusion {config.fusion!r} takes pooled features; token inputs need transformer or "
+                             "film")
+    if not use or prep is None:
+        return {}
+    return {k: s.modality for k, s in prep.inputs.items() if s.modality in TOKEN_MODALITIES}
+
+
+def assemble_model(encoders: dict[str, nn.Module], task, config: FitConfig,
+                   prep: Preprocessor | None = None) -> MultimodalModel:
+    tokens = token_inputs(config, prep)
+    in_dims = {k: (e.token_dim if k in tokens else e.out_dim) for k, e in encoders.items()}
+    opts = dict(config.fusion_opts)
+    if tokens and config.fusion == "film":
+        opts.setdefault("token_keys", sorted(tokens))
+    fusion = build_fusion(config.fusion, in_dims, num_outputs=task.num_outputs, dropout=config.dropout, **opts)
     if getattr(fusion, "produces_logits", False):
         head: nn.Module = nn.Identity()
     elif isinstance(task, MultiTask):
@@ -159,7 +180,9 @@ def assemble_model(encoders: dict[str, nn.Module], task, config: FitConfig) -> M
                           for n, t in task.tasks.items()})
     else:
         head = MLPHead(fusion.out_dim, task.num_outputs, config.head_hidden, config.dropout)
-    return MultimodalModel(nn.ModuleDict(encoders), fusion, head)
+    model = MultimodalModel(nn.ModuleDict(encoders), fusion, head, tokens)
+    model.token_configs = {k: dict(prep.inputs[k].config) for k in tokens}
+    return model
 
 
 def frozen_keys(model: MultimodalModel, prep: Preprocessor, config: FitConfig) -> list[str]:
@@ -184,7 +207,7 @@ def features_for(df: pd.DataFrame, prep: Preprocessor, model: MultimodalModel, k
 
     feats, problems, stats = precompute_features(
         df, prep, {k: model.encoders[k] for k in keys}, keys, config.cache_dir, config.batch_size, device,
-        config.num_workers, progress)
+        config.num_workers, progress, token_keys=[k for k in keys if k in model.token_inputs])
     if problems:
         kept, problems = raise_or_drop(df, problems, on_bad_rows)
         mask = df.index.isin(kept.index)
@@ -288,7 +311,9 @@ def fit(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: FitConfig
     for key, enc in encoders.items():
         if prep.inputs[key].modality != TABULAR and is_frozen(key, prep.inputs[key].modality, enc, config):
             enc.freeze()
-    model = assemble_model(encoders, task, config)
+    model = assemble_model(encoders, task, config, prep)
+    if model.token_inputs:
+        log(f"  token inputs for {config.fusion} fusion: {', '.join(sorted(model.token_inputs))}")
     keys = frozen_keys(model, prep, config)
     if config.text_augment and not any(s.modality == "text" and k not in keys for k, s in prep.inputs.items()):
         log("  note: --text-augment changes text fed to a trained text encoder; these text features are cached "

@@ -60,7 +60,7 @@ class FitModule(L.LightningModule):
         features, present = self.model.encode({**batch, "inputs": {**batch["inputs"], **mixed}})
         features = {k: f if k in mixed else lam * f + (1 - lam) * f[perm] for k, f in features.items()}
         present = {k: p | p[perm] for k, p in present.items()}
-        logits = self.model.head(self.model.fusion(features, present))
+        logits = self.model.head(self.model.fuse(features, present))
         y = batch["target"]
         return lam * self.task.loss(logits, y) + (1 - lam) * self.task.loss(logits, y[perm])
 
