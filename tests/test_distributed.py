@@ -26,9 +26,6 @@ def run_fit(tmp_path: Path, devices: int, batch_size: int) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known bug: 2-process DDP on gloo runs end to end but its validation loss "
-                   "already differs from single-process training after epoch 0 (sampler/schedule under DDP "
-                   "not yet matched); see CHANGELOG")
 def test_ddp_two_processes_match_single_process(tmp_path):
     single = run_fit(tmp_path, devices=1, batch_size=16)
     ddp = run_fit(tmp_path, devices=2, batch_size=8)  # 2 ranks x 8 = the same global batch of 16

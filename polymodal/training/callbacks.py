@@ -51,17 +51,31 @@ class EpochSampler(Sampler[int]):
     """Yields `epoch * n + i` so the dataset knows the epoch (for augmentation) even inside workers.
 
     With `weights`, each epoch draws n rows with replacement in proportion to them (resampling for class
-    imbalance), from the same (seed, epoch) generator, so a resumed run draws the same rows."""
+    imbalance), from the same (seed, epoch) generator, so a resumed run draws the same rows.
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True, weights=None) -> None:
+    Under DDP/FSDP (Lightning's distributed sampler is off, see trainer.py) every rank draws the same epoch
+    order and takes every world-th position from its rank on, padded by wrapping to equal length: rank r's
+    k-th batch of b rows plus the other ranks' k-th batches are exactly positions [k·b·w, (k+1)·b·w) of the
+    order, i.e. the single-process batch of b·w rows, so N-process training matches 1-process training with
+    the same global batch (DistributedSampler would reshuffle and split differently)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, weights=None, distributed: bool = False) -> None:
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.distributed = distributed  # shard across ranks (loaders given to the Trainer only)
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
         self.epoch = epoch
 
+    def _shard(self) -> tuple[int, int]:
+        # read at iteration time: under Lightning's DDP the process group exists only once fit() started
+        from polymodal.training.distributed import global_rank, world_size
+
+        return (global_rank(), world_size()) if self.distributed else (0, 1)
+
     def __len__(self) -> int:
-        return self.n
+        _, world = self._shard()
+        return -(-self.n // world)
 
     def __iter__(self):
         if self.weights is not None:
@@ -72,5 +86,10 @@ class EpochSampler(Sampler[int]):
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = range(self.n)
+        order = list(order)
+        rank, world = self._shard()
+        if world > 1:
+            total = -(-self.n // world) * world
+            order = (order + order[:total - len(order)])[rank::world]
         base = self.epoch * self.n
         return iter([base + i for i in order])

@@ -216,7 +216,9 @@ def features_for(df: pd.DataFrame, prep: Preprocessor, model: MultimodalModel, k
     return df, feats, problems, stats
 
 
-def make_loader(df, prep, feats, config: FitConfig, train: bool, with_target: bool = True) -> DataLoader:
+def make_loader(df, prep, feats, config: FitConfig, train: bool, with_target: bool = True,
+                distributed: bool = False) -> DataLoader:
+    """`distributed`: the loader feeds the Trainer, so under DDP/FSDP each rank takes its shard."""
     ds = TableDataset(df, prep, feats, train=train, with_target=with_target, augment=config.augment,
                       seed=config.seed, text_augment=config.text_augment)
     workers = config.num_workers if ds.values else 0  # everything cached → decoding threads buy nothing
@@ -226,7 +228,8 @@ def make_loader(df, prep, feats, config: FitConfig, train: bool, with_target: bo
     # The loader's own generator: creating an iterator must not draw from the global RNG, or a resumed run
     # (whose iterator is created at a different moment) would see different dropout masks.
     return DataLoader(ds, batch_size=config.batch_size,
-                      sampler=EpochSampler(len(ds), config.seed, shuffle=train, weights=weights),
+                      sampler=EpochSampler(len(ds), config.seed, shuffle=train, weights=weights,
+                                           distributed=distributed),
                       collate_fn=Collator(prep), num_workers=workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=workers > 0, drop_last=False,
                       generator=torch.Generator().manual_seed(config.seed))
@@ -339,8 +342,8 @@ def fit(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: FitConfig
                         mixup=config.mixup)
     monitor, mode = task.monitor
     trainer, ckpt = _trainer(config, run_dir, monitor, mode)
-    train_loader = make_loader(train_df, prep, feats["train"], config, train=True)
-    valid_loader = make_loader(valid_df, prep, feats["valid"], config, train=False)
+    train_loader = make_loader(train_df, prep, feats["train"], config, train=True, distributed=True)
+    valid_loader = make_loader(valid_df, prep, feats["valid"], config, train=False, distributed=True)
     last = os.path.join(run_dir, "checkpoints", "last.ckpt")
     ckpt_path = last if resume and os.path.exists(last) else None
     if resume:

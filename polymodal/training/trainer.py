@@ -46,7 +46,10 @@ def build_trainer(run_dir: str | os.PathLike, monitor: str, mode: str, max_epoch
         enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=10,
         deterministic=deterministic, gradient_clip_val=gradient_clip_val,
         max_time={"seconds": int(max_time)} if max_time else None,
-        num_sanity_val_steps=0)
+        num_sanity_val_steps=0,
+        # polymodal's EpochSampler shards itself per rank (same batches as one process); Lightning's
+        # DistributedSampler would re-shuffle and hide the sampler's per-epoch seeding
+        use_distributed_sampler=False)
     return trainer, ckpt
 
 
