@@ -219,6 +219,8 @@ def compare(
     column_types: str | None = typer.Option(None),
     problem_type: str | None = typer.Option(None),
     image_encoder: str | None = typer.Option(None),
+    text_encoder: str | None = typer.Option(None),
+    audio_encoder: str | None = typer.Option(None, help="logmel-cnn (default, trained) or whisper-tiny.en"),
     image_size: int | None = typer.Option(None),
     epochs: int = typer.Option(20),
     batch_size: int = typer.Option(64),
@@ -239,8 +241,10 @@ def compare(
         from polymodal.errors import PolymodalError
 
         raise PolymodalError(f"unknown fusions {sorted(unknown)}; choose from {', '.join(fusion_names())}")
+    encoders = {k: v for k, v in {"image": image_encoder, "text": text_encoder, "audio": audio_encoder}.items()
+                if v}
     cfg = FitConfig(label=label, problem_type=problem_type, column_types=_parse_kv(column_types),
-                    encoders={"image": image_encoder} if image_encoder else {},
+                    encoders=encoders,
                     encoder_opts={"image": {"image_size": image_size}} if image_size else {},
                     max_epochs=epochs, batch_size=batch_size, lr=lr, patience=patience)
     results = run_compare(read_table(train), cfg, names, [int(s) for s in seeds.split(",")],
