@@ -115,6 +115,17 @@ def compare(train_df: pd.DataFrame, config: FitConfig, fusions: list[str], seeds
     if valid_df is None:
         train_df, valid_df = split_train_valid(train_df, config.label, schema.problem_type,
                                                config.valid_fraction, 54321)
+    dropped = 0
+    if schema.problem_type in ("binary", "multiclass"):  # a class training never saw cannot be predicted
+        seen = set(train_df[config.label].astype(str))
+        known = test_df[config.label].astype(str).isin(seen)
+        dropped = int((~known).sum())
+        if dropped:
+            log(f"  {dropped} of {len(test_df)} test rows have a label that training never saw: scored without "
+                "them (count them as wrong: multiply by the kept fraction)")
+            kept = test_df[known]
+            kept.attrs.update(test_df.attrs)
+            test_df = kept
     groups = input_groups(schema.columns)
     candidates: list[tuple[str, FitConfig]] = []
     if unimodal:
@@ -158,6 +169,7 @@ def compare(train_df: pd.DataFrame, config: FitConfig, fusions: list[str], seeds
                          metric: compute_metrics(schema.problem_type, p, target)[metric]})
     out = pd.DataFrame(rows)
     out.attrs["metric"] = metric
+    out.attrs["test_rows"], out.attrs["test_rows_dropped"] = len(test_df), dropped
     return out
 
 
