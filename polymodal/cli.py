@@ -60,6 +60,8 @@ def fit(
     finetune: str | None = typer.Option(None, help="modalities whose pretrained encoder is fine-tuned: "
                                            "image,text"),
     fusion: str = typer.Option("concat", help="fusion strategy: concat, late, ..."),
+    tokens: bool | None = typer.Option(None, "--tokens/--no-tokens",
+                                       help="token sequences into the fusion (default: for transformer, film)"),
     epochs: int = typer.Option(20, help="maximum epochs"),
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(1e-3, help="learning rate (fine-tuned encoders use 0.1x)"),
@@ -120,7 +122,7 @@ def fit(
         time_limit=time_limit, dropout=dropout, loss=loss, focal_gamma=focal_gamma,
         class_weighting={"auto": None, "on": True, "off": False}[class_weighting], sampler=sampler,
         tune_threshold=tune_threshold, loss_weighting=loss_weighting, task_weights=weights, mixup=mixup,
-        text_augment=text_augment, l1=l1, label_smoothing=label_smoothing)
+        text_augment=text_augment, l1=l1, label_smoothing=label_smoothing, tokens=tokens)
     p.fit(train, valid, test)
     print_metrics(p.metrics["valid"], "validation")
     if "test" in p.metrics:
