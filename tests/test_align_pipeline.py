@@ -82,7 +82,7 @@ def test_index_and_search_text_and_image(aligned):
     df = pd.read_csv(test).set_index("id")
     assert len(hits) == 5 and all(df.loc[h["id"], "colour"] == "blue" for h in hits)
     assert hits == sorted(hits, key=lambda h: -h["score"])
-    query = root / "imgs" / "101.png"  # a blue image from the gallery: it finds itself first
+    query = root / "imgs" / "101.png"  # a (green) gallery image: it finds itself first
     r = runner.invoke(app, ["search", str(index), "--image", str(query), "-k", "3", "--json"])
     first = json.loads(r.output.strip().splitlines()[0])
     assert first["id"] == 101 and first["score"] == pytest.approx(1.0, abs=1e-4)

@@ -92,3 +92,52 @@ def test_upload_type_click_see_answer(server, tmp_path, index):
     assert sorted(out["bars"]) == ["blue", "red"] and out["bars"][0] == expected  # best class listed first
     assert "Predicts “label”" in out["info"]
     assert (tmp_path / "page.png").stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def search_server(tmp_path_factory):
+    """A search-only server: an image↔caption alignment run and its gallery index."""
+    pytest.importorskip("faiss")
+    import torch
+    from test_align_pipeline import caption_table
+
+    from polymodal.retrieval.pipeline import AlignConfig, AlignedModel
+    from polymodal.serve.app import app_from_run
+    from polymodal.serve.search import load_index_searcher
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("search")
+    train, gallery = caption_table(root, 45), caption_table(root, 15, start=100)
+    model = AlignedModel.fit(train, AlignConfig(left="image", right="caption", epochs=15, batch_size=32,
+                                                embed_dim=64, encoder_opts={"image": {"image_size": 32}}),
+                             root / "run", valid=gallery, log=lambda m: None)
+    model.build_index(gallery, "image", id_column="id").save(root / "g.index")
+    app = app_from_run(root / "run", searcher=load_index_searcher(root / "g.index", root / "run"))
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/", root
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_search_page_text_and_image_queries(search_server, tmp_path):
+    url, root = search_server
+    cmd = ["node", str(BROWSER_DIR / "search.mjs"), url, "a green tree", str(root / "imgs" / "101.png"),
+           str(tmp_path / "search.png")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=BROWSER_DIR,
+                          env={**os.environ, "CHROMIUM": CHROMIUM})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["error"] is None and out["predictHidden"] and out["audioHidden"]
+    assert "Searches a gallery" in out["info"]
+    # gallery ids 100..114 cycle red, blue, green: green items are the ids ≡ 2 (mod 3); captions show "#id"
+    ids = [int(c.split("#")[1].split()[0]) for c in out["text_results"]]
+    assert len(ids) == 3 and all(i % 3 == 2 for i in ids) and out["thumbnails"] == 3
+    assert out["image_results"][0].split("#")[1].startswith("101 ")  # the query image finds itself first

@@ -1,0 +1,46 @@
+// Drives the search tab of the polymodal web page (a search-only server) in Debian's headless Chromium.
+// usage: node search.mjs URL QUERY_TEXT IMAGE_PATH SCREENSHOT_PATH
+// Prints one JSON line: {"info": ..., "text_results": [captions...], "image_results": [names...], "error": ...}.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const [url, queryText, imagePath, screenshot] = process.argv.slice(2);
+const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+const args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+const userDataDir = mkdtempSync(join(tmpdir(), "polymodal-chromium-"));
+
+const browser = await chromium.launchPersistentContext(userDataDir, { executablePath, args, headless: true,
+  timeout: 60000 });
+const captions = (page) => page.$$eval("#search-results figcaption", (fs) => fs.map((f) => f.textContent));
+try {
+  const page = await browser.newPage();
+  page.setDefaultTimeout(20000);
+  await page.goto(url);
+  await page.waitForSelector("#search-panel:not([hidden])");
+  const out = { info: await page.textContent("#model-info"),
+    predictHidden: await page.$eval("#predict-panel", (e) => e.hidden),
+    audioHidden: await page.$eval("#search-audio-label", (e) => e.hidden) };
+  await page.fill("#search-text", queryText);
+  await page.fill("#search-k", "3");
+  await page.click("#search-btn");
+  await page.waitForSelector("#search-results figure");
+  out.text_results = await captions(page);
+  out.thumbnails = await page.$$eval("#search-results img", (is) => is.length);
+  await page.fill("#search-text", "");
+  await page.setInputFiles("input[name=image]", imagePath);
+  await page.click("#search-btn");
+  await page.waitForFunction((first) => {
+    const f = document.querySelector("#search-results figcaption");
+    return f && f.textContent !== first;
+  }, out.text_results[0]);
+  out.image_results = await captions(page);
+  out.error = await page.$eval("#search-error", (e) => (e.hidden ? null : e.textContent));
+  if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
+  console.log(JSON.stringify(out));
+} finally {
+  await browser.close();
+  rmSync(userDataDir, { recursive: true, force: true });
+}
