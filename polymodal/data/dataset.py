@@ -153,6 +153,13 @@ class TableDataset(Dataset):
     def __len__(self) -> int:
         return self.n
 
+    def __getitems__(self, indices: list[int]):
+        """Batched fetch (DataLoader calls this with a batch's indices): one array gather when nothing needs
+        decoding, else the per-row items for the Collator."""
+        if self.values:
+            return [self[i] for i in indices]
+        return _gather_batch(self, indices)
+
     def __getitem__(self, index: int) -> dict:
         # An EpochSampler passes epoch * n + i, so augmentation is a function of (seed, epoch, row) alone.
         epoch, i = divmod(int(index), self.n)
@@ -188,6 +195,24 @@ class TableDataset(Dataset):
         return item
 
 
+def _gather_batch(ds: TableDataset, indices) -> dict:
+    """A whole Batch by array indexing, for datasets with nothing to decode (all inputs cached or tabular):
+    the per-row `__getitem__` + `Collator` path costs Python work per row and per key, which dominated
+    head training on cached features (benchmarks/throughput.py, fusion row)."""
+    idx = np.asarray(indices, dtype=np.int64) % ds.n
+    batch: dict = {"row": torch.from_numpy(ds.rows[idx].astype(np.int64)), "inputs": {}, "features": {},
+                   "present": {}}
+    for key, (feats, present) in ds.features.items():
+        batch["features"][key] = torch.from_numpy(np.ascontiguousarray(feats[idx]))
+        batch["present"][key] = torch.from_numpy(np.asarray(present, dtype=bool)[idx])
+    if ds.tabular is not None:
+        batch["inputs"][TABULAR] = {k: torch.from_numpy(np.ascontiguousarray(a[idx])) for k, a in ds.tabular.items()}
+        batch["present"][TABULAR] = torch.ones(len(idx), dtype=torch.bool)
+    if ds.target is not None:
+        batch["target"] = torch.from_numpy(np.ascontiguousarray(ds.target[idx]))
+    return batch
+
+
 def augment_text(text: str, p: float, rng: np.random.Generator) -> str:
     """Easy data augmentation (Wei & Zou 2019), the two label-safe edits: drop each word with probability
     p (keeping at least one) and swap about p·n random word pairs."""
@@ -221,7 +246,9 @@ class Collator:
     def __init__(self, prep: Preprocessor) -> None:
         self.prep = prep
 
-    def __call__(self, items: list[dict]) -> dict:
+    def __call__(self, items: list[dict] | dict) -> dict:
+        if isinstance(items, dict):  # already a Batch (TableDataset.__getitems__ gathered it)
+            return items
         batch: dict = {"row": torch.tensor([it["row"] for it in items]), "inputs": {}, "features": {},
                        "present": {}}
         for key in items[0]["present"]:
