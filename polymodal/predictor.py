@@ -71,7 +71,13 @@ class MultimodalPredictor:
             "config": self.config.to_dict(),
             "tables": {k: (str(Path(v).resolve()) if isinstance(v, (str, os.PathLike)) else None)
                        for k, v in (("train", train_data), ("valid", valid_data), ("test", test_data))}})
-        res = fit(train, valid, self.config, run_dir, log=self._log, resume=resume)
+        try:
+            res = fit(train, valid, self.config, run_dir, log=self._log, resume=resume)
+        finally:
+            if not self.path:  # a scratch folder for checkpoints and logs: the weights are in memory now
+                import shutil
+
+                shutil.rmtree(run_dir, ignore_errors=True)
         self._result = res
         self.model, self.prep, self.task = res.model, res.prep, res.task
         self.metrics = {"valid": res.val_metrics, "fit_seconds": round(res.fit_seconds, 2),
