@@ -7,16 +7,18 @@ from pathlib import Path
 import pandas as pd
 
 
-def easy_vqa_table(split: str, n_images: int | None = None, seed: int = 0) -> pd.DataFrame:
-    """One row per question: image path, question, answer; `n_images` images sampled with their questions."""
+def _easy_vqa_split(split: str) -> tuple[list[str], list[str], list[int], list[str]]:
+    """(questions, answers, image ids, image paths) of the `easy-vqa` package's train or test split."""
     import easy_vqa
 
     if split == "train":
-        qs, answers, ids = easy_vqa.get_train_questions()
-        paths = easy_vqa.get_train_image_paths()
-    else:
-        qs, answers, ids = easy_vqa.get_test_questions()
-        paths = easy_vqa.get_test_image_paths()
+        return (*easy_vqa.get_train_questions(), easy_vqa.get_train_image_paths())
+    return (*easy_vqa.get_test_questions(), easy_vqa.get_test_image_paths())
+
+
+def easy_vqa_table(split: str, n_images: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """One row per question: image path, question, answer; `n_images` images sampled with their questions."""
+    qs, answers, ids, paths = _easy_vqa_split(split)
     df = pd.DataFrame({"image": [paths[i] for i in ids], "question": qs, "answer": answers, "image_id": ids})
     if n_images:
         keep = pd.Series(sorted(set(ids))).sample(min(n_images, len(set(ids))), random_state=seed)
@@ -50,14 +52,7 @@ def easy_vqa_captions(split: str, n_images: int | None = None, seed: int = 0) ->
     shape that is present ("what color is the triangle?" → "blue"); yes/no questions also name absent ones,
     so they are not used. Images whose questions do not give both are left out.
     """
-    import easy_vqa
-
-    if split == "train":
-        qs, answers, ids = easy_vqa.get_train_questions()
-        paths = easy_vqa.get_train_image_paths()
-    else:
-        qs, answers, ids = easy_vqa.get_test_questions()
-        paths = easy_vqa.get_test_image_paths()
+    qs, answers, ids, paths = _easy_vqa_split(split)
     found: dict[int, dict[str, set[str]]] = {}
     for q, a, i in zip(qs, answers, ids):
         if not q.startswith("what"):

@@ -88,15 +88,21 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def color_table(root: Path, n: int = 80, caption_words: dict[str, list[str]] | None = None) -> Path:
-    """root/train.csv: image (colour = label red/blue), numeric `size`, categorical `shop`, optional `caption`."""
+def color_rows(root: Path, n: int, rng: np.random.Generator):
+    """(i, colour, row) for n generated red/blue images under root/imgs: row has image, size, shop."""
     (root / "imgs").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    rows = []
     for i in range(n):
         color = ["red", "blue"][i % 2]
         write_image(root / "imgs" / f"{i}.png", color, seed=i)
-        row = {"image": f"imgs/{i}.png", "size": float(rng.normal()), "shop": "abc"[i % 3], "label": color}
+        yield i, color, {"image": f"imgs/{i}.png", "size": float(rng.normal()), "shop": "abc"[i % 3]}
+
+
+def color_table(root: Path, n: int = 80, caption_words: dict[str, list[str]] | None = None) -> Path:
+    """root/train.csv: image (colour = label red/blue), numeric `size`, categorical `shop`, optional `caption`."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for _, color, row in color_rows(root, n, rng):
+        row["label"] = color
         if caption_words:
             row["caption"] = "a " + " ".join(rng.choice(caption_words[color], size=int(rng.integers(1, 6)))) + " thing"
         rows.append(row)

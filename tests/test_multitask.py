@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_image
+from conftest import color_rows, write_image
 from typer.testing import CliRunner
 
 from polymodal import MultimodalPredictor
@@ -23,15 +23,10 @@ FAST = dict(encoder_opts={"image": {"image_size": 32}}, max_epochs=12, batch_siz
 def multitask_table(root, n: int = 90, missing: bool = True):
     """image colour → `colour` (binary); numeric `size` → `value` (regression); `shop` → `kind` (3 classes).
     Some rows lack `value` or `kind` (partially labelled)."""
-    (root / "imgs").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     rows = []
-    for i in range(n):
-        color = ["red", "blue"][i % 2]
-        write_image(root / "imgs" / f"{i}.png", color, seed=i)
-        size = float(rng.normal())
-        rows.append({"image": f"imgs/{i}.png", "size": size, "shop": "abc"[i % 3], "colour": color,
-                     "value": 3 * size + 0.1 * rng.normal(), "kind": "xyz"[i % 3]})
+    for i, color, row in color_rows(root, n, rng):
+        rows.append({**row, "colour": color, "value": 3 * row["size"] + 0.1 * rng.normal(), "kind": "xyz"[i % 3]})
     df = pd.DataFrame(rows)
     if missing:
         df.loc[df.index % 7 == 3, "value"] = np.nan

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -54,9 +55,15 @@ def server(tmp_path_factory):
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("browser")
     predictor = MultimodalPredictor.load(train_tiny(root).path)
+    with running(create_app(predictor)) as url:
+        yield url, predictor, root
+
+
+@contextmanager
+def running(app):
+    """Serve `app` with uvicorn on a free loopback port in a thread; yields its URL."""
     port = free_port()
-    config = uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -64,9 +71,11 @@ def server(tmp_path_factory):
         if time.monotonic() > deadline or not thread.is_alive():
             pytest.fail("uvicorn did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/", predictor, root
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
 
 
 def drive(url: str, image: Path, shot: Path, **fields) -> dict:
@@ -113,18 +122,8 @@ def search_server(tmp_path_factory):
                              root / "run", valid=gallery, log=lambda m: None)
     model.build_index(gallery, "image", id_column="id").save(root / "g.index")
     app = app_from_run(root / "run", searcher=load_index_searcher(root / "g.index", root / "run"))
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/", root
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with running(app) as url:
+        yield url, root
 
 
 def test_search_page_text_and_image_queries(search_server, tmp_path):

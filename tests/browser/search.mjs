@@ -1,23 +1,12 @@
 // Drives the search tab of the polymodal web page (a search-only server) in Debian's headless Chromium.
 // usage: node search.mjs URL QUERY_TEXT IMAGE_PATH SCREENSHOT_PATH
-// Prints one JSON line: {"info": ..., "text_results": [captions...], "image_results": [names...], "error": ...}.
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
+// Prints one JSON line: {"info": ..., "text_results": [captions...], "image_results": [...], "error": ...}.
+import { withPage } from "./launch.mjs";
 
 const [url, queryText, imagePath, screenshot] = process.argv.slice(2);
-const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
-const args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync"];
-const userDataDir = mkdtempSync(join(tmpdir(), "polymodal-chromium-"));
-
-const browser = await chromium.launchPersistentContext(userDataDir, { executablePath, args, headless: true,
-  timeout: 60000 });
 const captions = (page) => page.$$eval("#search-results figcaption", (fs) => fs.map((f) => f.textContent));
-try {
-  const page = await browser.newPage();
-  page.setDefaultTimeout(20000);
+
+await withPage(async (page) => {
   await page.goto(url);
   await page.waitForSelector("#search-panel:not([hidden])");
   const out = { info: await page.textContent("#model-info"),
@@ -40,7 +29,4 @@ try {
   out.error = await page.$eval("#search-error", (e) => (e.hidden ? null : e.textContent));
   if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
   console.log(JSON.stringify(out));
-} finally {
-  await browser.close();
-  rmSync(userDataDir, { recursive: true, force: true });
-}
+});
