@@ -87,3 +87,19 @@ def test_cache_ignores_half_written_shards(tmp_path):
     assert len(fresh) == 2 and set(fresh.get(["a", "b", "c"])) == {"a", "b"}
     fresh.put(["c"], np.full((1, 4), 2.0))
     assert FeatureCache(tmp_path, "ns").get(["c"])["c"].tolist() == [2.0] * 4
+
+
+def test_large_feature_arrays_are_memory_mapped(tmp_path, monkeypatch, image_table):
+    """Above POLYMODAL_MEMMAP_BYTES the row-aligned features live in a disk-backed array, with equal values."""
+    from polymodal.encoders import build_encoder
+
+    df = read_table(image_table)
+    enc = build_encoder("image", "small-cnn", image_size=16)
+    prep = Preprocessor.fit(df, infer_schema(df, "label"), {"image": enc.preprocess_config()})
+    ram, _, _ = precompute_features(df, prep, {"image": enc}, ["image"], tmp_path / "c")
+    monkeypatch.setenv("POLYMODAL_MEMMAP_BYTES", "100")
+    mapped, _, stats = precompute_features(df, prep, {"image": enc}, ["image"], tmp_path / "c")
+    assert stats["reused"] == 60 and isinstance(mapped["image"][0], np.memmap)
+    assert not isinstance(ram["image"][0], np.memmap)
+    np.testing.assert_array_equal(mapped["image"][0], ram["image"][0])
+    assert not list((tmp_path / "c" / "rows").iterdir())  # the backing file is already unlinked

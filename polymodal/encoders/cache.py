@@ -197,6 +197,27 @@ def _place(out: np.ndarray | None, idx: list[int], f: torch.Tensor, n: int) -> n
     return out
 
 
+def memmap_threshold() -> int:
+    """Row-aligned feature arrays larger than this many bytes (env POLYMODAL_MEMMAP_BYTES, default 2 GiB)
+    live in a memory-mapped file instead of RAM; the cache shards they are read from are memory-mapped too."""
+    return int(os.environ.get("POLYMODAL_MEMMAP_BYTES", 2 << 30))
+
+
+def _row_array(shape: tuple[int, ...], dtype, cache_dir) -> np.ndarray:
+    """Zeros of `shape`: in RAM, or above `memmap_threshold()` a disk-backed array (an unlinked temporary
+    .npy under the cache folder: the OS frees it when the last mapping closes)."""
+    if int(np.prod(shape)) * np.dtype(dtype).itemsize <= memmap_threshold():
+        return np.zeros(shape, dtype)
+    folder = Path(cache_dir or default_cache_dir()) / "rows"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npy")
+    os.close(fd)
+    try:
+        return np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)  # zero-filled (sparse file)
+    finally:
+        os.unlink(tmp)
+
+
 def precompute_features(df: pd.DataFrame, prep: Preprocessor, encoders: dict[str, torch.nn.Module],
                         keys: list[str], cache_dir: str | os.PathLike | None = None, batch_size: int = 64,
                         device: str | torch.device = "cpu", num_workers: int = 0,
@@ -248,7 +269,7 @@ def precompute_features(df: pd.DataFrame, prep: Preprocessor, encoders: dict[str
                 ckeys[todo[i]] = None
             found.update({ckeys[todo[i]]: arr[i] for i in ok})
         dim = next(iter(found.values())).shape if found else (enc.out_dim,)
-        out = np.zeros((len(df), *dim), np.float16 if as_tokens else np.float32)
+        out = _row_array((len(df), *dim), np.float16 if as_tokens else np.float32, cache_dir)
         present = np.zeros(len(df), bool)
         for r, v in enumerate(vals):
             k = ckeys.get(v) if v is not None else None
