@@ -68,6 +68,7 @@ class FitConfig:
     mixup: float = 0.0  # Beta(α, α) mixup of per-modality encoder inputs/features and targets; 0 = off
     text_augment: float = 0.0  # per-word drop/swap probability for text inputs whose encoder trains
     l1: float = 0.0  # L1 penalty on the head's weights
+    compile: bool = False  # torch.compile each trained encoder (worth it for fine-tuning on a GPU)
     augment: bool = True
     on_bad_rows: str = "error"  # "error" | "skip"
     cache_dir: str | None = None
@@ -339,7 +340,7 @@ def fit(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: FitConfig
     log(f"  feature cache: {stats['computed']} computed, {stats['reused']} reused")
     module_cls = _fit_module()
     module = module_cls(model, task, lr=config.lr, weight_decay=config.weight_decay, l1=config.l1,
-                        mixup=config.mixup)
+                        mixup=config.mixup, compile=config.compile)
     monitor, mode = task.monitor
     trainer, ckpt = _trainer(config, run_dir, monitor, mode)
     train_loader = make_loader(train_df, prep, feats["train"], config, train=True, distributed=True)
