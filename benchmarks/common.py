@@ -22,8 +22,9 @@ def need(name: str) -> Path:
     return path
 
 
-def vqa_rad_tables(closed_only: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """VQA-RAD with MEVF's standard split: train = freeform + para (1,797), test = test_* (451)."""
+def vqa_rad_tables(closed_only: bool = True, with_answer_type: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """VQA-RAD with MEVF's standard split: train = freeform + para (1,797), test = test_* (451).
+    `with_answer_type`: keep an `answer_type` column, "open" or "closed" (179 / 272 test questions)."""
     import json
 
     root = need("vqa-rad")
@@ -32,11 +33,12 @@ def vqa_rad_tables(closed_only: bool = True) -> tuple[pd.DataFrame, pd.DataFrame
     df["image"] = [str(root / "images" / n) for n in df["image_name"]]
     df["answer"] = df["answer"].astype(str).str.strip().str.lower()
     df["question"] = df["question"].astype(str)
+    df["answer_type"] = df["answer_type"].astype(str).str.strip().str.lower()  # two read "CLOSED "
     if closed_only:
-        df = df[df["answer_type"].str.upper().str.strip() == "CLOSED"]
+        df = df[df["answer_type"] == "closed"]
     train = df[df["phrase_type"].isin(["freeform", "para"])]
     test = df[df["phrase_type"].isin(["test_freeform", "test_para"])]
-    cols = ["image", "question", "answer"]
+    cols = ["image", "question", "answer"] + (["answer_type"] if with_answer_type else [])
     return train[cols].reset_index(drop=True), test[cols].reset_index(drop=True)
 
 

@@ -88,6 +88,8 @@ def fit(
     text_augment: float = typer.Option(0.0, help="word drop/swap probability for fine-tuned text encoders"),
     l1: float = typer.Option(0.0, help="L1 penalty on the head's weights"),
     label_smoothing: float = typer.Option(0.0),
+    task: str = typer.Option("auto", help="auto (classify or regress the label) | caption (inputs → text) | "
+                                          "vqa-open (image + question → free-text answer)"),
 ) -> None:
     """Train a model on a table and write a self-contained run folder."""
     from polymodal import MultimodalPredictor
@@ -102,7 +104,8 @@ def fit(
     checks = {"--loss": (loss, ("cross_entropy", "focal")), "--sampler": (sampler, ("shuffle", "weighted")),
               "--class-weighting": (class_weighting, ("auto", "on", "off")),
               "--loss-weighting": (loss_weighting, ("uniform", "fixed", "uncertainty")),
-              "--tune-threshold": (tune_threshold or "f1", ("f1", "balanced_accuracy"))}
+              "--tune-threshold": (tune_threshold or "f1", ("f1", "balanced_accuracy")),
+              "--task": (task, ("auto", "caption", "vqa-open"))}
     for flag, (value, allowed) in checks.items():
         if value not in allowed:
             raise PolymodalError(f"{flag} must be one of {', '.join(allowed)}, not {value!r}")
@@ -122,7 +125,8 @@ def fit(
         time_limit=time_limit, dropout=dropout, loss=loss, focal_gamma=focal_gamma,
         class_weighting={"auto": None, "on": True, "off": False}[class_weighting], sampler=sampler,
         tune_threshold=tune_threshold, loss_weighting=loss_weighting, task_weights=weights, mixup=mixup,
-        text_augment=text_augment, l1=l1, label_smoothing=label_smoothing, tokens=tokens)
+        text_augment=text_augment, l1=l1, label_smoothing=label_smoothing, tokens=tokens,
+        task=None if task == "auto" else task)  # caption / vqa-open: a text generator (training.generation)
     p.fit(train, valid, test)
     print_metrics(p.metrics["valid"], "validation")
     if "test" in p.metrics:
@@ -198,7 +202,7 @@ def predict(run: Path = typer.Argument(..., help="run folder"),
     result = df.copy()
     for name, values in (pred.items() if isinstance(pred, pd.DataFrame) else [(p.config.label, pred)]):
         result[f"predicted_{name}"] = values
-    if proba:
+    if proba and getattr(p.task, "problem_type", None) != "generation":  # generated text: no probabilities
         probs = p.predict_proba(df)
         for c in probs.columns:
             if c not in p.config.labels:  # regression labels' "probabilities" are the predictions above

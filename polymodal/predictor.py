@@ -41,11 +41,25 @@ class MultimodalPredictor:
     >>> p = MultimodalPredictor(label="answer").fit(train_df, valid_df)
     >>> p.evaluate(test_df); p.predict(df); p.predict_proba(df); p.save("runs/x")
     >>> MultimodalPredictor.load("runs/x")
+
+    `task="caption"` or `"vqa-open"` returns a text generator with the same interface
+    (`polymodal.training.generation.GenerationPredictor`); the default `None` classifies or regresses.
     """
+
+    def __new__(cls, *args, task: str | None = None, **kwargs):
+        if cls is MultimodalPredictor and task is not None:
+            from polymodal.tasks.generation import GENERATION_TASKS
+            from polymodal.training.generation import GenerationPredictor
+
+            if task not in GENERATION_TASKS:
+                raise PolymodalError(f"task must be one of {', '.join(GENERATION_TASKS)} (or None to classify or "
+                                     f"regress), not {task!r}")
+            return super().__new__(GenerationPredictor)
+        return super().__new__(cls)
 
     def __init__(self, label: str | list[str], problem_type: str | dict | None = None,
                  path: str | os.PathLike | None = None,
-                 verbose: bool = True, **config) -> None:
+                 verbose: bool = True, task: None = None, **config) -> None:
         self.config = FitConfig(label=label, problem_type=problem_type, **config)
         self.path = Path(path) if path else None
         self.verbose = verbose
@@ -155,6 +169,10 @@ class MultimodalPredictor:
     def load(cls, path: str | os.PathLike, device: str | None = None) -> MultimodalPredictor:
         """Rebuild from a run folder, offline; GPU-trained runs load on CPU."""
         config_json, prep = artifacts.read_run(path)
+        if config_json.get("kind") == "generation":  # a text generator (task caption / vqa-open)
+            from polymodal.training.generation import GenerationPredictor
+
+            return GenerationPredictor.load(path, device)
         config = FitConfig.from_dict(config_json["fit"])
         self = cls(label=config.label, verbose=False)
         self.config, self.prep, self.path = config, prep, Path(path)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from polymodal.tasks.classification import ClassificationTask, balanced_class_weights, tune_threshold
+from polymodal.tasks.generation import GENERATION_TASKS, DecodeConfig, GenerationTask, generate
 from polymodal.tasks.multitask import MultiTask
 from polymodal.tasks.regression import RegressionTask
 
-__all__ = ["ClassificationTask", "MultiTask", "RegressionTask", "balanced_class_weights", "build_task",
-           "task_from_prep", "tune_threshold"]
+__all__ = ["GENERATION_TASKS", "ClassificationTask", "DecodeConfig", "GenerationTask", "MultiTask",
+           "RegressionTask", "balanced_class_weights", "build_task", "generate", "task_from_prep", "tune_threshold"]
 
 
 def build_task(problem_type: str, classes: list[str], target_mean: float = 0.0, target_std: float = 1.0,
