@@ -18,7 +18,10 @@ COMMANDS = {
     "vqa_rad": "polymodal compare {d}/vqa_rad_train.csv --label answer --test {d}/vqa_rad_test.csv --fusions all "
                "--seeds 0,1,2 --robustness --epochs 30 --batch-size 32 --patience 8 "
                "--out benchmarks/results/compare_vqa_rad",
-    "fsdd": "polymodal compare {d}/fsdd_train.csv --label digit --test {d}/fsdd_test.csv --fusions all "
+    # pooled fusions only: film/transformer would need Whisper's frame tokens, a second 30-s-window encoder pass
+    # over all 3,000 clips (about 40 min on 2 shared cores)
+    "fsdd": "polymodal compare {d}/fsdd_train.csv --label digit --test {d}/fsdd_test.csv "
+            "--fusions concat,sum,weighted,product,attention,gated,tensor,lmf,late "
             "--seeds 0,1,2 --robustness --audio-encoder whisper-tiny.en --image-size 64 --epochs 30 "
             "--batch-size 64 --patience 6 --lr 2e-3 --column-types speaker=id --out benchmarks/results/compare_fsdd",
     "fsdd_noisy": "polymodal compare {d}/fsdd_noisy_train.csv --label digit --test {d}/fsdd_noisy_test.csv "
