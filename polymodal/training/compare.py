@@ -148,9 +148,7 @@ def compare(train_df: pd.DataFrame, config: FitConfig, fusions: list[str], seeds
             probs, target = _probs(res, test_df)
             m = res.task.metrics(probs, target)
             n_params = sum(p.numel() for p in res.model.parameters())
-            trainable = sum(p.numel() for n, p in res.model.named_parameters()
-                            if not n.startswith("encoders.") or not getattr(
-                                res.model.encoders[n.split(".")[1]], "frozen", False))
+            trainable = sum(p.numel() for p in res.model.parameters() if p.requires_grad)
             row = {"model": name, "seed": seed, metric: m[metric], "params": n_params, "trained params": trainable,
                    "train s": round(train_s, 1), "predict ms (1 row)": round(_latency_ms(res, test_df), 1)}
             if robustness and name.startswith("fusion"):
