@@ -27,6 +27,21 @@ def _parse_kv(spec: str | None) -> dict[str, str]:
         raise PolymodalError(f"expected name=value[,name=value...], got {spec!r}") from None
 
 
+def encoder_settings(image: str | None = None, text: str | None = None, audio: str | None = None,
+                     video: str | None = None, timeseries: str | None = None, image_size: int | None = None,
+                     video_opts: dict | None = None) -> tuple[dict[str, str], dict[str, dict]]:
+    """(modality → encoder name, modality → builder options) from the CLI's encoder flags."""
+    names = {k: v for k, v in {"image": image, "text": text, "audio": audio, "video": video,
+                               "timeseries": timeseries}.items() if v}
+    opts: dict[str, dict] = {"image": {"image_size": image_size}} if image_size else {}
+    video = {k: v for k, v in (video_opts or {}).items() if v is not None}
+    if image_size and video:
+        video.setdefault("image_size", image_size)
+    if video:
+        opts["video"] = video
+    return names, opts
+
+
 def print_metrics(metrics: dict, title: str) -> None:
     table = Table(title=title)
     table.add_column("metric")
@@ -55,10 +70,19 @@ def fit(
     image_encoder: str | None = typer.Option(None, help="efficientnet-lite0 (default), mobilenet_v2, "
                                                 "small-cnn, timm:NAME, torchvision:NAME"),
     text_encoder: str | None = typer.Option(None, help="minilm-l6 (default) or a Hugging Face model name"),
-    audio_encoder: str | None = typer.Option(None, help="logmel-cnn (default)"),
+    audio_encoder: str | None = typer.Option(None, help="logmel-cnn (default) or whisper-tiny.en"),
+    video_encoder: str | None = typer.Option(None, help="frames-mean (default), frames-attn, frames-transformer"),
+    video_backbone: str | None = typer.Option(None, help="per-frame image encoder: efficientnet-lite0 (default), "
+                                                         "mobilenet_v2, small-cnn, timm:NAME"),
+    video_frames: int | None = typer.Option(None, help="frames sampled per video (default 8)"),
+    video_sampling: str | None = typer.Option(None, help="uniform (default) | fps | keyframes"),
+    video_fps: float | None = typer.Option(None, help="rate of --video-sampling fps (default 2)"),
+    video_audio: bool = typer.Option(True, "--video-audio/--no-video-audio",
+                                     help="a video's sound track as the extra input '<col>:audio'"),
+    timeseries_encoder: str | None = typer.Option(None, help="ts-cnn (default), ts-gru, ts-transformer"),
     image_size: int | None = typer.Option(None, help="image side in pixels (default 224)"),
     finetune: str | None = typer.Option(None, help="modalities whose pretrained encoder is fine-tuned: "
-                                           "image,text"),
+                                           "image,text,video"),
     fusion: str = typer.Option("concat", help="fusion strategy: concat, late, ..."),
     tokens: bool | None = typer.Option(None, "--tokens/--no-tokens",
                                        help="token sequences into the fusion (default: for transformer, film)"),
@@ -112,9 +136,10 @@ def fit(
     labels = label if len(label) > 1 else label[0]
     ptype = _parse_kv(problem_type) if problem_type and "=" in problem_type else problem_type
     weights = {k: float(v) for k, v in _parse_kv(task_weights).items()} if task_weights else None
-    encoders = {k: v for k, v in {"image": image_encoder, "text": text_encoder, "audio": audio_encoder}.items()
-                if v}
-    encoder_opts = {"image": {"image_size": image_size}} if image_size else {}
+    encoders, encoder_opts = encoder_settings(
+        image_encoder, text_encoder, audio_encoder, video_encoder, timeseries_encoder, image_size,
+        {"backbone": video_backbone, "num_frames": video_frames, "sampling": video_sampling, "fps": video_fps,
+         "audio": None if video_audio else False})
     frozen = {m.strip(): False for m in (finetune or "").split(",") if m.strip()}
     p = MultimodalPredictor(
         label=labels, problem_type=ptype, path=out, column_types=_parse_kv(column_types),
@@ -227,6 +252,8 @@ def compare(
     image_encoder: str | None = typer.Option(None),
     text_encoder: str | None = typer.Option(None),
     audio_encoder: str | None = typer.Option(None, help="logmel-cnn (default, trained) or whisper-tiny.en"),
+    video_encoder: str | None = typer.Option(None, help="frames-mean (default), frames-attn, frames-transformer"),
+    timeseries_encoder: str | None = typer.Option(None, help="ts-cnn (default), ts-gru, ts-transformer"),
     image_size: int | None = typer.Option(None),
     epochs: int = typer.Option(20),
     batch_size: int = typer.Option(64),
@@ -247,11 +274,10 @@ def compare(
         from polymodal.errors import PolymodalError
 
         raise PolymodalError(f"unknown fusions {sorted(unknown)}; choose from {', '.join(fusion_names())}")
-    encoders = {k: v for k, v in {"image": image_encoder, "text": text_encoder, "audio": audio_encoder}.items()
-                if v}
+    encoders, encoder_opts = encoder_settings(image_encoder, text_encoder, audio_encoder, video_encoder,
+                                              timeseries_encoder, image_size)
     cfg = FitConfig(label=label, problem_type=problem_type, column_types=_parse_kv(column_types),
-                    encoders=encoders,
-                    encoder_opts={"image": {"image_size": image_size}} if image_size else {},
+                    encoders=encoders, encoder_opts=encoder_opts,
                     max_epochs=epochs, batch_size=batch_size, lr=lr, patience=patience)
     results = run_compare(read_table(train), cfg, names, [int(s) for s in seeds.split(",")],
                           read_table(valid) if valid else None, read_table(test) if test else None,

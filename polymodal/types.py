@@ -11,15 +11,16 @@ IMAGE = "image"
 TEXT = "text"
 AUDIO = "audio"
 VIDEO = "video"
+TIMESERIES = "timeseries"  # numeric arrays (T,) or (T, C) per row: list cells or .npy/.csv paths
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 ID = "id"
-MODALITIES = (IMAGE, TEXT, AUDIO, VIDEO, NUMERIC, CATEGORICAL, ID)
+MODALITIES = (IMAGE, TEXT, AUDIO, VIDEO, TIMESERIES, NUMERIC, CATEGORICAL, ID)
 MEDIA = (IMAGE, AUDIO, VIDEO)
 # All numeric and categorical columns are encoded together by one tabular MLP under this key.
 TABULAR = "tabular"
 
-Modality = Literal["image", "text", "audio", "video", "numeric", "categorical", "id"]
+Modality = Literal["image", "text", "audio", "video", "timeseries", "numeric", "categorical", "id"]
 
 # Features keyed by input name (a column name, or "tabular"), each (B, D) or (B, T, D).
 Features = dict[str, torch.Tensor]

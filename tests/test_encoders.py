@@ -60,12 +60,13 @@ def small_encoders() -> list[tuple[Encoder, object]]:
 
 def test_builder_names_and_errors():
     assert DEFAULT_ENCODERS == {"image": "efficientnet-lite0", "text": "minilm-l6", "audio": "logmel-cnn",
-                                "tabular": "mlp"}
+                                "video": "frames-mean", "timeseries": "ts-cnn", "tabular": "mlp"}
     names = encoder_names()
     assert names["image"] == ["efficientnet-lite0", "mobilenet_v2", "small-cnn"]
+    assert names["video"] == ["frames-attn", "frames-mean", "frames-transformer"]
     assert all(DEFAULT_ENCODERS[m] in names[m] for m in DEFAULT_ENCODERS)
-    with pytest.raises(PolymodalError, match="modality 'video'"):
-        build_encoder("video")
+    with pytest.raises(PolymodalError, match="modality 'pointcloud'"):
+        build_encoder("pointcloud")
     with pytest.raises(PolymodalError, match="unknown image encoder 'resnet9000'"):
         build_encoder("image", "resnet9000")
     with pytest.raises(PolymodalError, match="unknown audio encoder"):

@@ -20,7 +20,7 @@ from polymodal.data.preprocess import Preprocessor
 from polymodal.data.readers import is_missing, resolve_path
 from polymodal.data.transforms import load_audio_features, load_image
 from polymodal.errors import DataError
-from polymodal.types import AUDIO, IMAGE, TABULAR, TEXT
+from polymodal.types import AUDIO, IMAGE, TABULAR, TEXT, TIMESERIES, VIDEO
 
 
 @dataclass
@@ -42,11 +42,16 @@ def check_rows(df: pd.DataFrame, prep: Preprocessor, with_target: bool = True) -
     base = df.attrs.get("base_dir", os.getcwd())
     problems: list[Problem] = []
     for spec in prep.inputs.values():
-        if spec.modality not in (IMAGE, AUDIO):
-            continue
+        if spec.modality not in (IMAGE, AUDIO, VIDEO, TIMESERIES) or spec.config.get("source") == VIDEO:
+            continue  # a video's sound track is checked with the video
         col = spec.columns[0]
         if col not in df.columns:
             problems.append(Problem(-1, col, "column is missing from the table"))
+            continue
+        if spec.modality == TIMESERIES:
+            from polymodal.data.timeseries import series_problems
+
+            problems += [Problem(r, col, m) for r, m in series_problems(df[col], base, spec.config)]
             continue
         checked: dict[str, str | None] = {}
         for row, v in zip(df.index, df[col]):
@@ -88,6 +93,10 @@ def check_rows(df: pd.DataFrame, prep: Preprocessor, with_target: bool = True) -
 def _check_media(path: str, modality: str, Image, sf) -> str | None:
     if not os.path.exists(path):
         return f"file not found: {path}"
+    if modality == VIDEO:
+        from polymodal.data.video import check_video
+
+        return check_video(path)
     try:
         if modality == IMAGE:
             with Image.open(path) as im:
@@ -141,8 +150,12 @@ class TableDataset(Dataset):
                 continue
             col = spec.columns[0]
             vals = df[col].tolist() if col in df.columns else [None] * self.n
-            if spec.modality in (IMAGE, AUDIO):
+            if spec.modality in (IMAGE, AUDIO, VIDEO):
                 vals = [None if is_missing(v) else resolve_path(v, base) for v in vals]
+            elif spec.modality == TIMESERIES:
+                from polymodal.data.timeseries import series_value
+
+                vals = [series_value(v, base) for v in vals]
             else:
                 vals = [None if is_missing(v) else str(v) for v in vals]
             self.values[key] = vals
@@ -172,14 +185,24 @@ class TableDataset(Dataset):
             spec, v = self.prep.inputs[key], vals[i]
             item["present"][key] = v is not None
             try:
-                if v is None and spec.modality in (IMAGE, AUDIO):
+                if v is None and spec.modality in (IMAGE, AUDIO, VIDEO, TIMESERIES):
                     item["inputs"][key] = placeholder(spec.modality, spec.config)
                 elif spec.modality == IMAGE:
                     item["inputs"][key] = load_image(
                         v, spec.config["image_size"], spec.config["mean"], spec.config["std"], self.augment, rng)
                 elif spec.modality == AUDIO:
-                    item["inputs"][key] = load_audio_features(
-                        v, spec.config, self.augment, rng)
+                    x = load_audio_features(v, spec.config, self.augment, rng)
+                    if x is None:  # a video without sound: its sound-track input is missing
+                        x, item["present"][key] = placeholder(AUDIO, spec.config), False
+                    item["inputs"][key] = x
+                elif spec.modality == VIDEO:
+                    from polymodal.data.video import load_video
+
+                    item["inputs"][key] = load_video(v, spec.config, self.augment, rng)
+                elif spec.modality == TIMESERIES:
+                    from polymodal.data.timeseries import load_series_input
+
+                    item["inputs"][key] = load_series_input(v, spec.config, self.augment, rng)
                 elif spec.modality == TEXT and self.text_augment and v is not None:
                     item["inputs"][key] = augment_text(v, self.text_augment, rng)
                 else:
@@ -230,6 +253,14 @@ def placeholder(modality: str, cfg: dict) -> np.ndarray:
     """Zeros of an encoder input's shape, standing in for a missing value (its presence bit is False)."""
     if modality == IMAGE:
         return np.zeros((3, cfg["image_size"], cfg["image_size"]), np.float32)
+    if modality == VIDEO:
+        from polymodal.data.video import video_placeholder
+
+        return video_placeholder(cfg)
+    if modality == TIMESERIES:
+        from polymodal.data.timeseries import series_placeholder
+
+        return series_placeholder(cfg)
     return np.zeros((cfg["n_mels"], 1), np.float32)
 
 
@@ -265,11 +296,27 @@ class Collator:
                 batch["inputs"][key] = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
             elif spec.modality == TABULAR:
                 batch["inputs"][key] = {k: torch.from_numpy(np.stack([v[k] for v in vals])) for k in vals[0]}
+            elif spec.modality in (VIDEO, TIMESERIES):
+                batch["inputs"][key] = stack_sequences(vals)
             else:
                 batch["inputs"][key] = _stack_media(vals)
         if "target" in items[0]:
             batch["target"] = torch.from_numpy(np.stack([it["target"] for it in items]))
         return batch
+
+
+def stack_sequences(vals: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack {name: array (T, ...)} items (video frames + mask, time-series values + mask), zero-padding the
+    first axis to the longest in the batch (padding is False in boolean masks)."""
+    out = {}
+    for k in vals[0]:
+        arrs = [v[k] for v in vals]
+        longest = max(a.shape[0] for a in arrs)
+        x = np.zeros((len(arrs), longest, *arrs[0].shape[1:]), arrs[0].dtype)
+        for i, a in enumerate(arrs):
+            x[i, :a.shape[0]] = a
+        out[k] = torch.from_numpy(x)
+    return out
 
 
 def _stack_media(vals: list) -> torch.Tensor:

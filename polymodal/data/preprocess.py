@@ -13,7 +13,7 @@ import pandas as pd
 from polymodal.data.readers import is_missing
 from polymodal.data.schema import MULTILABEL, MULTILABEL_SEP, MULTITASK, REGRESSION, Schema
 from polymodal.errors import DataError, PolymodalError
-from polymodal.types import AUDIO, CATEGORICAL, ID, IMAGE, NUMERIC, TABULAR, TEXT, VIDEO
+from polymodal.types import AUDIO, CATEGORICAL, ID, IMAGE, NUMERIC, TABULAR, TEXT, TIMESERIES, VIDEO
 
 
 @dataclass
@@ -21,7 +21,7 @@ class InputSpec:
     """One model input: a media/text column, or the group of all tabular columns (key "tabular")."""
 
     key: str
-    modality: str  # image | text | audio | tabular
+    modality: str  # image | text | audio | video | timeseries | tabular
     columns: list[str]
     config: dict = field(default_factory=dict)  # encoder preprocessing (image size, tokenizer, mel params...)
 
@@ -48,12 +48,23 @@ class Preprocessor:
         """Build specs and fit scalers, vocabularies and the label encoder on the training table."""
         inputs: dict[str, InputSpec] = {}
         for col, mod in schema.columns.items():
-            if mod == VIDEO:
-                raise PolymodalError(
-                    f"column '{col}' holds video paths; video encoders are not in this release. "
-                    f"Pass --column-types {col}=id to ignore it.")
-            if mod in (IMAGE, TEXT, AUDIO):
+            if mod in (IMAGE, TEXT, AUDIO, VIDEO):
                 inputs[col] = InputSpec(col, mod, [col], dict(encoder_configs.get(mod, {})))
+            if mod == VIDEO:
+                from polymodal.data.video import AUDIO_TRACK, audio_track_key
+
+                if AUDIO_TRACK in encoder_configs:  # the clip's sound as its own audio input (data/video.py)
+                    key = audio_track_key(col)
+                    if key in schema.columns:
+                        raise PolymodalError(f"column '{key}' clashes with the sound-track input of video column "
+                                             f"'{col}'; rename it or set encoder_opts video audio=False")
+                    inputs[key] = InputSpec(key, AUDIO, [col], {**encoder_configs[AUDIO_TRACK], "source": VIDEO})
+            elif mod == TIMESERIES:
+                from polymodal.data.timeseries import fit_series_config
+
+                cfg = fit_series_config(df[col], df.attrs.get("base_dir", "."), encoder_configs.get(TIMESERIES, {}),
+                                        schema.series_channels.get(col, 1))
+                inputs[col] = InputSpec(col, TIMESERIES, [col], cfg)
         tab_num, tab_cat = schema.of(NUMERIC), schema.of(CATEGORICAL)
         prep = cls(schema=schema, inputs=inputs)
         for col in tab_num:

@@ -14,12 +14,13 @@ import pandas as pd
 
 from polymodal.data.readers import column_names, is_missing, resolve_path
 from polymodal.errors import DataError
-from polymodal.types import AUDIO, CATEGORICAL, ID, IMAGE, MODALITIES, NUMERIC, TEXT, VIDEO
+from polymodal.types import AUDIO, CATEGORICAL, ID, IMAGE, MODALITIES, NUMERIC, TEXT, TIMESERIES, VIDEO
 
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 AUDIO_EXT = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aiff", ".aif")
 VIDEO_EXT = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v")
-MEDIA_EXT = {IMAGE: IMAGE_EXT, AUDIO: AUDIO_EXT, VIDEO: VIDEO_EXT}
+SERIES_EXT = (".npy", ".csv")  # time series stored one per file
+MEDIA_EXT = {IMAGE: IMAGE_EXT, AUDIO: AUDIO_EXT, VIDEO: VIDEO_EXT, TIMESERIES: SERIES_EXT}
 
 BINARY, MULTICLASS, MULTILABEL, REGRESSION = "binary", "multiclass", "multilabel", "regression"
 PROBLEM_TYPES = (BINARY, MULTICLASS, MULTILABEL, REGRESSION)
@@ -41,6 +42,7 @@ class Schema:
     reasons: dict[str, str] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
     problem_types: dict[str, str] = field(default_factory=dict)
+    series_channels: dict[str, int] = field(default_factory=dict)  # time-series column → channels per step
 
     def __post_init__(self) -> None:
         if not self.labels:
@@ -53,12 +55,14 @@ class Schema:
 
     def to_dict(self) -> dict:
         return {"columns": self.columns, "label": self.label, "problem_type": self.problem_type,
-                "labels": self.labels, "problem_types": self.problem_types}
+                "labels": self.labels, "problem_types": self.problem_types,
+                "series_channels": self.series_channels}
 
     @classmethod
     def from_dict(cls, d: dict) -> Schema:
         return cls(columns=dict(d["columns"]), label=d["label"], problem_type=d["problem_type"],
-                   labels=list(d.get("labels") or []), problem_types=dict(d.get("problem_types") or {}))
+                   labels=list(d.get("labels") or []), problem_types=dict(d.get("problem_types") or {}),
+                   series_channels=dict(d.get("series_channels") or {}))
 
 
 def _media_kind(values: pd.Series, base_dir: str) -> tuple[str | None, str]:
@@ -87,7 +91,12 @@ def infer_column_type(series: pd.Series, base_dir: str, sample: int = 500, seed:
     if len(values) == 0:
         return ID, "every value is missing"
     if any(_nested(v) for v in values):  # every value, not a sample: one would break nunique below
-        # JSON arrays/objects in a cell: no encoder takes them
+        from polymodal.data.timeseries import is_series_cell
+
+        probe = values if len(values) <= sample else values.sample(sample, random_state=seed)
+        if all(is_series_cell(v) for v in probe):
+            return TIMESERIES, "arrays of numbers (a time series per row)"
+        # other JSON arrays/objects in a cell: no encoder takes them
         return ID, "nested values (lists, objects) are not a supported input; flatten them into columns"
     if len(values) > sample:
         values = values.sample(sample, random_state=seed)
@@ -184,7 +193,7 @@ def infer_schema(df: pd.DataFrame, label: str | list[str], column_types: str | d
             types[lab] = given.get(lab) or infer_problem_type(df[lab], column=lab)
         first = infer_schema(df.drop(columns=labels[1:]), labels[0], column_types, types[labels[0]], sample)
         return Schema(columns=first.columns, label=labels[0], problem_type=MULTITASK, reasons=first.reasons,
-                      labels=labels, problem_types=types)
+                      labels=labels, problem_types=types, series_channels=first.series_channels)
     label = labels[0]
     if isinstance(problem_type, dict):
         problem_type = problem_type.get(label)
@@ -208,4 +217,8 @@ def infer_schema(df: pd.DataFrame, label: str | list[str], column_types: str | d
     if not any(m != ID for m in columns.values()):
         raise DataError("no usable feature column: every column besides the label is an id, constant or empty",
                         file=source)
-    return Schema(columns=columns, label=label, problem_type=problem_type, reasons=reasons)
+    from polymodal.data.timeseries import infer_channels
+
+    channels = {c: infer_channels(df[c], base_dir, c, source) for c, m in columns.items() if m == TIMESERIES}
+    return Schema(columns=columns, label=label, problem_type=problem_type, reasons=reasons,
+                  series_channels=channels)

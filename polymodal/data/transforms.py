@@ -1,4 +1,5 @@
-"""Per-modality loading and transforms: images, audio, numbers, categories.
+"""Per-modality loading and transforms: images, audio, numbers, categories (video frames and sound tracks:
+`data/video.py`; time series: `data/timeseries.py`).
 
 Hand-written on PIL/numpy because torchvision cannot be installed beside the small CPU torch build
 (it needs a 5.9 GB CUDA torch); the operations are the standard ones (resize, random-resized-crop,
@@ -99,18 +100,29 @@ def load_wave(path: str, sample_rate: int, max_seconds: float | None = None, aug
 
 
 def load_audio_features(path: str, cfg: dict, augment: bool = False,
-                        rng: np.random.Generator | None = None) -> np.ndarray:
+                        rng: np.random.Generator | None = None) -> np.ndarray | None:
     """Audio file → the encoder's input features (log-mel (n_mels, T) scaled to about [-2, 2]).
 
     Whisper encoders (`cfg["kind"] == "whisper"`) take Whisper's own 30 s, 80-mel features instead.
+    A video's sound track (`cfg["source"] == "video"`, see `data/video.py`) is decoded with PyAV; a clip
+    without sound gives None (the input is missing).
     """
-    if cfg.get("kind") == "whisper":
+    whisper = cfg.get("kind") == "whisper"
+    rate, seconds = (16000, 30.0) if whisper else (cfg["sample_rate"], cfg.get("max_seconds"))
+    if cfg.get("source") == "video":
+        from polymodal.data.video import load_video_wave
+
+        wave = load_video_wave(path, rate, seconds, augment=augment and not whisper, rng=rng)
+        if wave is None:
+            return None
+    else:
+        wave = load_wave(path, rate, seconds, augment=augment and not whisper, rng=rng)
+    if whisper:
         from polymodal.encoders.whisper import whisper_features
 
-        return whisper_features(load_wave(path, 16000, 30.0), 16000).astype(np.float32)
+        return whisper_features(wave, 16000).astype(np.float32)
     from polymodal.encoders.audio import log_mel
 
-    wave = load_wave(path, cfg["sample_rate"], cfg.get("max_seconds"), augment=augment, rng=rng)
     peak = float(np.abs(wave).max())
     if peak > 1.0:
         # Float WAVs may hold any magnitude (a corrupt one, up to 3e38), whose float32 power overflows to inf/NaN.

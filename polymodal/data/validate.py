@@ -18,7 +18,9 @@ from polymodal.errors import DataError
 from polymodal.types import AUDIO, ID, IMAGE, TEXT, VIDEO
 
 _PREP_DEFAULTS = {IMAGE: {"image_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3},
-                  TEXT: {"tokenizer": "minilm-l6"}, AUDIO: {"sample_rate": 16000}}
+                  TEXT: {"tokenizer": "minilm-l6"}, AUDIO: {"sample_rate": 16000},
+                  VIDEO: {"num_frames": 8, "sampling": "uniform", "image_size": 8, "mean": [0.0] * 3,
+                          "std": [1.0] * 3}}
 
 
 def _row_hashes(df: pd.DataFrame, columns: list[str]) -> pd.Series:
@@ -42,12 +44,6 @@ def validate_tables(tables: dict[str, pd.DataFrame], label: str, column_types=No
     except DataError as exc:
         add(first, exc.row if exc.row is not None else "", exc.column or label, exc.detail)
         return pd.DataFrame(problems, columns=["split", "row", "column", "problem"]), {}
-    cols = dict(schema.columns)
-    for c, m in cols.items():
-        if m == VIDEO:
-            cols[c] = ID
-            add(first, "", c, "video column: not supported by this release, ignored")
-    schema.columns = cols
     try:
         prep = Preprocessor.fit(tables[first], schema, _PREP_DEFAULTS)
     except DataError as exc:
@@ -94,7 +90,7 @@ def _decode_all(split: str, df: pd.DataFrame, prep: Preprocessor) -> list[dict]:
     out = []
     base = df.attrs.get("base_dir", os.getcwd())
     for spec in prep.inputs.values():
-        if spec.modality not in (IMAGE, AUDIO) or spec.columns[0] not in df.columns:
+        if spec.modality not in (IMAGE, AUDIO, VIDEO) or spec.columns[0] not in df.columns:
             continue
         col = spec.columns[0]
         for row, v in zip(df.index, df[col]):
@@ -103,6 +99,10 @@ def _decode_all(split: str, df: pd.DataFrame, prep: Preprocessor) -> list[dict]:
             try:
                 if spec.modality == IMAGE:
                     load_image(resolve_path(v, base), 8, [0.0] * 3, [1.0] * 3)
+                elif spec.modality == VIDEO:
+                    from polymodal.data.video import decode_all
+
+                    decode_all(resolve_path(v, base))
                 else:
                     load_wave(resolve_path(v, base), 16000)
             except DataError as exc:

@@ -21,6 +21,8 @@ DEFAULT_ENCODERS: dict[str, str] = {
     "image": "efficientnet-lite0",
     "text": "minilm-l6",
     "audio": "logmel-cnn",
+    "video": "frames-mean",
+    "timeseries": "ts-cnn",
     "tabular": "mlp",
 }
 
@@ -78,6 +80,18 @@ def _audio(name: str, **opts) -> nn.Module:
     return build_audio_encoder(name, **opts)
 
 
+def _video(name: str, **opts) -> nn.Module:
+    from polymodal.encoders.video import build_video_encoder
+
+    return build_video_encoder(name, **opts)
+
+
+def _timeseries(name: str, **opts) -> nn.Module:
+    from polymodal.encoders.timeseries import build_timeseries_encoder
+
+    return build_timeseries_encoder(name, **opts)
+
+
 def _tabular(name: str, **opts) -> nn.Module:
     from polymodal.encoders.tabular import build_tabular_encoder
 
@@ -88,6 +102,8 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "image": _image,
     "text": _text,
     "audio": _audio,
+    "video": _video,
+    "timeseries": _timeseries,
     "tabular": _tabular,
 }
 
@@ -105,7 +121,8 @@ def build_encoder(modality: str, name: str | None = None, **opts) -> nn.Module:
 
 def encoder_names() -> dict[str, list[str]]:
     """Built-in encoder names per modality (prefixed/hub names are accepted on top of these)."""
-    from polymodal.encoders import audio, image, tabular, text
+    from polymodal.encoders import audio, image, tabular, text, timeseries, video
 
     return {"image": sorted(image.BUILTIN), "text": sorted(text.BUILTIN), "audio": sorted(audio.BUILTIN),
+            "video": sorted(video.BUILTIN), "timeseries": sorted(timeseries.BUILTIN),
             "tabular": sorted(tabular.BUILTIN)}

@@ -24,8 +24,8 @@ from polymodal.data.dataset import Problem
 from polymodal.data.preprocess import InputSpec, Preprocessor
 from polymodal.data.readers import is_missing, resolve_path
 from polymodal.data.transforms import load_audio_features, load_image
-from polymodal.errors import DataError
-from polymodal.types import AUDIO, IMAGE, TEXT
+from polymodal.errors import DataError, PolymodalError
+from polymodal.types import AUDIO, IMAGE, TEXT, TIMESERIES, VIDEO
 
 
 def default_cache_dir() -> Path:
@@ -36,6 +36,14 @@ def content_key(value: str, modality: str) -> str:
     h = hashlib.sha1()
     if modality == TEXT:
         h.update(value.encode("utf-8"))
+    elif os.path.isdir(value):  # a folder of video frames: its frames' names and bytes, in order
+        from polymodal.data.video import frame_files
+
+        for path in frame_files(value):
+            h.update(os.path.basename(path).encode("utf-8") + b"\0")
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
     else:
         with open(value, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -114,9 +122,11 @@ class _Items(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            return i, self.load(self.values[i]), ""
+            x = self.load(self.values[i])
         except DataError as exc:
             return i, None, exc.detail
+        # None: a video whose sound track vanished between the probe and the decode (no samples)
+        return (i, x, "") if x is not None else (i, None, f"the audio track of {self.values[i]} has no samples")
 
 
 def _collate(items):
@@ -166,6 +176,13 @@ def encode_values(encoder: torch.nn.Module, spec: InputSpec, values: list[str], 
     elif spec.modality == AUDIO:
         def load(p):
             return load_audio_features(p, spec.config)
+    elif spec.modality == VIDEO:
+        from polymodal.data.video import load_video
+
+        def load(p):
+            return load_video(p, spec.config)
+        # a batch of clips is batch_size frames through the image backbone, not batch_size × num_frames
+        batch_size = max(1, batch_size // int(spec.config.get("num_frames", 1)))
     else:
         raise ValueError(f"no feature extraction for modality {spec.modality}")
     loader = DataLoader(_Items(values, load), batch_size=batch_size, num_workers=num_workers,
@@ -176,11 +193,14 @@ def encode_values(encoder: torch.nn.Module, spec: InputSpec, values: list[str], 
         if good:
             idx = [i for i, _ in good]
             arrs = [x for _, x in good]
-            last = max(a.shape[-1] for a in arrs)
-            x = np.zeros((len(arrs), *arrs[0].shape[:-1], last), np.float32)
-            for j, a in enumerate(arrs):
-                x[j, ..., :a.shape[-1]] = a
-            f = run(torch.from_numpy(x).to(device))
+            if isinstance(arrs[0], dict):  # video: {"frames", "mask"}, all of the same shape
+                f = run({k: torch.from_numpy(np.stack([a[k] for a in arrs])).to(device) for k in arrs[0]})
+            else:
+                last = max(a.shape[-1] for a in arrs)
+                x = np.zeros((len(arrs), *arrs[0].shape[:-1], last), np.float32)
+                for j, a in enumerate(arrs):
+                    x[j, ..., :a.shape[-1]] = a
+                f = run(torch.from_numpy(x).to(device))
             out = _place(out, idx, f, len(values))
         if progress:
             progress(len(items))
@@ -235,9 +255,17 @@ def precompute_features(df: pd.DataFrame, prep: Preprocessor, encoders: dict[str
     for key in keys:
         spec, enc = prep.inputs[key], encoders[key]
         col = spec.columns[0]
+        if spec.modality == TIMESERIES:
+            raise PolymodalError(f"time-series encoders train from scratch; their features are not cached (input "
+                                 f"'{key}'): leave frozen['timeseries'] unset")
         raw = df[col].tolist() if col in df.columns else [None] * len(df)
         vals = [None if is_missing(v) else (str(v) if spec.modality == TEXT else resolve_path(v, base))
                 for v in raw]
+        if spec.config.get("source") == VIDEO:  # a video's sound track: clips without sound are missing inputs
+            from polymodal.data.video import has_audio_track
+
+            sound = {v: has_audio_track(v) for v in set(vals) if v is not None}
+            vals = [v if v is not None and sound[v] else None for v in vals]
         uniq = sorted({v for v in vals if v is not None})
         ckeys = {}
         for v in uniq:

@@ -2,12 +2,16 @@
 
 The server never opens a path taken from a request: media columns accept uploaded bytes only, and
 `load_image` / `load_audio_features` receive an in-memory `BytesIO` (PIL and soundfile read file objects),
-so the normalisation and log-mel are exactly those of `polymodal.data.transforms`.
+so the normalisation and log-mel are exactly those of `polymodal.data.transforms`. Video uploads are decoded by
+PyAV from memory (`data.video`): the frames feed the video input and the sound track, if any, the
+"<column>:audio" input. Time series come as a JSON array (in a JSON body or a form field) or an uploaded
+.npy/.csv file.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +23,7 @@ from polymodal.data.dataset import placeholder
 from polymodal.data.preprocess import Preprocessor
 from polymodal.data.transforms import load_audio_features, load_image
 from polymodal.errors import DataError
-from polymodal.types import AUDIO, CATEGORICAL, IMAGE, NUMERIC, TABULAR
+from polymodal.types import AUDIO, CATEGORICAL, IMAGE, NUMERIC, TABULAR, TIMESERIES, VIDEO
 
 MB = 1024 * 1024
 
@@ -44,12 +48,12 @@ class Upload:
 @dataclass(frozen=True)
 class Field:
     name: str
-    modality: str  # image | audio | text | numeric | categorical
+    modality: str  # image | audio | video | timeseries | text | numeric | categorical
     choices: tuple[str, ...] = ()
 
     @property
     def is_file(self) -> bool:
-        return self.modality in (IMAGE, AUDIO)
+        return self.modality in (IMAGE, AUDIO, VIDEO)
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"name": self.name, "modality": self.modality,
@@ -70,7 +74,7 @@ def model_fields(prep: Preprocessor) -> dict[str, Field]:
                 fields[col] = Field(col, NUMERIC)
             for col in spec.config["categorical"]:
                 fields[col] = Field(col, CATEGORICAL, tuple(prep.vocab.get(col, ())))
-        else:
+        elif spec.config.get("source") != VIDEO:  # a video's sound track comes with the video upload
             fields[spec.columns[0]] = Field(spec.columns[0], spec.modality)
     return fields
 
@@ -116,6 +120,10 @@ class RowBuilder:
                                           f"{type(v).__name__}", name)
                 if str(v).strip():
                     values[name] = str(v)
+            elif f.modality == TIMESERIES:
+                series = self._series_json(name, v)
+                if series is not None:
+                    values[name] = series
             else:
                 if not isinstance(v, str):
                     raise InputError(422, f"column '{name}' is text: expected a string, got {type(v).__name__}",
@@ -134,7 +142,7 @@ class RowBuilder:
                 raise InputError(422, f"field '{name}' is given more than once", name)
             seen.add(name)
             is_upload = not isinstance(v, str)
-            if f.is_file:
+            if f.is_file or (is_upload and f.modality == TIMESERIES):  # a series may come as a .npy/.csv file
                 if not is_upload:
                     raise InputError(422, f"column '{name}' is {f.modality}: send the file itself as a multipart "
                                           "upload; paths and URLs are never read by the server", name)
@@ -159,9 +167,34 @@ class RowBuilder:
                 except ValueError:
                     raise InputError(422, f"column '{name}' is numeric: {v[:40]!r} is not a number", name) from None
                 values[name] = self._number(name, number)
+            elif f.modality == TIMESERIES:
+                series = self._series_json(name, v)
+                if series is not None:
+                    values[name] = series
             else:
                 values[name] = v
         return values
+
+    @staticmethod
+    def _series_json(name: str, v: Any) -> np.ndarray | None:
+        """A JSON array (or its text) of numbers or of per-step rows → float32 (T, C); empty → None (missing)."""
+        from polymodal.data.timeseries import as_array
+
+        if isinstance(v, str):
+            try:
+                v = json.loads(v)
+            except ValueError:
+                raise InputError(422, f"column '{name}' is a time series: send a JSON array of numbers", name) \
+                    from None
+        if not isinstance(v, list):
+            raise InputError(422, f"column '{name}' is a time series: expected a JSON array, got "
+                                  f"{type(v).__name__}", name)
+        if not v:
+            return None
+        try:
+            return as_array(v, "the series")
+        except DataError as exc:
+            raise InputError(422, f"column '{name}': {exc.detail}", name) from None
 
     def _number(self, name: str, v: float) -> float:
         x = float(v)
@@ -181,9 +214,16 @@ class RowBuilder:
             col = spec.columns[0]
             v = values.get(col)
             item["present"][key] = v is not None
-            if spec.modality in (IMAGE, AUDIO):
+            if spec.config.get("source") == VIDEO:  # the sound of the uploaded video, if it has any
+                x = None if v is None else self._sound_track(col, v, spec.config)
+                item["present"][key] = x is not None
+                item["inputs"][key] = placeholder(AUDIO, spec.config) if x is None else x
+            elif spec.modality in (IMAGE, AUDIO):
                 item["inputs"][key] = placeholder(spec.modality, spec.config) if v is None else \
                     (self._image if spec.modality == IMAGE else self._audio)(col, v, spec.config)
+            elif spec.modality in (VIDEO, TIMESERIES):
+                item["inputs"][key] = placeholder(spec.modality, spec.config) if v is None else \
+                    (self._video if spec.modality == VIDEO else self._series)(col, v, spec.config)
             else:
                 item["inputs"][key] = v
         if TABULAR in self.prep.inputs:
@@ -233,3 +273,37 @@ class RowBuilder:
         except (DataError, Exception):  # any decoder error on client bytes is the client's file, not a 5xx
             raise InputError(422, f"cannot decode the uploaded audio for column '{col}' "
                                   "(WAV/FLAC/OGG expected)", col) from None
+
+    def _video(self, col: str, up: Upload, cfg: dict) -> dict:
+        from polymodal.data.video import load_video, video_size
+
+        self._check_type(col, up, VIDEO)
+        try:  # the header alone gives the frame size: refuse huge frames before decoding them
+            w, h = video_size(io.BytesIO(up.data))
+        except Exception:
+            raise InputError(422, f"cannot decode the uploaded video for column '{col}' "
+                                  "(not an MP4/WebM/AVI/... video)", col) from None
+        if w * h > self.max_pixels:
+            raise InputError(413, f"video frames for column '{col}' are {w}x{h} pixels; the limit is "
+                                  f"{self.max_pixels:,} pixels", col)
+        try:
+            return load_video(io.BytesIO(up.data), cfg)
+        except Exception:  # any decoder error on client bytes is the client's file, not a 5xx
+            raise InputError(422, f"cannot decode the uploaded video for column '{col}' (corrupt file)", col) \
+                from None
+
+    def _sound_track(self, col: str, up: Upload, cfg: dict) -> np.ndarray | None:
+        try:
+            return load_audio_features(io.BytesIO(up.data), cfg)
+        except Exception:  # the video input reports an undecodable upload; here it is only a missing sound
+            return None
+
+    @staticmethod
+    def _series(col: str, v: Any, cfg: dict) -> dict:
+        from polymodal.data.timeseries import load_series, prepare_series
+
+        try:
+            arr = load_series(v.data, v.filename or None) if isinstance(v, Upload) else v
+            return prepare_series(arr, cfg, "the series")
+        except DataError as exc:
+            raise InputError(422, f"column '{col}': {exc.detail}", col) from None

@@ -127,15 +127,25 @@ def build_encoders(schema: Schema, config: FitConfig, architecture_dirs: dict[st
     """
     encoders, pre_cfg = {}, {}
     for col, mod in schema.columns.items():
-        if mod in ("image", "text", "audio"):
+        if mod in ("image", "text", "audio", "video", "timeseries"):
             opts = dict(config.encoder_opts.get(mod, {}))
             name = config.encoders.get(mod)
             if mod == "text" and architecture_dirs and col in architecture_dirs:
                 name, opts["weights"] = architecture_dirs[col], False
                 opts.pop("num_layers", None)  # the saved config already has the kept layer count
+            if mod == "timeseries":
+                opts.setdefault("in_channels", schema.series_channels.get(col, 1))
+            if mod == "video" and config.frozen.get("video") is False:  # --finetune video: the frame backbone too
+                opts.setdefault("finetune_backbone", True)
             enc = build_encoder(mod, name, **opts)
             encoders[col] = enc
             pre_cfg[mod] = enc.preprocess_config()
+            if getattr(enc, "audio_track", False):  # a video's sound: its own audio input (see data/video.py)
+                from polymodal.data.video import AUDIO_TRACK, audio_track_key
+
+                track = build_encoder("audio", config.encoders.get("audio"), **config.encoder_opts.get("audio", {}))
+                encoders[audio_track_key(col)] = track
+                pre_cfg[AUDIO_TRACK] = track.preprocess_config()
     return encoders, pre_cfg
 
 
