@@ -81,8 +81,9 @@ def _add_noise(batch: dict, key: str, gen: torch.Generator) -> None:
     elif key in batch["inputs"]:
         v = batch["inputs"][key]
         if isinstance(v, dict):  # tabular numerics are noised; token ids have no meaningful noise: dropped
-            if "numeric" in v:
-                v["numeric"] = noisy(v["numeric"])
+            for part in ("numeric", "frames", "values"):  # tabular numerics, video frames, time-series values
+                if part in v:
+                    v[part] = noisy(v[part])
             if "input_ids" in v:
                 batch["present"][key] = torch.zeros_like(batch["present"][key])
         else:
