@@ -94,9 +94,7 @@ class MultimodalPredictor:
                 shutil.rmtree(run_dir, ignore_errors=True)
         self._result = res
         self.model, self.prep, self.task = res.model, res.prep, res.task
-        self.metrics = {"valid": res.val_metrics, "fit_seconds": round(res.fit_seconds, 2),
-                        "cache": res.cache_stats, "bad_rows": len(res.bad_rows),
-                        "epochs": int(res.history["epoch"].max()) + 1 if "epoch" in res.history else None}
+        self.metrics = fit_summary(res)
         if test_data is not None:
             self.metrics["test"] = self.evaluate(test_data)
         if self.path:
@@ -208,6 +206,13 @@ class MultimodalPredictor:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+
+def fit_summary(res) -> dict:
+    """metrics.json's training part: validation metrics, fit time, cache use, bad rows, epochs run."""
+    return {"valid": res.val_metrics, "fit_seconds": round(res.fit_seconds, 2), "cache": res.cache_stats,
+            "bad_rows": len(res.bad_rows),
+            "epochs": int(res.history["epoch"].max()) + 1 if "epoch" in res.history else None}
 
 
 def probability_columns(task, config: FitConfig) -> list[str]:

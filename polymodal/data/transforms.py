@@ -86,17 +86,26 @@ def load_wave(path: str, sample_rate: int, max_seconds: float | None = None, aug
         import librosa
 
         wave = librosa.resample(wave, orig_sr=sr, target_sr=sample_rate).astype(np.float32)
+    return fit_length(wave, sample_rate, max_seconds, augment, rng, random_crop=False).astype(np.float32)
+
+
+def fit_length(wave: np.ndarray, sample_rate: int, max_seconds: float | None, augment: bool = False,
+               rng: np.random.Generator | None = None, random_crop: bool = True) -> np.ndarray:
+    """Crop (at random when augmenting and `random_crop`) or zero-pad (at a random offset when augmenting)
+    to `max_seconds`, then, when augmenting, scale the gain by U(0.8, 1.2)."""
     if max_seconds:
         n = int(round(max_seconds * sample_rate))
-        if len(wave) > n:  # by a sample or two of resampling rounding
-            wave = wave[:n]
+        if len(wave) > n:  # after an exact crop at the source rate: a sample or two of resampling rounding
+            start = int((rng or np.random.default_rng()).integers(0, len(wave) - n + 1)) \
+                if augment and random_crop else 0
+            wave = wave[start:start + n]
         elif len(wave) < n:
             pad = n - len(wave)
             left = int((rng or np.random.default_rng()).integers(0, pad + 1)) if augment else 0
             wave = np.pad(wave, (left, pad - left))
     if augment:
         wave = wave * float((rng or np.random.default_rng()).uniform(0.8, 1.2))
-    return wave.astype(np.float32)
+    return wave
 
 
 def load_audio_features(path: str, cfg: dict, augment: bool = False,

@@ -356,18 +356,9 @@ def load_video_wave(src, sample_rate: int, max_seconds: float | None = None, aug
         return None
     if not np.isfinite(wave).all():
         raise DataError(f"audio samples are not finite (NaN or infinity) in {_name(src)}")
-    if max_seconds:
-        n = int(round(max_seconds * sample_rate))
-        if len(wave) > n:
-            start = int((rng or np.random.default_rng()).integers(0, len(wave) - n + 1)) if augment else 0
-            wave = wave[start:start + n]
-        elif len(wave) < n:
-            pad = n - len(wave)
-            left = int((rng or np.random.default_rng()).integers(0, pad + 1)) if augment else 0
-            wave = np.pad(wave, (left, pad - left))
-    if augment:
-        wave = wave * float((rng or np.random.default_rng()).uniform(0.8, 1.2))
-    return wave
+    from polymodal.data.transforms import fit_length
+
+    return fit_length(wave, sample_rate, max_seconds, augment, rng)
 
 
 def has_audio_track(src) -> bool:

@@ -27,7 +27,7 @@ from polymodal.data.preprocess import Preprocessor
 from polymodal.data.readers import as_table, is_missing
 from polymodal.data.schema import Schema, infer_schema
 from polymodal.errors import DataError, PolymodalError
-from polymodal.predictor import MultimodalPredictor
+from polymodal.predictor import MultimodalPredictor, fit_summary
 from polymodal.tasks.generation import (
     GENERATION_TASKS,
     DecodeConfig,
@@ -466,9 +466,7 @@ class GenerationPredictor(MultimodalPredictor):
                 shutil.rmtree(run_dir, ignore_errors=True)
         self._result, self.config = res, res.config
         self.model, self.prep, self.task, self.vocab = res.model, res.prep, res.task, res.task.vocab
-        self.metrics = {"valid": res.val_metrics, "fit_seconds": round(res.fit_seconds, 2),
-                        "cache": res.cache_stats, "bad_rows": len(res.bad_rows),
-                        "epochs": int(res.history["epoch"].max()) + 1 if "epoch" in res.history else None}
+        self.metrics = fit_summary(res)
         if test_data is not None:
             self.metrics["test"] = self.evaluate(test_data)
         if self.path:
