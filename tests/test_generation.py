@@ -333,3 +333,23 @@ def test_vqa_open_needs_question_and_uses_it(tmp_path):
     m = p.evaluate(df)
     assert m["accuracy"] >= 0.9 and m["accuracy_open"] >= 0.85 and m["accuracy_closed"] == 1.0
     assert m["rows_open"] == 36 and "answer_type" not in p.prep.inputs
+
+
+def test_caption_model_is_served(captioner):
+    """`polymodal serve` on a caption run: /predict answers the generated caption of an uploaded image."""
+    from fastapi.testclient import TestClient
+
+    from polymodal import MultimodalPredictor
+    from polymodal.data.readers import read_table
+    from polymodal.serve.app import create_app
+
+    p, root = captioner
+    q = MultimodalPredictor.load(root / "run")
+    df = read_table(root / "train.csv")
+    with TestClient(create_app(q)) as c:
+        for i in (0, 1):
+            png = (root / "imgs" / f"{i}.png").read_bytes()
+            r = c.post("/predict", files={"image": (f"{i}.png", png, "image/png")})
+            assert r.status_code == 200, r.text
+            assert r.json()["prediction"] == q.predict(df.iloc[[i]]).iloc[0] and r.json()["probabilities"] is None
+        assert c.get("/schema").json()["label"] == "caption"

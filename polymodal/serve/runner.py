@@ -17,6 +17,8 @@ class ModelRunner:
         self.model, self.task, self.prep = predictor.model.eval(), predictor.task, predictor.prep
         self.collate = Collator(self.prep)
         self.device = next(self.model.parameters()).device
+        # a text generator (task caption / vqa-open) answers with generated text, decoded as the run stores it
+        self.decode = predictor._decode({}) if self.task.problem_type == "generation" else None
 
     def probabilities(self, items: list[dict]) -> np.ndarray:
         batch = move_batch(self.collate(items), self.device)
@@ -24,6 +26,11 @@ class ModelRunner:
             return self.task.probabilities(self.model(batch)).float().cpu().numpy()
 
     def __call__(self, items: list[dict]) -> list[dict]:
+        if self.decode is not None:
+            batch = move_batch(self.collate(items), self.device)
+            with torch.inference_mode():
+                texts = self.task.vocab.decode(self.model.generate(batch, self.task.vocab, self.decode))
+            return [{"prediction": t, "probabilities": None} for t in texts]
         probs = self.probabilities(items)
         if self.task.problem_type == "regression":
             return [{"prediction": float(p), "probabilities": None} for p in probs]
