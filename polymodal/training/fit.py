@@ -34,8 +34,35 @@ from polymodal.types import TABULAR
 Log = Callable[[str], None]
 
 
+@dataclass(kw_only=True)
+class RunSettings:
+    """How and where a run trains (data handling, cache, hardware, limits); shared by FitConfig and the
+    generation config, and saved with them in config.json."""
+
+    augment: bool = True
+    on_bad_rows: str = "error"  # "error" | "skip"
+    cache_dir: str | None = None
+    precision: str | None = None
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    num_workers: int = 0
+    time_limit: float | None = None
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """The settings in `d` this class knows (unknown keys, e.g. from other versions, are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
 @dataclass
-class FitConfig:
+class FitConfig(RunSettings):
     """Everything that defines a run; saved as config.json so a run folder rebuilds itself."""
 
     label: str | list[str]  # several labels: multi-task (one shared trunk, a head per label)
@@ -69,29 +96,10 @@ class FitConfig:
     text_augment: float = 0.0  # per-word drop/swap probability for text inputs whose encoder trains
     l1: float = 0.0  # L1 penalty on the head's weights
     compile: bool = False  # torch.compile each trained encoder (worth it for fine-tuning on a GPU)
-    augment: bool = True
-    on_bad_rows: str = "error"  # "error" | "skip"
-    cache_dir: str | None = None
-    precision: str | None = None
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    num_workers: int = 0
-    time_limit: float | None = None
-    progress: bool = True
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     @property
     def labels(self) -> list[str]:
         return [self.label] if isinstance(self.label, str) else list(self.label)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> FitConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def split_train_valid(df: pd.DataFrame, label: str, problem_type: str, fraction: float,

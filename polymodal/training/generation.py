@@ -41,6 +41,7 @@ from polymodal.training import artifacts
 from polymodal.training.fit import (
     FitConfig,
     Log,
+    RunSettings,
     _history,
     _threads_for,
     build_encoders,
@@ -59,7 +60,7 @@ ANSWER_TYPE = "answer_type"  # vqa-open: optional column (e.g. OPEN/CLOSED) that
 
 
 @dataclass
-class GenerationConfig:
+class GenerationConfig(RunSettings):
     """Everything that defines a generation run; saved in config.json."""
 
     label: str
@@ -88,17 +89,6 @@ class GenerationConfig:
     patience: int = 5
     seed: int = 0
     valid_fraction: float = 0.1
-    augment: bool = True
-    on_bad_rows: str = "error"
-    cache_dir: str | None = None
-    precision: str | None = None
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    num_workers: int = 0
-    time_limit: float | None = None
-    progress: bool = True
 
     def __post_init__(self) -> None:
         if self.task not in GENERATION_TASKS:
@@ -110,14 +100,6 @@ class GenerationConfig:
         if self.d_model % self.heads:
             raise PolymodalError(f"d_model ({self.d_model}) must be a multiple of heads ({self.heads})")
         DecodeConfig.from_dict(self.decode)  # fail now, not after training
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GenerationConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
     @classmethod
     def from_options(cls, label: str | list[str], task: str, options: dict) -> GenerationConfig:
