@@ -37,3 +37,11 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         assert ddp["val_metrics"][k] == pytest.approx(v, abs=1e-4), k
     # and training did something: the probabilities are not the initial near-uniform ones
     assert np.abs(p1[:, 1] - 0.5).max() > 0.05
+
+
+def test_fsdp_on_cpu_is_refused_with_a_clear_message(tmp_path):
+    from polymodal.errors import PolymodalError
+    from polymodal.training.trainer import build_trainer
+
+    with pytest.raises(PolymodalError, match="needs CUDA devices; on CPU use --strategy ddp"):
+        build_trainer(tmp_path, "loss", "min", accelerator="cpu", devices=2, strategy="fsdp")

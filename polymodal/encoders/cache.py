@@ -129,8 +129,22 @@ class _Items(Dataset):
         return (i, x, "") if x is not None else (i, None, f"the audio track of {self.values[i]} has no samples")
 
 
-def _collate(items):
-    return items
+def _collate(items) -> tuple[list[int], torch.Tensor | dict | None, dict[int, str], int]:
+    """Stack a batch where it was decoded (in the loader's worker): one tensor crosses to the main process
+    through shared memory, and can be pinned, instead of one pickled array per item. Clips of different
+    lengths (audio) are zero-padded at the end. Returns (indices, batch, {index: error}, items)."""
+    good = [(i, x) for i, x, err in items if not err]
+    errors = {i: err for i, _, err in items if err}
+    if not good:
+        return [], None, errors, len(items)
+    idx, arrs = [i for i, _ in good], [x for _, x in good]
+    if isinstance(arrs[0], dict):  # video: {"frames", "mask"}, all of the same shape
+        return idx, {k: torch.from_numpy(np.stack([a[k] for a in arrs])) for k in arrs[0]}, errors, len(items)
+    last = max(a.shape[-1] for a in arrs)
+    x = np.zeros((len(arrs), *arrs[0].shape[:-1], last), np.float32)
+    for j, a in enumerate(arrs):
+        x[j, ..., :a.shape[-1]] = a
+    return idx, torch.from_numpy(x), errors, len(items)
 
 
 def namespace(encoder: torch.nn.Module, spec: InputSpec, tokens: bool = False) -> str:
@@ -185,25 +199,20 @@ def encode_values(encoder: torch.nn.Module, spec: InputSpec, values: list[str], 
         batch_size = max(1, batch_size // int(spec.config.get("num_frames", 1)))
     else:
         raise ValueError(f"no feature extraction for modality {spec.modality}")
+    cuda = torch.device(device).type == "cuda"
     loader = DataLoader(_Items(values, load), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_collate)
-    for items in loader:
-        good = [(i, x) for i, x, err in items if not err]
-        errors.update({i: err for i, _, err in items if err})
-        if good:
-            idx = [i for i, _ in good]
-            arrs = [x for _, x in good]
-            if isinstance(arrs[0], dict):  # video: {"frames", "mask"}, all of the same shape
-                f = run({k: torch.from_numpy(np.stack([a[k] for a in arrs])).to(device) for k in arrs[0]})
+                        collate_fn=_collate, pin_memory=cuda, prefetch_factor=4 if num_workers else None,
+                        persistent_workers=False)
+    for idx, batch, errs, n in loader:
+        errors.update(errs)
+        if idx:
+            if isinstance(batch, dict):
+                f = run({k: v.to(device, non_blocking=cuda) for k, v in batch.items()})
             else:
-                last = max(a.shape[-1] for a in arrs)
-                x = np.zeros((len(arrs), *arrs[0].shape[:-1], last), np.float32)
-                for j, a in enumerate(arrs):
-                    x[j, ..., :a.shape[-1]] = a
-                f = run(torch.from_numpy(x).to(device))
+                f = run(batch.to(device, non_blocking=cuda))
             out = _place(out, idx, f, len(values))
         if progress:
-            progress(len(items))
+            progress(n)
     if out is None:
         out = np.zeros((len(values), encoder.out_dim), np.float32)
     return out, errors

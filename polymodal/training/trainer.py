@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 
+from polymodal.errors import PolymodalError
 from polymodal.training.callbacks import AtomicCheckpoint, EpochSeed
 
 
@@ -33,6 +34,10 @@ def build_trainer(run_dir: str | os.PathLike, monitor: str, mode: str, max_epoch
         # Some parameters can sit out a step (missing-modality embeddings when every row is present,
         # fusion branches skipped by modality dropout); plain DDP aborts on those at the next step.
         strategy = "ddp_find_unused_parameters_true"
+    if strategy.startswith("fsdp") and _resolves_to_cpu(accelerator):
+        # PyTorch's FSDP (the one Lightning wraps) refuses CPU devices ("FSDP needs a non-CPU accelerator")
+        raise PolymodalError("--strategy fsdp shards the model across GPUs and needs CUDA devices; on CPU use "
+                             "--strategy ddp (each process holds the whole model)")
     if deterministic is None:
         deterministic = "warn" if _resolves_to_cpu(accelerator) else False
     run_dir = Path(run_dir)
