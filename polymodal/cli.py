@@ -114,6 +114,10 @@ def fit(
     label_smoothing: float = typer.Option(0.0),
     task: str = typer.Option("auto", help="auto (classify or regress the label) | caption (inputs → text) | "
                                           "vqa-open (image + question → free-text answer)"),
+    stream: bool = typer.Option(False, "--stream", help="TRAIN (and --valid) are Parquet or WebDataset tar shards "
+                                "(file, folder, quoted glob or {000..009} pattern) read chunk by chunk, never "
+                                "whole; needs frozen encoders"),
+    chunk_rows: int = typer.Option(10_000, help="rows per chunk with --stream"),
 ) -> None:
     """Train a model on a table and write a self-contained run folder."""
     from polymodal import MultimodalPredictor
@@ -133,6 +137,9 @@ def fit(
     for flag, (value, allowed) in checks.items():
         if value not in allowed:
             raise PolymodalError(f"{flag} must be one of {', '.join(allowed)}, not {value!r}")
+    if stream and task != "auto":
+        raise PolymodalError("--stream trains classifiers and regressors; --task caption/vqa-open reads the table "
+                             "in memory")
     labels = label if len(label) > 1 else label[0]
     ptype = _parse_kv(problem_type) if problem_type and "=" in problem_type else problem_type
     weights = {k: float(v) for k, v in _parse_kv(task_weights).items()} if task_weights else None
@@ -151,7 +158,8 @@ def fit(
         class_weighting={"auto": None, "on": True, "off": False}[class_weighting], sampler=sampler,
         tune_threshold=tune_threshold, loss_weighting=loss_weighting, task_weights=weights, mixup=mixup,
         text_augment=text_augment, l1=l1, label_smoothing=label_smoothing, tokens=tokens,
-        task=None if task == "auto" else task)  # caption / vqa-open: a text generator (training.generation)
+        task=None if task == "auto" else task,  # caption / vqa-open: a text generator (training.generation)
+        **({"stream": True, "chunk_rows": chunk_rows} if stream else {}))
     p.fit(train, valid, test)
     print_metrics(p.metrics["valid"], "validation")
     if "test" in p.metrics:

@@ -28,6 +28,7 @@ from polymodal.training.fit import (
     ensure_usable,
     features_for,
     fit,
+    fit_stream,
     frozen_keys,
     predict_probs,
 )
@@ -76,17 +77,24 @@ class MultimodalPredictor:
         last checkpoint; the result equals an uninterrupted run with the same seed.
         """
         self.config = dataclasses.replace(self.config, **overrides)
-        train = as_table(train_data)
-        valid = as_table(valid_data) if valid_data is not None else None
+        if self.config.stream:  # shard files read chunk by chunk (training.fit.fit_stream), never whole
+            if any(isinstance(d, pd.DataFrame) for d in (train_data, valid_data)):
+                raise PolymodalError("stream=True reads Parquet or WebDataset shard files; a DataFrame is already in "
+                                     "memory: fit it without stream")
+            train, valid = train_data, valid_data
+        else:
+            train = as_table(train_data)
+            valid = as_table(valid_data) if valid_data is not None else None
         run_dir = self.path or Path(tempfile.mkdtemp(prefix="polymodal-run-"))
         if resume and not self.path:
             raise PolymodalError("resume needs the run folder: MultimodalPredictor(..., path=run_dir)")
         artifacts.atomic_write_json(Path(run_dir) / artifacts.FIT_STATE, {
             "config": self.config.to_dict(),
-            "tables": {k: (str(Path(v).resolve()) if isinstance(v, (str, os.PathLike)) else None)
-                       for k, v in (("train", train_data), ("valid", valid_data), ("test", test_data))}})
+            "tables": {k: _table_ref(v) for k, v in (("train", train_data), ("valid", valid_data),
+                                                     ("test", test_data))}})
         try:
-            res = fit(train, valid, self.config, run_dir, log=self._log, resume=resume)
+            res = (fit_stream if self.config.stream else fit)(train, valid, self.config, run_dir, log=self._log,
+                                                              resume=resume)
         finally:
             if not self.path:  # a scratch folder for checkpoints and logs: the weights are in memory now
                 import shutil
@@ -206,6 +214,16 @@ class MultimodalPredictor:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+
+def _table_ref(data) -> str | list[str] | None:
+    """How fit state remembers a table for --resume: its absolute path (a list for several shards; a glob
+    stays a glob), None for a DataFrame."""
+    if isinstance(data, (str, os.PathLike)):
+        return str(Path(data).resolve())
+    if isinstance(data, (list, tuple)):
+        return [str(Path(v).resolve()) for v in data]
+    return None
 
 
 def fit_summary(res) -> dict:

@@ -5,6 +5,7 @@ Everything here is JSON-serialisable so a run folder rebuilds it with no network
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +47,33 @@ class Preprocessor:
     @classmethod
     def fit(cls, df: pd.DataFrame, schema: Schema, encoder_configs: dict[str, dict]) -> Preprocessor:
         """Build specs and fit scalers, vocabularies and the label encoder on the training table."""
+        def series_config(col: str) -> dict:
+            from polymodal.data.timeseries import fit_series_config
+
+            return fit_series_config(df[col], df.attrs.get("base_dir", "."), encoder_configs.get(TIMESERIES, {}),
+                                     schema.series_channels.get(col, 1))
+
+        inputs = cls.input_specs(schema, encoder_configs, series_config)
+        tab_num, tab_cat = schema.of(NUMERIC), schema.of(CATEGORICAL)
+        prep = cls(schema=schema, inputs=inputs)
+        for col in tab_num:
+            # bad values are reported (with their rows) by the row checks; statistics skip them
+            x = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
+            finite = x[np.isfinite(x)]
+            prep.numeric_mean[col] = float(finite.mean()) if len(finite) else 0.0
+            std = float(finite.std()) if len(finite) > 1 else 1.0
+            prep.numeric_std[col] = std if std > 1e-12 else 1.0
+        for col in tab_cat:
+            values = df[col][[not is_missing(v) for v in df[col]]].astype(str)
+            prep.vocab[col] = sorted(values.unique().tolist())
+        prep._fit_label(df)
+        return prep
+
+    @staticmethod
+    def input_specs(schema: Schema, encoder_configs: dict[str, dict],
+                    series_config: Callable[[str], dict] | None = None) -> dict[str, InputSpec]:
+        """One spec per media/text column (plus a video's sound track) and the tabular group, in column
+        order. `series_config(col)` fits a time-series column's config (it needs the column's values)."""
         inputs: dict[str, InputSpec] = {}
         for col, mod in schema.columns.items():
             if mod in (IMAGE, TEXT, AUDIO, VIDEO):
@@ -60,28 +88,14 @@ class Preprocessor:
                                              f"'{col}'; rename it or set encoder_opts video audio=False")
                     inputs[key] = InputSpec(key, AUDIO, [col], {**encoder_configs[AUDIO_TRACK], "source": VIDEO})
             elif mod == TIMESERIES:
-                from polymodal.data.timeseries import fit_series_config
-
-                cfg = fit_series_config(df[col], df.attrs.get("base_dir", "."), encoder_configs.get(TIMESERIES, {}),
-                                        schema.series_channels.get(col, 1))
-                inputs[col] = InputSpec(col, TIMESERIES, [col], cfg)
+                if series_config is None:
+                    raise PolymodalError(f"time-series column '{col}' needs its values to fit per-channel scaling")
+                inputs[col] = InputSpec(col, TIMESERIES, [col], series_config(col))
         tab_num, tab_cat = schema.of(NUMERIC), schema.of(CATEGORICAL)
-        prep = cls(schema=schema, inputs=inputs)
-        for col in tab_num:
-            # bad values are reported (with their rows) by the row checks; statistics skip them
-            x = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
-            finite = x[np.isfinite(x)]
-            prep.numeric_mean[col] = float(finite.mean()) if len(finite) else 0.0
-            std = float(finite.std()) if len(finite) > 1 else 1.0
-            prep.numeric_std[col] = std if std > 1e-12 else 1.0
-        for col in tab_cat:
-            values = df[col][[not is_missing(v) for v in df[col]]].astype(str)
-            prep.vocab[col] = sorted(values.unique().tolist())
         if tab_num or tab_cat:
             inputs[TABULAR] = InputSpec(TABULAR, TABULAR, tab_num + tab_cat,
                                         {"numeric": tab_num, "categorical": tab_cat})
-        prep._fit_label(df)
-        return prep
+        return inputs
 
     def _fit_label(self, df: pd.DataFrame) -> None:
         label, ptype = self.schema.label, self.schema.problem_type

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -96,6 +97,8 @@ class FitConfig(RunSettings):
     text_augment: float = 0.0  # per-word drop/swap probability for text inputs whose encoder trains
     l1: float = 0.0  # L1 penalty on the head's weights
     compile: bool = False  # torch.compile each trained encoder (worth it for fine-tuning on a GPU)
+    stream: bool = False  # read the training table as Parquet/WebDataset shards, chunk by chunk (fit_stream)
+    chunk_rows: int = 10_000  # rows per chunk when streaming
     @property
     def labels(self) -> list[str]:
         return [self.label] if isinstance(self.label, str) else list(self.label)
@@ -237,9 +240,11 @@ def features_for(df: pd.DataFrame, prep: Preprocessor, model: MultimodalModel, k
 
 def make_loader(df, prep, feats, config: FitConfig, train: bool, with_target: bool = True,
                 distributed: bool = False) -> DataLoader:
-    """`distributed`: the loader feeds the Trainer, so under DDP/FSDP each rank takes its shard."""
-    ds = TableDataset(df, prep, feats, train=train, with_target=with_target, augment=config.augment,
-                      seed=config.seed, text_augment=config.text_augment)
+    """`distributed`: the loader feeds the Trainer, so under DDP/FSDP each rank takes its shard. `df` may be
+    a built TableDataset (streaming: an ArrayDataset over memory-mapped rows)."""
+    ds = df if isinstance(df, TableDataset) else TableDataset(
+        df, prep, feats, train=train, with_target=with_target, augment=config.augment, seed=config.seed,
+        text_augment=config.text_augment)
     workers = config.num_workers if ds.values else 0  # everything cached → decoding threads buy nothing
     from polymodal.training.callbacks import EpochSampler
 
@@ -356,13 +361,22 @@ def fit(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: FitConfig
     if bad:
         log(f"  skipped {len({(p.row, p.column) for p in bad})} bad rows (listed in bad_rows.csv)")
     log(f"  feature cache: {stats['computed']} computed, {stats['reused']} reused")
+    return _train_and_score(model, task, prep, config, run_dir, train_df, valid_df, feats, device, log, resume,
+                            bad, stats, t0)
+
+
+def _train_and_score(model: MultimodalModel, task, prep: Preprocessor, config: FitConfig, run_dir, train_data,
+                     valid_data, feats: dict, device: str, log: Log, resume: bool, bad: list, stats: dict,
+                     t0: float) -> FitResult:
+    """Train on `train_data`, keep the best checkpoint and score `valid_data` (DataFrames, or built
+    datasets when streaming)."""
     module_cls = _fit_module()
     module = module_cls(model, task, lr=config.lr, weight_decay=config.weight_decay, l1=config.l1,
                         mixup=config.mixup, compile=config.compile)
     monitor, mode = task.monitor
     trainer, ckpt = _trainer(config, run_dir, monitor, mode)
-    train_loader = make_loader(train_df, prep, feats["train"], config, train=True, distributed=True)
-    valid_loader = make_loader(valid_df, prep, feats["valid"], config, train=False, distributed=True)
+    train_loader = make_loader(train_data, prep, feats["train"], config, train=True, distributed=True)
+    valid_loader = make_loader(valid_data, prep, feats["valid"], config, train=False, distributed=True)
     last = os.path.join(run_dir, "checkpoints", "last.ckpt")
     ckpt_path = last if resume and os.path.exists(last) else None
     if resume:
@@ -373,12 +387,141 @@ def fit(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: FitConfig
     if best and os.path.exists(best):
         module.load_trained_state(best)
     history = _history(os.path.join(run_dir, "logs", "metrics.csv"))
-    probs, target = predict_probs(model, task, prep, valid_df, config, feats["valid"])
+    probs, target = predict_probs(model, task, prep, valid_data, config, feats["valid"])
     if config.tune_threshold:
         _tune_thresholds(task, config, probs, target, log)
     val_metrics = task.metrics(probs, target)
     return FitResult(model.cpu().eval(), prep, task, config, history, val_metrics, bad, stats,
                      time.time() - t0, best, probs, target)
+
+
+def fit_stream(train, valid, config: FitConfig, run_dir: str | os.PathLike, log: Log = print,
+               resume: bool = False) -> FitResult:
+    """Train on Parquet or WebDataset shards read `config.chunk_rows` rows at a time (data/streaming.py).
+
+    The schema comes from the first rows; preprocessing statistics from one pass over the training rows;
+    a second pass checks rows, computes frozen features into the feature cache and appends each row's
+    features, encoded tabular values and target to files that training reads memory-mapped. Without
+    `valid`, a row goes to validation by a seeded hash of its stream position (`streaming.valid_mask`).
+    Every encoder but the tabular MLP must be frozen: a trained encoder would need its raw inputs decoded
+    again every epoch, which this path does not stream; such inputs are refused before any pass.
+    """
+    import shutil
+
+    from polymodal.data import streaming as st
+
+    t0 = time.time()
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    media = st.media_dir(config.cache_dir)
+    readers = {"train": st.ShardReader(train, config.chunk_rows, media)}
+    if valid is not None:
+        readers["valid"] = st.ShardReader(valid, config.chunk_rows, media)
+    head = readers["train"].head(st.SCHEMA_ROWS)
+    schema = infer_schema(head, config.label, config.column_types, config.problem_type)
+    log(f"  streaming {len(readers['train'].files)} {readers['train'].kind} shard(s) in chunks of at most "
+        f"{config.chunk_rows} rows; schema inferred from the first {len(head)} rows")
+    del head
+    for col, mod in schema.columns.items():
+        log(f"  column {col!r}: {mod} ({schema.reasons.get(col, '')})")
+    log(f"  problem type: {schema.problem_type}")
+    series = schema.of("timeseries")
+    if series:
+        raise PolymodalError(f"time-series column '{series[0]}' cannot be streamed yet (its per-channel scaling is "
+                             "fitted on the whole column): fit without --stream, or drop the column")
+    encoders, pre_cfg = build_encoders(schema, config)
+    trained = [f"'{k}' ({schema.columns.get(k, 'audio')}, {getattr(e, 'cache_id', type(e).__name__)})"
+               for k, e in encoders.items() if not is_frozen(k, schema.columns.get(k, "audio"), e, config)]
+    if trained:
+        raise PolymodalError(
+            f"streaming needs frozen encoders (their features are computed chunk by chunk into the feature cache), "
+            f"but {', '.join(trained)} would train. Freeze them (Python: frozen={{'<modality>': True}}; drop "
+            "--finetune), leave those columns out, or fit in memory without --stream")
+    split = valid is None
+
+    def parts():
+        """(name, rows, problems) for name train/valid: a chunk's rows on each side of the hash split (or the
+        train and valid shards in turn), unlabeled rows dropped (or raised) as in fit()."""
+        for reader_name, reader in readers.items():
+            for chunk, problems in st.labelled_chunks(reader, schema, config.on_bad_rows):
+                if not split:
+                    yield reader_name, chunk, problems
+                    continue
+                in_valid = st.valid_mask(st.positions(chunk), config.seed, config.valid_fraction)
+                yield "train", st.take(chunk, ~in_valid), problems
+                yield "valid", st.take(chunk, in_valid), []
+
+    acc = st.StreamStats(schema)
+    n_valid = 0
+    for name, part, _ in parts():  # pass 1: statistics of the training rows
+        if name == "train":
+            acc.update(part)
+        else:
+            n_valid += len(part)
+    if split:
+        log(f"  split: {acc.rows} train / {n_valid} valid rows (hash of the row's stream position, seed "
+            f"{config.seed}, fraction {config.valid_fraction})")
+    if n_valid == 0 or acc.rows < 2:
+        raise DataError(f"{acc.rows} training and {n_valid} validation rows; stream more rows"
+                        + (" or give validation shards" if split else ""), file=str(readers["train"].files[0]))
+    prep = acc.preprocessor(pre_cfg, source=str(readers["train"].files[0]))
+    log(f"  preprocessing fitted on {acc.rows} training rows in one pass")
+    if TABULAR in prep.inputs:
+        encoders[TABULAR] = build_tabular_encoder(prep, config)
+    for key, enc in encoders.items():
+        if key != TABULAR:
+            enc.freeze()
+    keys = [k for k in encoders if k != TABULAR]
+    tokens = token_inputs(config, prep)
+    device = "cuda" if torch.cuda.is_available() and config.accelerator in ("auto", "gpu", "cuda") else "cpu"
+    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))  # DDP re-runs this in every process
+    folder = Path(run_dir) / "stream" / f"rank{rank}"
+    stores = {name: st.RowStore(folder / name) for name in ("train", "valid")}
+    bad: list[Problem] = []
+    stats = {"computed": 0, "reused": 0}
+    unseen = 0
+    by_class = bool(prep.classes) and schema.problem_type not in (MULTILABEL, MULTITASK)
+    # Feature extraction's DataLoaders draw their seeds from the global RNG: fork it, so the head is
+    # initialised from the same RNG state as in fit() (streamed and in-memory runs then agree).
+    with torch.random.fork_rng(devices=[]):
+        for name, part, problems in parts():  # pass 2: checks, features, encoded rows to disk
+            bad += problems
+            if name == "valid" and by_class and len(part):
+                known = part[schema.label].astype(str).isin(set(prep.classes)).to_numpy()
+                unseen += int((~known).sum())
+                part = st.take(part, known)
+            part, _, problems = st.drop_rows(part, check_rows(part, prep), config.on_bad_rows)
+            bad += problems
+            if not len(part):
+                continue
+            feats, problems, s = precompute_features(
+                part, prep, {k: encoders[k] for k in keys}, keys, config.cache_dir, config.batch_size, device,
+                config.num_workers, token_keys=[k for k in keys if k in tokens])
+            stats = {k: stats[k] + s[k] for k in stats}
+            part, feats, problems = st.drop_rows(part, problems, config.on_bad_rows, feats)
+            bad += problems
+            if len(part):
+                stores[name].append(st.chunk_arrays(part, prep, feats))
+    if unseen:
+        log(f"  dropped {unseen} validation rows whose label does not occur in training")
+    if bad:
+        log(f"  skipped {len({(p.file, p.row, p.column) for p in bad})} bad rows (listed in bad_rows.csv)")
+    log(f"  feature cache: {stats['computed']} computed, {stats['reused']} reused")
+    source = str(readers["train"].files[0])
+    train_ds, valid_ds = (stores[n].dataset(prep, source) for n in ("train", "valid"))
+    if len(train_ds) == 0 or len(valid_ds) == 0:
+        raise DataError(f"no {'training' if len(train_ds) == 0 else 'validation'} row is left after the row checks",
+                        file=source)
+    log(f"  rows: {len(train_ds)} train / {len(valid_ds)} valid, memory-mapped from {folder}")
+    task = task_from_prep(prep, config, train_ds.target)
+    model = assemble_model(encoders, task, config, prep)
+    if model.token_inputs:
+        log(f"  token inputs for {config.fusion} fusion: {', '.join(sorted(model.token_inputs))}")
+    try:
+        return _train_and_score(model, task, prep, config, run_dir, train_ds, valid_ds, {"train": {}, "valid": {}},
+                                device, log, resume, bad, stats, t0)
+    finally:
+        del train_ds, valid_ds
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _keep(df: pd.DataFrame, mask) -> pd.DataFrame:
