@@ -173,7 +173,15 @@ class MultimodalPredictor:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None) -> MultimodalPredictor:
-        """Rebuild from a run folder, offline; GPU-trained runs load on CPU."""
+        """Rebuild from a run folder, offline; GPU-trained runs load on CPU. A folder written by `polymodal
+        compress` loads as what it holds: a MultimodalPredictor (student, pruned, PyTorch int8) or an
+        onnxruntime `OnnxPredictor` (int8 ONNX), which predicts, evaluates and serves alike."""
+        from polymodal.compress.artifacts import COMPRESSION
+
+        if (Path(path) / COMPRESSION).exists() and cls is MultimodalPredictor:
+            from polymodal.compress.artifacts import load_compressed
+
+            return load_compressed(path)
         config_json, prep = artifacts.read_run(path)
         if config_json.get("kind") == "generation":  # a text generator (task caption / vqa-open)
             from polymodal.training.generation import GenerationPredictor

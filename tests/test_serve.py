@@ -395,3 +395,26 @@ def test_openapi_fuzz_no_server_errors(trained):
         check()
     assert not failures, failures[:3]
     assert {("POST", "/predict", 200), ("POST", "/search", 200)} <= seen, sorted(seen)
+
+
+def test_compressed_int8_run_loads_predicts_and_serves(trained, tmp_path):
+    """A `polymodal compress --quantize int8` folder: MultimodalPredictor.load gives the onnxruntime predictor,
+    and /predict answers with exactly its probabilities."""
+    pytest.importorskip("onnxruntime")
+    from polymodal.compress import OnnxPredictor, compress_run
+
+    p, root = trained
+    compress_run(p.path, tmp_path / "q8", train=root / "train.csv", quantize="int8", backend="onnx",
+                 log=lambda m: None)
+    q = MultimodalPredictor.load(tmp_path / "q8")
+    assert isinstance(q, OnnxPredictor)
+    df = pd.read_csv(root / "train.csv").head(4)
+    df.attrs["base_dir"] = str(root)
+    expected = q.predict_proba(df)
+    assert (q.predict(df) == p.predict(df)).mean() >= 0.75
+    with TestClient(create_app(q, max_wait_ms=2)) as c:
+        for i, row in df.iterrows():
+            r = post_row(c, root, i, size=row["size"], shop=row["shop"])
+            assert r.status_code == 200, r.text
+            for cls in expected.columns:
+                assert r.json()["probabilities"][cls] == pytest.approx(float(expected.loc[i, cls]), abs=1e-5)

@@ -339,7 +339,19 @@ class OnnxPredictor:
             return frame if as_pandas else frame.to_numpy()
         return pd.Series(values, name=self.meta["label"], index=df.index) if as_pandas else np.asarray(values)
 
-    def evaluate(self, data) -> dict[str, float]:
+    def evaluate(self, data, plots_dir: str | Path | None = None) -> dict[str, float]:
+        """The task's metrics on a labelled table (as MultimodalPredictor.evaluate, with its confusion-matrix
+        PNG under `plots_dir`)."""
         df = as_table(data)
         probs = self.predict_proba(df, as_pandas=False)
-        return {**self.task.metrics(probs, self.prep.encode_target(df)), "rows": len(df)}
+        target = self.prep.encode_target(df)
+        if plots_dir and self.task.problem_type in ("binary", "multiclass"):
+            from polymodal.training.metrics import confusion_matrix
+            from polymodal.training.plots import plot_confusion
+
+            plot_confusion(confusion_matrix(probs, target), self.prep.classes, Path(plots_dir) / "confusion_matrix.png")
+        return {**self.task.metrics(probs, target), "rows": len(df)}
+
+    def forward_batch(self, batch: dict) -> torch.Tensor:
+        """Logits for a collated batch (what the server's Collator builds), through onnxruntime."""
+        return torch.from_numpy(self.session.run(["logits"], to_numpy_feeds(self.spec, batch))[0])

@@ -13,10 +13,14 @@ class ModelRunner:
     """Callable batch function for the micro-batcher; holds the loaded model (no Trainer, no DataLoader)."""
 
     def __init__(self, predictor) -> None:
-        predictor._require_model()
-        self.model, self.task, self.prep = predictor.model.eval(), predictor.task, predictor.prep
+        self.task, self.prep = predictor.task, predictor.prep
         self.collate = Collator(self.prep)
-        self.device = next(self.model.parameters()).device
+        if hasattr(predictor, "session"):  # an OnnxPredictor (a compressed int8 / exported run): onnxruntime
+            self.model, self.device = predictor.forward_batch, torch.device("cpu")
+        else:
+            predictor._require_model()
+            self.model = predictor.model.eval()
+            self.device = next(self.model.parameters()).device
         # a text generator (task caption / vqa-open) answers with generated text, decoded as the run stores it
         self.decode = predictor._decode({}) if self.task.problem_type == "generation" else None
 
