@@ -183,6 +183,21 @@ def test_distillation_loss_decreases_and_student_is_smaller(trained):
     assert (student.predict(df) == p.predict(df)).mean() >= 0.8
 
 
+def test_fast_student_trains_its_text_tower_and_reloads(trained, tmp_path):
+    p, root = trained
+    compress_run(root / "run", tmp_path / "s", train=root / "train.csv", valid=root / "train.csv",
+                 distill_from=root / "run", student="fast", epochs=3, log=lambda m: None)
+    s = load_compressed(tmp_path / "s")
+    assert s.config.frozen.get("caption") is False or s.config.frozen.get("text") is False
+    # the loaded text tower is the trained one: it moved away from the teacher's (the same pretrained layer)
+    before = dict(p.model.encoders["caption"].named_parameters())
+    moved = [n for n, w in s.model.encoders["caption"].named_parameters()
+             if n in before and w.shape == before[n].shape and not torch.equal(w, before[n])]
+    assert moved
+    df = read_table(root / "train.csv")
+    assert (s.predict(df) == p.predict(df)).mean() >= 0.8
+
+
 @pytest.mark.slow
 def test_cli_compress_and_export(trained, tmp_path):
     import typer
@@ -209,7 +224,84 @@ def test_cli_compress_and_export(trained, tmp_path):
     df = read_table(root / "train.csv")
     assert (load_compressed(tmp_path / "s").predict(df) == df["label"]).mean() >= 0.8
     assert (tmp_path / "s" / "report.md").exists() and (tmp_path / "s" / "report.png").exists()
+    # the compressed folder works wherever a run folder does: predict and evaluate (onnxruntime here)
+    from polymodal.cli import app as main_app
+
+    r = CliRunner().invoke(main_app, ["predict", str(tmp_path / "s"), str(root / "train.csv"), "--out",
+                                      str(tmp_path / "pred.csv")])
+    assert r.exit_code == 0, r.output
+    pred = read_table(tmp_path / "pred.csv")
+    assert (pred["predicted_label"] == load_compressed(tmp_path / "s").predict(df).to_numpy()).all()
+    r = CliRunner().invoke(main_app, ["evaluate", str(tmp_path / "s"), str(root / "train.csv"), "--out",
+                                      str(tmp_path / "ev" / "metrics.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["rows"] == len(df)
+    assert (tmp_path / "ev" / "confusion_matrix.png").exists()
     r = CliRunner().invoke(app, ["compress", str(root / "run"), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "nothing to do" in r.output
     r = CliRunner().invoke(app, ["compress", str(root / "run"), "--out", str(tmp_path / "x"), "--prune", "0.5"])
     assert r.exit_code == 2 and "--train" in r.output
+
+
+def _float_onnx_and_feeds(p, root, tmp_path):
+    from polymodal.compress.pipeline import calibration_feeds, validation_feeds
+
+    fp = tmp_path / "fp.onnx"
+    export_predictor(p, fp)
+    return fp, calibration_feeds(p, root / "train.csv", rows=32), validation_feeds(p, root / "train.csv", rows=64)
+
+
+def test_graph_parts_classifies_nodes_by_role(trained, tmp_path):
+    import onnx
+
+    from polymodal.compress.quantize import graph_parts
+
+    p, root = trained
+    fp, _, _ = _float_onnx_and_feeds(p, root, tmp_path)
+    model = onnx.load(str(fp))
+    parts = graph_parts(model)
+    ops = {n.name: n.op_type for n in model.graph.node}
+    all_convs = [c for cs in parts.convs.values() for c in cs]
+    assert all_convs and all(ops[c] == "Conv" for c in all_convs)
+    assert len(parts.edge_convs) == 2 and set(parts.edge_convs) <= set(all_convs)  # one CNN: its first and last
+    # MiniLM cut to one layer: q/k/v/output + two FFN MatMuls, one of them fed by the GELU
+    assert len(parts.text_matmuls) == 6 and len(parts.gelu_matmuls) == 1
+    assert set(parts.gelu_matmuls) <= set(parts.text_matmuls)
+    assert parts.embeddings and all(ops[n] == "Gather" for n in parts.embeddings)
+    # fusion and head layers, plus Gemms inside an encoder (the tabular MLP), which are treated alike
+    assert any(n.startswith("/model/fusion/") for n in parts.dense) and any(n.startswith("/model/head/")
+                                                                           for n in parts.dense)
+    assert all(n.startswith(("/model/fusion/", "/model/head/")) or ops[n] == "Gemm" for n in parts.dense)
+
+
+def test_int8_auto_sweep_keeps_agreement_and_respects_exclusions(trained, tmp_path):
+    from polymodal.compress.quantize import Int8Options, _agreement, _run, quantize_onnx
+
+    p, root = trained
+    fp, calib, valid = _float_onnx_and_feeds(p, root, tmp_path)
+    opts = Int8Options(convs="auto", min_agreement=1.0, exclude=("/model/head/",), dense=True)
+    res = quantize_onnx(fp, tmp_path / "q.onnx", calib, opts, valid, log=lambda m: None)
+    # the chosen model is re-measured here against the float one: it keeps every validation decision
+    measured = _agreement(_run(res.path, valid), _run(fp, valid))
+    assert measured == pytest.approx(res.validation_agreement) and measured == 1.0
+    assert res.sweep is not None and len(res.sweep) == 1 + len(res.conv_groups) + len(res.float_conv_groups)
+    assert not any(n.startswith("/model/head/") for n in res.static_nodes + res.dynamic_nodes)
+    assert any(n.startswith("/model/fusion/") for n in res.static_nodes)  # dense=True quantises the rest
+    assert res.dynamic_nodes  # text MatMuls: dynamic int8 by default
+    assert (tmp_path / "q.onnx").stat().st_size < fp.stat().st_size
+
+
+def test_int8_options_reject_bad_values(trained, tmp_path):
+    from polymodal.compress.quantize import Int8Options, quantize_onnx
+    from polymodal.errors import PolymodalError
+
+    with pytest.raises(PolymodalError, match="calibration must be one of"):
+        Int8Options(calibration="mean")
+    with pytest.raises(PolymodalError, match="not a regular expression"):
+        Int8Options(exclude=("(",))
+    p, root = trained
+    fp, calib, _ = _float_onnx_and_feeds(p, root, tmp_path)
+    with pytest.raises(PolymodalError, match="validation rows"):
+        quantize_onnx(fp, tmp_path / "q.onnx", calib, Int8Options(convs="auto"))
+    with pytest.raises(PolymodalError, match="calibration rows"):
+        quantize_onnx(fp, tmp_path / "q.onnx", [], Int8Options(convs="none"))

@@ -20,16 +20,37 @@ def compress(
     prune_mode: str = typer.Option("structured", help="structured (removes neurons) | unstructured (zeros)"),
     prune_encoders: bool = typer.Option(False, help="also prune transformer text encoders' FFN neurons"),
     distill_from: Path | None = typer.Option(None, help="teacher run: train a smaller student from it"),
-    student: str = typer.Option("small", help="student preset: small | tiny"),
+    student: str = typer.Option("fast", help="student preset: fast (MobileNetV2 at half the side, half the text "
+                                             "layers, trained) | small (same CNN at 4/7 of the side, 1/3 of the "
+                                             "text layers) | tiny"),
     train: Path | None = typer.Option(None, help="training table (distillation, pruning fine-tune, calibration)"),
     valid: Path | None = typer.Option(None, help="validation table (model selection and the report's metric)"),
     epochs: int | None = typer.Option(None, help="epochs for distillation (15) / fine-tuning (5)"),
+    int8_convs: str = typer.Option("auto", help="onnx int8 convolutions: auto (sensitivity sweep on --valid rows, or "
+                                                "--train rows, keeps agreement with float >= --min-agreement) | all "
+                                                "(all but each CNN's first and last) | none"),
+    int8_text: str = typer.Option("dynamic", help="onnx int8 transformer MatMuls: dynamic | static | float"),
+    gelu_float: bool = typer.Option(True, help="keep MatMuls fed by a GELU (transformer FFN outputs) float"),
+    int8_dense: bool = typer.Option(False, help="also quantise the fusion and head layers"),
+    int8_exclude: list[str] = typer.Option([], help="regex on ONNX node names to keep float (repeatable), e.g. "
+                                                    "'_blocks\\.0/'"),
+    per_channel: bool = typer.Option(True, help="per-channel weight scales (else one per tensor)"),
+    calibration: str = typer.Option("minmax", help="activation ranges: minmax | entropy | percentile"),
+    calibration_rows: int = typer.Option(128, help="rows used to calibrate activation ranges"),
+    min_agreement: float = typer.Option(0.99, help="--int8-convs auto: least share of validation rows whose "
+                                                   "prediction stays the float model's"),
+    reduce_range: bool = typer.Option(False, help="7-bit weights (CPUs without VNNI)"),
 ) -> None:
     """Distil, prune and/or quantise a run; writes the compressed folder with report.md and report.png."""
     from polymodal.compress.pipeline import compress_run
+    from polymodal.compress.quantize import Int8Options
 
+    int8 = Int8Options(per_channel=per_channel, calibration=calibration, convs=int8_convs, text=int8_text,
+                       gelu_float=gelu_float, dense=int8_dense, exclude=tuple(int8_exclude),
+                       min_agreement=min_agreement, reduce_range=reduce_range)
     res = compress_run(run, out, train, valid, quantize, backend, prune, prune_mode, prune_encoders,
-                       distill_from, student, epochs, log=lambda m: console.print(m, highlight=False))
+                       distill_from, student, epochs, int8=int8, calibration_rows=calibration_rows,
+                       log=lambda m: console.print(m, highlight=False))
     if "report" in res:
         from rich.console import Console
 

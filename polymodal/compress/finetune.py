@@ -43,14 +43,18 @@ def score(model: MultimodalModel, task, prep, config: FitConfig, df: pd.DataFram
 
 def train_loop(model: MultimodalModel, task, prep, config: FitConfig, train_df: pd.DataFrame,
                valid_df: pd.DataFrame | None, loss_fn: LossFn, epochs: int, lr: float,
-               extra_params: list[torch.nn.Parameter] | None = None, log=print) -> pd.DataFrame:
-    """AdamW + cosine decay for `epochs`; keeps the best validation state. Returns per-epoch history."""
+               extra_params: list[torch.nn.Parameter] | None = None, log=print,
+               encoder_lr_scale: float = 0.1) -> pd.DataFrame:
+    """AdamW + cosine decay for `epochs` (trained pretrained encoders at `lr * encoder_lr_scale`); keeps the
+    best validation state. Returns per-epoch history."""
     torch.manual_seed(config.seed)
     train_feats = cached_features(model, prep, config, train_df, log)
     valid_feats = cached_features(model, prep, config, valid_df, log) if valid_df is not None else {}
     loader = make_loader(train_df, prep, train_feats, dataclasses.replace(config, num_workers=0), train=True)
-    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params or [])
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    from polymodal.training.module import param_groups
+
+    opt = torch.optim.AdamW(param_groups(model, lr, encoder_lr_scale, extra_params), lr=lr,
+                            weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * len(loader)))
     name, mode = task.monitor
     best, best_state, rows = None, None, []

@@ -88,7 +88,7 @@ def prune_predictor(predictor, train, valid=None, amount: float = 0.5, mode: str
     return PruneResult(p, masked, sizes, zeros / max(total, 1), before, P.count_params(p.model), history)
 
 
-def distill_predictor(teacher, train, valid=None, student: str = "small", overrides: dict | None = None,
+def distill_predictor(teacher, train, valid=None, student: str = "fast", overrides: dict | None = None,
                       epochs: int = 15, log=print, **kw):
     """A student MultimodalPredictor distilled from `teacher` (see distill.distill)."""
     from polymodal.compress.distill import distill
@@ -100,33 +100,55 @@ def distill_predictor(teacher, train, valid=None, student: str = "small", overri
     return p, res.history
 
 
-def calibration_feeds(predictor, table, rows: int = 128, batch: int = 32, seed: int = 0) -> list[dict]:
-    df = clean_table(as_table(table), predictor.prep, "skip")
-    df = df.sample(min(rows, len(df)), random_state=seed)
+def _feeds(predictor, df: pd.DataFrame, batch: int) -> list[dict]:
+    """Feed dicts for `df` in batches of `batch`, text padded to one length across all of them: histogram
+    calibrators (entropy, percentile) need every batch of a tensor to have the same shape."""
     from polymodal.compress.onnx_export import flat_inputs
 
     spec = flat_inputs(predictor.prep, list(predictor.model.encoders.keys()))
-    return [to_numpy_feeds(spec, table_batch(predictor.prep, df.iloc[i:i + batch])) for i in range(0, len(df), batch)]
+    whole = to_numpy_feeds(spec, table_batch(predictor.prep, df))
+    return [{k: v[i:i + batch] for k, v in whole.items()} for i in range(0, len(df), batch)]
+
+
+def calibration_feeds(predictor, table, rows: int = 128, batch: int = 32, seed: int = 0) -> list[dict]:
+    """Feeds of `rows` random rows of `table` (unreadable rows skipped) for static int8 calibration."""
+    df = clean_table(as_table(table), predictor.prep, "skip")
+    return _feeds(predictor, df.sample(min(rows, len(df)), random_state=seed), batch)
+
+
+def validation_feeds(predictor, table, rows: int = 512, batch: int = 32, seed: int = 1) -> list[dict]:
+    """Feeds of up to `rows` rows of `table` (all of them when fewer), for the int8 sensitivity sweep."""
+    df = clean_table(as_table(table), predictor.prep, "skip")
+    if len(df) > rows:
+        df = df.sample(rows, random_state=seed)
+    return [f for i in range(0, len(df), 256) for f in _feeds(predictor, df.iloc[i:i + 256], batch)]
 
 
 def quantize_predictor_onnx(predictor, out_file: str | Path, calibration_table, rows: int = 128,
-                            method: str = "minmax"):
-    """Export to ONNX, then static int8 with calibration rows; returns (float parity report, int8 path)."""
-    from polymodal.compress.quantize import quantize_onnx_static
+                            options=None, validation_table=None, validation_rows: int = 512, log=print):
+    """Export to ONNX, then int8 (`quantize.Int8Options`; defaults: sensitivity-guided conv selection on
+    `validation_table`, or on `calibration_table` when none is given). Returns (float parity, Int8Result)."""
+    import shutil
 
+    from polymodal.compress.quantize import Int8Options, quantize_onnx
+
+    options = options or Int8Options()
     out_file = Path(out_file)
     with tempfile.TemporaryDirectory() as tmp:
         fp = Path(tmp) / "model.onnx"
         parity = export_predictor(predictor, fp, as_table(calibration_table).head(16))
-        quantize_onnx_static(fp, out_file, calibration_feeds(predictor, calibration_table, rows), method=method)
-        import shutil
-
+        valid = None
+        if options.convs == "auto":
+            valid = validation_feeds(predictor, validation_table if validation_table is not None
+                                     else calibration_table, validation_rows)
+        result = quantize_onnx(fp, out_file, calibration_feeds(predictor, calibration_table, rows), options,
+                               valid, log=log)
         tok = Path(str(fp) + ".tokenizers")
         if tok.exists():
             dst = Path(str(out_file) + ".tokenizers")
             shutil.rmtree(dst, ignore_errors=True)
             shutil.copytree(tok, dst)
-    return parity, out_file
+    return parity, result
 
 
 def quantize_predictor_torch(predictor, embeddings: bool = True):
@@ -139,10 +161,16 @@ def quantize_predictor_torch(predictor, embeddings: bool = True):
 
 def compress_run(run: str | Path, out: str | Path, train=None, valid=None, quantize: str | None = None,
                  backend: str = "onnx", prune: float = 0.0, prune_mode: str = "structured",
-                 prune_encoders: bool = False, distill_from: str | Path | None = None, student: str = "small",
-                 epochs: int | None = None, report: bool = True, log=print) -> dict:
-    """Apply the requested steps in order distil → prune → quantise; write `out` and its report."""
+                 prune_encoders: bool = False, distill_from: str | Path | None = None, student: str = "fast",
+                 epochs: int | None = None, report: bool = True, int8=None, calibration_rows: int = 128,
+                 log=print) -> dict:
+    """Apply the requested steps in order distil → prune → quantise; write `out` and its report.
+
+    `int8`: `quantize.Int8Options` for the onnx back end (None: the defaults). Its sensitivity sweep
+    (convs="auto") measures agreement on `valid` rows, or on `train` rows when no `valid` is given.
+    """
     from polymodal import MultimodalPredictor
+    from polymodal.compress.quantize import Int8Options
 
     if not (quantize or prune or distill_from):
         raise PolymodalError("nothing to do: give --quantize int8, --prune FRACTION and/or --distill-from RUN")
@@ -154,6 +182,9 @@ def compress_run(run: str | Path, out: str | Path, train=None, valid=None, quant
         raise PolymodalError("pruning (fine-tuning) and distillation train on a table: give --train TABLE")
     if quantize and backend == "onnx" and train is None and valid is None:
         raise PolymodalError("static int8 quantisation needs calibration rows: give --train or --valid")
+    if calibration_rows < 1:
+        raise PolymodalError(f"--calibration-rows must be at least 1, got {calibration_rows}")
+    int8 = int8 or Int8Options()
     out = Path(out)
     original = MultimodalPredictor.load(run)
     current = original
@@ -180,11 +211,14 @@ def compress_run(run: str | Path, out: str | Path, train=None, valid=None, quant
         if backend == "onnx":
             with tempfile.TemporaryDirectory() as tmp:
                 parity, q = quantize_predictor_onnx(current, Path(tmp) / INT8_ONNX,
-                                                    train if train is not None else valid)
-                steps.append({"step": "quantize", "backend": "onnxruntime-static-qdq", "dtype": "int8",
-                              "float_onnx_parity": str(parity)})
+                                                    train if train is not None else valid, calibration_rows,
+                                                    int8, valid, log=log)
+                if q.validation_agreement is not None:
+                    log(f"  int8 agrees with float on {q.validation_agreement:.2%} of the validation rows")
+                steps.append({"step": "quantize", "backend": "onnxruntime-qdq", "dtype": "int8",
+                              "options": int8.to_dict(), **q.summary(), "float_onnx_parity": str(parity)})
                 (out / "model.safetensors").unlink(missing_ok=True)
-                save_onnx(q, current, out, {**base, "steps": steps})
+                save_onnx(q.path, current, out, {**base, "steps": steps})
         else:
             qp = quantize_predictor_torch(current)
             steps.append({"step": "quantize", "backend": "torch-dynamic", "dtype": "int8", "embeddings": True})

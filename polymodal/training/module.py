@@ -98,18 +98,8 @@ class FitModule(L.LightningModule):
     def configure_optimizers(self):
         from transformers import get_cosine_schedule_with_warmup
 
-        enc, rest = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            is_pretrained_encoder = name.startswith("encoders.") and getattr(
-                self.model.encoders[name.split(".")[1]], "pretrained", False)
-            (enc if is_pretrained_encoder else rest).append(p)
-        if isinstance(self.task, torch.nn.Module):  # learned multi-task loss weights
-            rest += [p for p in self.task.parameters() if p.requires_grad]
-        groups = [{"params": rest, "lr": self.lr}]
-        if enc:  # fine-tuned pretrained towers learn slower than the freshly initialised fusion and head
-            groups.append({"params": enc, "lr": self.lr * self.encoder_lr_scale})
+        extra = list(self.task.parameters()) if isinstance(self.task, torch.nn.Module) else []  # learned loss weights
+        groups = param_groups(self.model, self.lr, self.encoder_lr_scale, extra)
         # fused AdamW (one kernel for all tensors) on CUDA; not under fp16's GradScaler, whose unscaling
         # Lightning must do before clipping (bf16 and fp32 have no scaler)
         fused = self.device.type == "cuda" and str(self.trainer.precision) not in ("16-mixed", "16")
@@ -140,3 +130,21 @@ class FitModule(L.LightningModule):
         missing, unexpected = self.load_state_dict(state, strict=False)
         if unexpected:
             raise RuntimeError(f"checkpoint {path} has unexpected keys: {unexpected[:5]}")
+
+
+def param_groups(model, lr: float, encoder_lr_scale: float, extra: list | None = None) -> list[dict]:
+    """AdamW groups: trainable parameters of pretrained encoders at `lr * encoder_lr_scale` (fine-tuned
+    pretrained towers learn slower than the freshly initialised fusion and head), the rest (and `extra`,
+    trainable ones only) at `lr`."""
+    enc, rest = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_pretrained_encoder = name.startswith("encoders.") and getattr(
+            model.encoders[name.split(".")[1]], "pretrained", False)
+        (enc if is_pretrained_encoder else rest).append(p)
+    rest += [p for p in extra or [] if p.requires_grad]
+    groups = [{"params": rest, "lr": lr}]
+    if enc:
+        groups.append({"params": enc, "lr": lr * encoder_lr_scale})
+    return groups
