@@ -166,6 +166,14 @@ class TableDataset(Dataset):
     def __len__(self) -> int:
         return self.n
 
+    def text_lengths(self) -> np.ndarray | None:
+        """Characters of raw (uncached) text per row, summed over text inputs: the length-bucketing key (a
+        proxy for token counts that needs no tokenizer pass). None when every text input is cached."""
+        texts = [vals for key, vals in self.values.items() if self.prep.inputs[key].modality == TEXT]
+        if not texts:
+            return None
+        return np.array([sum(len(v[i]) if v[i] is not None else 0 for v in texts) for i in range(self.n)])
+
     def __getitems__(self, indices: list[int]):
         """Batched fetch (DataLoader calls this with a batch's indices): one array gather when nothing needs
         decoding, else the per-row items for the Collator."""

@@ -59,10 +59,15 @@ class EpochSampler(Sampler[int]):
     order, i.e. the single-process batch of b·w rows, so N-process training matches 1-process training with
     the same global batch (DistributedSampler would reshuffle and split differently)."""
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True, weights=None, distributed: bool = False) -> None:
+    def __init__(self, n: int, seed: int, shuffle: bool = True, weights=None, distributed: bool = False,
+                 lengths=None, batch_size: int | None = None) -> None:
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
         self.distributed = distributed  # shard across ranks (loaders given to the Trainer only)
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        if lengths is not None and not batch_size:
+            raise ValueError("length bucketing needs the batch size")
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.batch_size = batch_size
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
         self.epoch = epoch
@@ -88,8 +93,35 @@ class EpochSampler(Sampler[int]):
             order = range(self.n)
         order = list(order)
         rank, world = self._shard()
+        if self.lengths is not None and self.shuffle:
+            order = bucket_by_length(order, self.lengths, self.batch_size * world, g)
         if world > 1:
             total = -(-self.n // world) * world
             order = (order + order[:total - len(order)])[rank::world]
         base = self.epoch * self.n
         return iter([base + i for i in order])
+
+
+BUCKET_BATCHES = 50  # global batches per sorted window: wide enough to match lengths, narrow enough to stay random
+
+
+def bucket_by_length(order: list[int], lengths: np.ndarray, batch: int, g: torch.Generator) -> list[int]:
+    """Length bucketing for trained text encoders (as transformers' LengthGroupedSampler): cut the shuffled
+    `order` into windows of BUCKET_BATCHES batches, sort each window by length (longest first), cut it into
+    batches of `batch` rows (the global batch under DDP, so every rank's share is alike too) and shuffle the
+    batches, keeping the longest batch first so an out-of-memory shows at the first step. Rows of one batch
+    then have similar lengths, so far less padding is computed. A permutation of `order`."""
+    window = batch * BUCKET_BATCHES
+    batches: list[list[int]] = []
+    for s in range(0, len(order), window):
+        part = sorted(order[s:s + window], key=lambda i: -int(lengths[i]))
+        batches += [part[b:b + batch] for b in range(0, len(part), batch)]
+    # a short (last) batch goes last, so batch boundaries stay at multiples of `batch`
+    full = [b for b in batches if len(b) == batch]
+    short = [b for b in batches if len(b) < batch]
+    if not full:
+        return [i for b in short for i in b]
+    longest = max(range(len(full)), key=lambda k: int(lengths[full[k][0]]))
+    rest = [b for k, b in enumerate(full) if k != longest]
+    perm = torch.randperm(len(rest), generator=g).tolist()
+    return [i for b in [full[longest], *(rest[k] for k in perm), *short] for i in b]

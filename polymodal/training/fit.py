@@ -97,6 +97,7 @@ class FitConfig(RunSettings):
     text_augment: float = 0.0  # per-word drop/swap probability for text inputs whose encoder trains
     l1: float = 0.0  # L1 penalty on the head's weights
     compile: bool = False  # torch.compile each trained encoder (worth it for fine-tuning on a GPU)
+    length_bucketing: bool = True  # trained text encoders: batch rows of similar text length (less padding)
     stream: bool = False  # read the training table as Parquet/WebDataset shards, chunk by chunk (fit_stream)
     chunk_rows: int = 10_000  # rows per chunk when streaming
     @property
@@ -249,11 +250,13 @@ def make_loader(df, prep, feats, config: FitConfig, train: bool, with_target: bo
     from polymodal.training.callbacks import EpochSampler
 
     weights = sample_weights(prep, ds.target) if train and config.sampler == "weighted" else None
+    lengths = ds.text_lengths() if train and config.length_bucketing else None
     # The loader's own generator: creating an iterator must not draw from the global RNG, or a resumed run
     # (whose iterator is created at a different moment) would see different dropout masks.
     return DataLoader(ds, batch_size=config.batch_size,
                       sampler=EpochSampler(len(ds), config.seed, shuffle=train, weights=weights,
-                                           distributed=distributed),
+                                           distributed=distributed, lengths=lengths,
+                                           batch_size=config.batch_size),
                       collate_fn=Collator(prep), num_workers=workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=workers > 0, drop_last=False,
                       generator=torch.Generator().manual_seed(config.seed))
