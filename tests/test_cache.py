@@ -103,3 +103,17 @@ def test_large_feature_arrays_are_memory_mapped(tmp_path, monkeypatch, image_tab
     assert not isinstance(ram["image"][0], np.memmap)
     np.testing.assert_array_equal(mapped["image"][0], ram["image"][0])
     assert not list((tmp_path / "c" / "rows").iterdir())  # the backing file is already unlinked
+
+
+def test_undecodable_input_is_recorded_and_not_decoded_again(image_table, tmp_path):
+    df, prep, enc = _setup(image_table)
+    (image_table.parent / "bad.png").write_bytes(b"not an image")
+    df.loc[5, "image"] = "bad.png"
+    cache = tmp_path / "c"
+    _, p1, s1 = precompute_features(df, prep, {"image": enc}, ["image"], cache)
+    assert [(p.row, p.column) for p in p1] == [(5, "image")] and s1["computed"] == 59
+    enc2 = CountingImageEncoder()
+    feats, p2, s2 = precompute_features(df, prep, {"image": enc2}, ["image"], cache)
+    # the same problem, from the cache's record (what other ranks read), without decoding anything
+    assert [(p.row, p.column, p.message) for p in p2] == [(p.row, p.column, p.message) for p in p1]
+    assert enc2.seen == 0 and s2 == {"computed": 0, "reused": 59} and not feats["image"][1][5]

@@ -45,3 +45,40 @@ def test_fsdp_on_cpu_is_refused_with_a_clear_message(tmp_path):
 
     with pytest.raises(PolymodalError, match="needs CUDA devices; on CPU use --strategy ddp"):
         build_trainer(tmp_path, "loss", "min", accelerator="cpu", devices=2, strategy="fsdp")
+
+
+def test_sharded_feature_extraction_matches_one_process(tmp_path):
+    """Two processes launched as torchrun does (RANK/WORLD_SIZE set up front) split the feature extraction by
+    content and wait for each other's share in the shared cache: same features and problems as one process,
+    each computing part of it."""
+    from conftest import color_table
+
+    table = color_table(tmp_path, n=40)
+    import pandas as pd
+
+    df = pd.read_csv(table)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    df.loc[3, "image"] = "broken.png"  # undecodable: found by its owner, reported by both ranks
+    df.to_csv(table, index=False)
+    script = Path(__file__).with_name("sharded_extract_script.py")
+    base = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "POLYMODAL_RENDEZVOUS_TIMEOUT": "120"}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID"):
+        base.pop(var, None)
+    one = subprocess.run([sys.executable, str(script), str(table), str(tmp_path / "c1"), str(tmp_path / "one")],
+                         env=base, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    procs = [subprocess.Popen([sys.executable, str(script), str(table), str(tmp_path / "c2"), str(tmp_path / f"r{r}")],
+                              env={**base, "RANK": str(r), "WORLD_SIZE": "2"}, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()[-3000:]
+    ref = json.loads((tmp_path / "one.json").read_text())
+    assert ref["problems"] == [[3, "image"]]
+    computed = []
+    for r in range(2):
+        got = json.loads((tmp_path / f"r{r}.json").read_text())
+        np.testing.assert_allclose(np.load(tmp_path / f"r{r}.npy"), np.load(tmp_path / "one.npy"), atol=1e-6)
+        assert got["present"] == ref["present"] and got["problems"] == ref["problems"]
+        computed.append(got["stats"]["computed"])
+    # every decodable image computed once, by one of the two ranks, and both did some of the work
+    assert sum(computed) == ref["stats"]["computed"] and min(computed) > 0

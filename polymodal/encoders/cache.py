@@ -99,6 +99,67 @@ class FeatureCache:
             index[k] = (shard, j)
 
 
+    # Undecodable inputs are recorded by content key (`errors/<key>.txt`), so that other ranks sharing the
+    # extraction (and later runs) learn of them without decoding the file again.
+    def put_errors(self, errors: dict[str, str]) -> None:
+        if not errors:
+            return
+        (self.dir / "errors").mkdir(parents=True, exist_ok=True)
+        for k, err in errors.items():
+            _atomic_write(self.dir / "errors" / f"{k}.txt", err)
+
+    def errors(self, keys: list[str]) -> dict[str, str]:
+        folder = self.dir / "errors"
+        if not folder.exists():
+            return {}
+        return {k: (folder / f"{k}.txt").read_text() for k in keys if (folder / f"{k}.txt").exists()}
+
+    def refresh(self) -> None:
+        """Forget the shard index, so the next `get` sees shards other processes wrote since."""
+        self._index = None
+
+    def wait_for(self, keys: list[str], rank: int, world: int, poll: float = 0.5,
+                 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Block until every key is cached or recorded as undecodable by the rank that owns it; returns
+        (features, errors). Raises after POLYMODAL_RENDEZVOUS_TIMEOUT seconds (default 3600)."""
+        import time
+
+        timeout = float(os.environ.get("POLYMODAL_RENDEZVOUS_TIMEOUT", 3600))
+        start, got, errs = time.monotonic(), {}, {}
+        left = list(keys)
+        while True:
+            self.refresh()
+            got.update(self.get(left))
+            errs.update(self.errors([k for k in left if k not in got]))
+            left = [k for k in left if k not in got and k not in errs]
+            if not left:
+                return got, errs
+            if time.monotonic() - start > timeout:
+                ranks = sorted({owner(k, world) for k in left})
+                raise PolymodalError(
+                    f"rank {rank} waited {timeout:.0f} s for the features of {len(left)} inputs that rank(s) "
+                    f"{', '.join(map(str, ranks))} of {world} compute into the shared cache {self.dir}: did that "
+                    "process fail, or do the ranks use different --cache-dir folders? (POLYMODAL_RENDEZVOUS_TIMEOUT "
+                    "sets the wait)")
+            time.sleep(poll)
+
+
+def owner(content_key: str, world: int) -> int:
+    """The rank that computes this input's features when `world` processes share the extraction: a function
+    of the content alone, so every rank agrees without talking, even when their caches differ in timing."""
+    return int(content_key[:8], 16) % world if world > 1 else 0
+
+
+def _shard() -> tuple[int, int]:
+    """(rank, world) of this process as launchers announce them before any process group exists (torchrun
+    and SLURM set RANK / WORLD_SIZE for every process up front; Lightning's script launcher starts the other
+    ranks only inside `Trainer.fit`, after rank 0 has computed everything, so they find it all cached)."""
+    from polymodal.training.distributed import global_rank, world_size
+
+    world = world_size()
+    return (global_rank(), world) if world > 1 else (0, 1)
+
+
 def _atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
@@ -289,22 +350,36 @@ def precompute_features(df: pd.DataFrame, prep: Preprocessor, encoders: dict[str
         found = cache.get([k for k in ckeys.values() if k])
         todo = sorted({v for v, k in ckeys.items() if k and k not in found})
         stats["reused"] += len(uniq) - len(todo)
-        if todo:
+        # undecodable before (the same bytes; recorded by whichever process met them): not decoded again
+        failed = cache.errors([ckeys[v] for v in todo])
+        missing = todo
+        todo = [v for v in todo if ckeys[v] not in failed]
+        rank, world = _shard()
+        mine = [v for v in todo if owner(ckeys[v], world) == rank]
+        if mine:
             done = [0]
 
-            def tick(n, key=key, total=len(todo), done=done):
+            def tick(n, key=key, total=len(mine), done=done):
                 done[0] += n
                 if progress:
                     progress(key, done[0], total)
 
-            arr, errors = encode_values(enc, spec, todo, batch_size, device, num_workers, tick, as_tokens)
-            ok = [i for i in range(len(todo)) if i not in errors]
-            cache.put([ckeys[todo[i]] for i in ok], arr[ok])
+            arr, errors = encode_values(enc, spec, mine, batch_size, device, num_workers, tick, as_tokens)
+            ok = [i for i in range(len(mine)) if i not in errors]
+            cache.put([ckeys[mine[i]] for i in ok], arr[ok])
+            cache.put_errors({ckeys[mine[i]]: err for i, err in errors.items()})
             stats["computed"] += len(ok)
-            for i, err in errors.items():
-                problems.extend(Problem(int(r), col, err) for r, x in zip(df.index, vals) if x == todo[i])
-                ckeys[todo[i]] = None
-            found.update({ckeys[todo[i]]: arr[i] for i in ok})
+            failed.update({ckeys[mine[i]]: err for i, err in errors.items()})
+            found.update({ckeys[mine[i]]: arr[i] for i in ok})
+        others = [ckeys[v] for v in todo if v not in set(mine)]
+        if others:  # the other ranks' share: wait for it to appear in the shared cache
+            got, errs = cache.wait_for(others, rank, world)
+            found.update(got)
+            failed.update(errs)
+        for v in missing:
+            if ckeys[v] in failed:
+                problems.extend(Problem(int(r), col, failed[ckeys[v]]) for r, x in zip(df.index, vals) if x == v)
+                ckeys[v] = None
         dim = next(iter(found.values())).shape if found else (enc.out_dim,)
         out = _row_array((len(df), *dim), np.float16 if as_tokens else np.float32, cache_dir)
         present = np.zeros(len(df), bool)
