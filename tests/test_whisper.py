@@ -11,13 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED  # honours POLYMODAL_SHARED_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from polymodal.tasks.speech import normalize_words, wer_breakdown, word_error_rate
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 
 # --------------------------------------------------------------------------- word error rate
 
