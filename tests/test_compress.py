@@ -305,3 +305,149 @@ def test_int8_options_reject_bad_values(trained, tmp_path):
         quantize_onnx(fp, tmp_path / "q.onnx", calib, Int8Options(convs="auto"))
     with pytest.raises(PolymodalError, match="calibration rows"):
         quantize_onnx(fp, tmp_path / "q.onnx", [], Int8Options(convs="none"))
+
+
+# --- channel pruning of the CNN image encoders (inverted-residual blocks) ------------------------------
+
+@pytest.fixture(scope="module")
+def trained_cnn(tmp_path_factory):
+    """mobilenet_v2 (frozen, ImageNet weights) at 32 px + tabular, on generated red/blue images."""
+    from conftest import color_table
+
+    root = tmp_path_factory.mktemp("compress_cnn")
+    color_table(root, n=48)
+    p = MultimodalPredictor(label="label", path=root / "run", encoders={"image": "mobilenet_v2"},
+                            encoder_opts={"image": {"image_size": 32}}, verbose=False, **FAST)
+    p.fit(root / "train.csv")
+    return p, root
+
+
+def _block_shapes(b):
+    return (b.expand.out_channels, b.expand.weight.shape[0], b.bn0.num_features, b.bn0.running_mean.shape[0],
+            b.depthwise.out_channels, b.depthwise.in_channels, b.depthwise.groups, b.depthwise.weight.shape[0],
+            b.bn1.num_features, b.bn1.weight.shape[0], b.project.in_channels, b.project.weight.shape[1])
+
+
+@pytest.mark.parametrize("zero", ["gamma", "project"])
+def test_cnn_block_pruning_removes_zero_importance_channels_exactly(zero):
+    """MobileNetV2 block features.2 (96 hidden): 24 channels given zero importance by hand (bn1 gamma = 0,
+    which leaves the constant relu6(beta) that pruning folds into bn2; or a zero project column), then
+    pruned by 25 %: exactly those go, and the block's output is the unpruned reference's."""
+    from polymodal.encoders.image import MobileNetV2Encoder
+
+    torch.manual_seed(0)
+    enc = MobileNetV2Encoder(image_size=32).eval()
+    block = enc.features[2]
+    b = next(b for b in P.inverted_blocks(enc) if b.where == "features.2")
+    gone = torch.randperm(96)[:24]
+    with torch.no_grad():
+        if zero == "gamma":
+            b.bn1.weight[gone] = 0
+            b.bn1.bias[gone] = torch.linspace(-1, 8, 24)  # below 0, inside [0, 6] and clipped at 6
+        else:
+            b.project.weight[:, gone] = 0
+        x = torch.randn(3, 16, 16, 16)
+        reference = block(x)
+        keep = P.prune_block(b, 0.25)
+        assert sorted(set(range(96)) - set(keep.tolist())) == sorted(gone.tolist())
+        assert set(_block_shapes(b)) == {72}
+        assert b.project.out_channels == 24 and b.bn2.num_features == 24
+        torch.testing.assert_close(block(x), reference, atol=1e-5, rtol=0)
+        # the whole encoder still runs, at its output size
+        assert enc(torch.randn(2, 3, 32, 32)).shape == (2, 1280)
+
+
+def test_cnn_pruning_halves_every_expanded_block_of_both_cnns():
+    from polymodal.encoders.image import EfficientNetLite0, MobileNetV2Encoder
+
+    for enc, n_blocks in ((MobileNetV2Encoder(image_size=32), 16), (EfficientNetLite0(image_size=32), 15)):
+        enc.freeze()
+        x = torch.randn(2, 3, 32, 32)
+        before = {b.where: b.hidden for b in P.inverted_blocks(enc)}
+        params = P.count_params(enc)
+        old_id = enc.cache_id
+        sizes = P.prune_cnn_channels(enc, 0.5)
+        assert len(sizes) == n_blocks and sizes == {w: (h, h - round(0.5 * h)) for w, h in before.items()}
+        for b in P.inverted_blocks(enc):
+            assert set(_block_shapes(b)) == {sizes[b.where][1]}
+            assert not any(p.requires_grad for p in (b.expand.weight, b.depthwise.weight, b.bn1.weight))
+        assert P.count_params(enc) < 0.8 * params
+        with torch.no_grad():
+            assert enc(x).shape == (2, 1280) and torch.isfinite(enc(x)).all()
+        # (b) a new feature-cache key that says how it was pruned
+        assert enc.cache_id != old_id and enc.cache_id.startswith(old_id + ":pruned-0.5-")
+
+
+def test_cnn_cache_id_depends_on_the_kept_channels():
+    from polymodal.encoders.image import MobileNetV2Encoder
+
+    a, b, c = (MobileNetV2Encoder(image_size=32) for _ in range(3))
+    with torch.no_grad():
+        c.features[2].conv[1][1].weight[:48] = 0  # other channels are the least important
+    P.prune_cnn_channels(a, 0.5)
+    P.prune_cnn_channels(b, 0.5)
+    P.prune_cnn_channels(c, 0.5)
+    assert a.cache_id == b.cache_id != c.cache_id
+
+
+def test_pruned_cnn_folder_reloads_identically_and_exports(trained_cnn, tmp_path):
+    from polymodal.compress.artifacts import save_float
+
+    p, root = trained_cnn
+    df = read_table(root / "train.csv")
+    res = prune_predictor(p, root / "train.csv", root / "train.csv", amount=0.5, encoders=True, epochs=2,
+                          log=lambda m: None)
+    q = res.predictor
+    enc = q.model.encoders["image"]
+    assert res.sizes["encoders.image.features.2"] == (96, 48) and enc.features[2].conv[1][0].groups == 48
+    assert enc.frozen and not any(w.requires_grad for w in enc.parameters())  # stays frozen
+    assert ":pruned-0.5-" in enc.cache_id and ":pruned-" not in p.model.encoders["image"].cache_id
+    assert res.params_after < 0.8 * res.params_before
+    assert (q.predict(df) == df["label"]).mean() >= 0.8  # the head retrained on the pruned CNN's features
+    save_float(q, tmp_path / "pr", {"steps": [{"step": "prune"}]})
+    r = load_compressed(tmp_path / "pr")
+    assert r.model.encoders["image"].cache_id == enc.cache_id
+    assert P.count_params(r.model) == res.params_after < P.count_params(p.model)
+    np.testing.assert_allclose(_probs(r, df), _probs(q, df), atol=1e-5)
+    rep = export_predictor(r, tmp_path / "m.onnx", df)
+    assert rep.max_abs_diff_random < 1e-4 and rep.max_abs_diff_real < 1e-4, str(rep)
+
+
+def test_compress_run_prunes_cnn_with_prune_encoders(trained_cnn, tmp_path):
+    p, root = trained_cnn
+    compress_run(root / "run", tmp_path / "c", train=root / "train.csv", prune=0.5, prune_encoders=True,
+                 epochs=1, report=False, log=lambda m: None)
+    step = json.loads((tmp_path / "c" / "compression.json").read_text())["steps"][0]
+    assert step["layers"]["encoders.image.features.2"] == [96, 48]
+    r = load_compressed(tmp_path / "c")
+    assert r.model.encoders["image"].features[2].conv[0][0].out_channels == 48
+    assert P.count_params(r.model) == step["params_after"] < step["params_before"]
+
+
+def test_calibrated_cnn_pruning_keeps_features_closer_to_the_original(tmp_path):
+    """Channels chosen and project convs refitted on calibration images: on other images the pruned CNN's
+    features stay much closer to the unpruned CNN's than with the weight-only importance score."""
+    import copy
+
+    from conftest import color_table
+    from PIL import Image
+
+    from polymodal.encoders.image import MobileNetV2Encoder
+
+    color_table(tmp_path, n=32)
+    enc = MobileNetV2Encoder(image_size=32).freeze()
+    mean, std = torch.tensor(enc.mean)[:, None, None], torch.tensor(enc.std)[:, None, None]
+    x = torch.stack([(torch.from_numpy(np.asarray(Image.open(tmp_path / "imgs" / f"{i}.png").convert("RGB")
+                                                  .resize((32, 32)), dtype=np.float32)).permute(2, 0, 1) / 255
+                      - mean) / std for i in range(32)])
+    calib, held = x[:16], x[16:]
+    plain, fitted = copy.deepcopy(enc), copy.deepcopy(enc)
+    P.prune_cnn_channels(plain, 0.5)
+    sizes = P.prune_cnn_channels(fitted, 0.5, {"": calib})
+    assert sizes == {b.where: (h, h // 2) for b, h in ((b, b.hidden * 2) for b in P.inverted_blocks(fitted))}
+    with torch.no_grad():
+        ref = enc(held)
+        cos_plain = nn.functional.cosine_similarity(plain(held), ref).mean()
+        cos_fitted = nn.functional.cosine_similarity(fitted(held), ref).mean()
+    assert cos_fitted > 0.8 and cos_fitted > cos_plain + 0.2, (cos_fitted, cos_plain)
+    assert fitted.cache_id != plain.cache_id  # the refitted weights are part of the cache key

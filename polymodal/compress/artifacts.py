@@ -101,6 +101,11 @@ def _float_skeleton(path: Path, shapes: dict[str, list[int]] | None = None):
     for key, enc in p.model.encoders.items():
         if hasattr(enc, "freeze") and key != TABULAR:
             enc.freeze()
+        # A pruned encoder was saved under a suffixed cache_id (e.g. ":pruned-0.5-<hash>"); the rebuilt one has
+        # the base id, under which a feature cache holds the unpruned encoder's features: take the saved one.
+        saved = config_json.get("inputs", {}).get(key, {}).get("cache_id", "")
+        if hasattr(enc, "cache_id") and saved.startswith(f"{enc.cache_id}:"):
+            enc.cache_id = saved
     p.model_id = config_json.get("model_id")
     mpath = path / artifacts.METRICS
     p.metrics = json.loads(mpath.read_text()) if mpath.exists() else {}

@@ -46,9 +46,12 @@ class PruneResult:
 
 
 def prune_predictor(predictor, train, valid=None, amount: float = 0.5, mode: str = "structured",
-                    encoders: bool = False, epochs: int = 5, lr: float = 5e-4, log=print) -> PruneResult:
+                    encoders: bool = False, epochs: int = 5, lr: float = 5e-4, log=print,
+                    cnn_calibration_rows: int = 128) -> PruneResult:
     """Prune, fine-tune on `train` with the masks in place (best `valid` epoch kept), then make it permanent;
-    structured pruning then physically removes the pruned neurons."""
+    structured pruning then physically removes the pruned neurons. Structured with `encoders` also removes
+    the `amount` fraction of hidden channels of each inverted-residual block of MobileNetV2 /
+    EfficientNet-Lite image encoders (`prune.prune_cnn_channels`), before fine-tuning."""
     if not 0 < amount < 1:
         raise PolymodalError(f"--prune must be between 0 and 1 (a fraction), got {amount}")
     if mode not in ("structured", "unstructured"):
@@ -57,9 +60,21 @@ def prune_predictor(predictor, train, valid=None, amount: float = 0.5, mode: str
     model = p.model
     before = P.count_params(model)
     pairs = P.linear_pairs(model, encoders)
+    train_df = clean_table(as_table(train), p.prep)
+    valid_df = clean_table(as_table(valid), p.prep) if valid is not None else None
+    cnn_sizes: dict = {}
     if mode == "structured":
-        if not pairs:
-            raise PolymodalError("structured pruning found no Linear → activation → Linear pair to shrink")
+        if encoders:
+            # CNN channels are removed for real before fine-tuning (no masks), each block refitted to the
+            # unpruned CNN on `cnn_calibration_rows` training images; the fusion/head then retrain on the
+            # smaller CNN's features, re-cached under its new cache_id when it is frozen (it stays frozen).
+            images = _cnn_calibration_images(p, train_df, cnn_calibration_rows)
+            if images:
+                log(f"  pruning CNN channels of {', '.join(images)} (refitted on {cnn_calibration_rows} rows)")
+            cnn_sizes = P.prune_cnn_channels(model, amount, images)
+        if not pairs and not cnn_sizes:
+            raise PolymodalError("structured pruning found no Linear → activation → Linear pair to shrink"
+                                 + ("" if encoders else " (--prune-encoders also prunes CNN image encoders)"))
         P.structured_masks(pairs, amount)
     else:
         layers = P.unstructured_masks(model, amount, encoders)
@@ -70,8 +85,6 @@ def prune_predictor(predictor, train, valid=None, amount: float = 0.5, mode: str
         if any(n.endswith("_mask") for n, _ in enc.named_buffers()) and hasattr(enc, "cache_id"):
             enc.cache_id = f"{enc.cache_id}:pruned-{mode}-{amount}-{getattr(predictor, 'model_id', '')}"
     masked = P.masked_positions(model)
-    train_df = clean_table(as_table(train), p.prep)
-    valid_df = clean_table(as_table(valid), p.prep) if valid is not None else None
     history = train_loop(model, p.task, p.prep, p.config, train_df, valid_df, task_loss(p.task), epochs, lr,
                          log=log)
     P.make_permanent(model)
@@ -80,12 +93,22 @@ def prune_predictor(predictor, train, valid=None, amount: float = 0.5, mode: str
         w = model.get_parameter(name)
         zeros += int((w == 0).sum())
         total += w.numel()
-    sizes = P.shrink(pairs) if mode == "structured" else {}
+    sizes = {**cnn_sizes, **P.shrink(pairs)} if mode == "structured" else {}
     p.model = model.eval()
     if valid_df is not None:
         p.metrics = {"valid": score(p.model, p.task, p.prep, p.config, valid_df,
                                     cached_features(p.model, p.prep, p.config, valid_df, log))}
     return PruneResult(p, masked, sizes, zeros / max(total, 1), before, P.count_params(p.model), history)
+
+
+def _cnn_calibration_images(predictor, df: pd.DataFrame, rows: int, seed: int = 0) -> dict:
+    """{image key: normalised images of up to `rows` random rows} for encoders with inverted-residual blocks."""
+    keys = [k for k, enc in predictor.model.encoders.items()
+            if predictor.prep.inputs[k].modality == "image" and P.inverted_blocks(enc)]
+    if not keys or rows < 1:
+        return {}
+    batch = table_batch(predictor.prep, df.sample(min(rows, len(df)), random_state=seed))
+    return {k: batch["inputs"][k][batch["present"][k]] for k in keys if batch["present"][k].any()}
 
 
 def distill_predictor(teacher, train, valid=None, student: str = "fast", overrides: dict | None = None,
