@@ -76,7 +76,7 @@ class MultimodalPredictor:
         With `resume=True` (and the same data and settings), continue an interrupted run in `path` from its
         last checkpoint; the result equals an uninterrupted run with the same seed.
         """
-        self.config = dataclasses.replace(self.config, **overrides)
+        self.config = replace_config(self.config, overrides, "a classifier or regressor")
         if self.config.stream:  # shard files read chunk by chunk (training.fit.fit_stream), never whole
             if any(isinstance(d, pd.DataFrame) for d in (train_data, valid_data)):
                 raise PolymodalError("stream=True reads Parquet or WebDataset shard files; a DataFrame is already in "
@@ -232,6 +232,17 @@ def _table_ref(data) -> str | list[str] | None:
     if isinstance(data, (list, tuple)):
         return [str(Path(v).resolve()) for v in data]
     return None
+
+
+def replace_config(config, overrides: dict, what: str):
+    """`config` with `overrides` (fit(**overrides)); a name the config does not have is a clear error, not a
+    TypeError from dataclasses.replace (a typo, or a setting such as stream that this kind of run lacks)."""
+    names = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(k for k in overrides if k not in names)
+    if unknown:
+        raise PolymodalError(f"{', '.join(unknown)}: not a setting of {what}; its settings are "
+                             f"{', '.join(sorted(names))}")
+    return dataclasses.replace(config, **overrides)
 
 
 def fit_summary(res) -> dict:

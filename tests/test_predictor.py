@@ -123,3 +123,14 @@ def test_text_run_loads_without_pretrained_weights(tmp_path, monkeypatch):
     np.testing.assert_allclose(p.predict_proba(df, as_pandas=False), q.predict_proba(df, as_pandas=False),
                                atol=1e-6)
     assert p.metrics["valid"]["accuracy"] >= 0.9
+
+
+def test_unknown_fit_setting_is_a_clear_error(tmp_path):
+    from polymodal.errors import PolymodalError
+
+    p = MultimodalPredictor(label="y", verbose=False)
+    with pytest.raises(PolymodalError, match="epochz: not a setting of a classifier or regressor"):
+        p.fit(tmp_path / "never-read.csv", epochz=3)
+    g = MultimodalPredictor(label="caption", task="caption", verbose=False)
+    with pytest.raises(PolymodalError, match="stream: not a setting of task 'caption'"):
+        g.fit(tmp_path / "never-read.csv", stream=True)

@@ -36,7 +36,8 @@ def compress(
                                                     "'_blocks\\.0/'"),
     per_channel: bool = typer.Option(True, help="per-channel weight scales (else one per tensor)"),
     calibration: str = typer.Option("minmax", help="activation ranges: minmax | entropy | percentile"),
-    calibration_rows: int = typer.Option(128, help="rows used to calibrate activation ranges"),
+    calibration_rows: int = typer.Option(128, help="training rows that calibrate int8 activation ranges and, with "
+                                                   "--prune-encoders, the pruned CNN blocks' refit"),
     min_agreement: float = typer.Option(0.99, help="--int8-convs auto: least share of validation rows whose "
                                                    "prediction stays the float model's"),
     reduce_range: bool = typer.Option(False, help="7-bit weights (CPUs without VNNI)"),

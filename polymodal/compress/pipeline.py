@@ -191,6 +191,7 @@ def compress_run(run: str | Path, out: str | Path, train=None, valid=None, quant
 
     `int8`: `quantize.Int8Options` for the onnx back end (None: the defaults). Its sensitivity sweep
     (convs="auto") measures agreement on `valid` rows, or on `train` rows when no `valid` is given.
+    `calibration_rows`: training rows for the int8 activation ranges and the pruned CNN blocks' refit.
     """
     from polymodal import MultimodalPredictor
     from polymodal.compress.quantize import Int8Options
@@ -222,7 +223,8 @@ def compress_run(run: str | Path, out: str | Path, train=None, valid=None, quant
                       "encoders": current.config.encoders, "encoder_opts": current.config.encoder_opts})
     if prune:
         log(f"pruning {prune:.0%} ({prune_mode}) and fine-tuning")
-        res = prune_predictor(current, train, valid, prune, prune_mode, prune_encoders, epochs or 5, log=log)
+        res = prune_predictor(current, train, valid, prune, prune_mode, prune_encoders, epochs or 5, log=log,
+                              cnn_calibration_rows=calibration_rows)
         current, history = res.predictor, res.history
         steps.append({"step": "prune", "amount": prune, "mode": prune_mode, "encoders": prune_encoders,
                       "params_before": res.params_before, "params_after": res.params_after,

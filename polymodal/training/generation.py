@@ -429,7 +429,9 @@ class GenerationPredictor(MultimodalPredictor):
 
     def fit(self, train_data, valid_data=None, test_data=None, resume: bool = False,
             **overrides) -> GenerationPredictor:
-        self.config = dataclasses.replace(self.config, **overrides)
+        from polymodal.predictor import replace_config
+
+        self.config = replace_config(self.config, overrides, f"task {self.config.task!r} (a text generator)")
         train = as_table(train_data)
         valid = as_table(valid_data) if valid_data is not None else None
         if resume and not self.path:
