@@ -221,19 +221,55 @@ def evaluate(run: Path = typer.Argument(..., help="run folder"),
 
 @app.command()
 @user_errors
-def predict(run: Path = typer.Argument(..., help="run folder"),
-            data: Path = typer.Argument(..., help="table to predict"),
+def predict(run: Path = typer.Argument(..., help="run folder (or a compressed one)"),
+            data: str = typer.Argument(..., help="table to predict; with --stream, Parquet/WebDataset shards "
+                                                 "(file, folder, glob or {000..009} pattern)"),
             out: Path = typer.Option(..., "--out", "-o", help="CSV to write"),
-            proba: bool = typer.Option(True, help="add one probability column per class")) -> None:
+            proba: bool = typer.Option(True, help="add one probability column per class"),
+            stream: bool = typer.Option(False, "--stream", help="read DATA chunk by chunk and append each chunk's "
+                                                              "predictions (tables past RAM)"),
+            chunk_rows: int = typer.Option(10_000, help="rows per chunk with --stream")) -> None:
     """Write predictions (and class probabilities) for every row of a table."""
-    import pandas as pd
-
     from polymodal import MultimodalPredictor
     from polymodal.data.readers import read_table
     from polymodal.training.artifacts import atomic_write_text
 
     p = MultimodalPredictor.load(run)
-    df = read_table(data)
+    if not stream:
+        result = _prediction_frame(p, read_table(data), proba)
+        atomic_write_text(out, result.to_csv(index=False))
+        console.print(f"wrote {len(result)} predictions to {out}")
+        return
+    import os
+    import tempfile
+
+    from polymodal.data.streaming import ShardReader, media_dir
+
+    reader = ShardReader(data, chunk_rows, media_dir(getattr(p.config, "cache_dir", None)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # appended chunk by chunk to a temporary file beside `out`, moved into place only when every chunk is done:
+    # a failure part-way (a bad row in shard 7) leaves any earlier `out` as it was
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".csv.tmp")
+    rows = 0
+    try:
+        with os.fdopen(fd, "w") as f:
+            for chunk in reader.chunks():
+                if len(chunk):
+                    frame = _prediction_frame(p, chunk, proba).assign(shard=Path(chunk.attrs["source"]).name,
+                                                                      shard_row=chunk.index)
+                    frame.to_csv(f, index=False, header=rows == 0)
+                    rows += len(frame)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    console.print(f"wrote {rows} predictions from {len(reader.files)} {reader.kind} shard(s) to {out}")
+
+
+def _prediction_frame(p, df, proba: bool):
+    """`df` with predicted_<label> (and proba_<class>) columns added."""
+    import pandas as pd
+
     pred = p.predict(df)
     result = df.copy()
     for name, values in (pred.items() if isinstance(pred, pd.DataFrame) else [(p.config.label, pred)]):
@@ -243,8 +279,7 @@ def predict(run: Path = typer.Argument(..., help="run folder"),
         for c in probs.columns:
             if c not in p.config.labels:  # regression labels' "probabilities" are the predictions above
                 result[f"proba_{c}"] = probs[c].round(6)
-    atomic_write_text(out, result.to_csv(index=False))
-    console.print(f"wrote {len(result)} predictions to {out}")
+    return result
 
 
 @app.command()

@@ -134,3 +134,32 @@ def test_unknown_fit_setting_is_a_clear_error(tmp_path):
     g = MultimodalPredictor(label="caption", task="caption", verbose=False)
     with pytest.raises(PolymodalError, match="stream: not a setting of task 'caption'"):
         g.fit(tmp_path / "never-read.csv", stream=True)
+
+
+def test_cli_predict_streams_parquet_shards_like_the_whole_table(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from polymodal.cli import app
+
+    p, root = trained
+    df = read_table(root / "train.csv")
+    for i, part in enumerate(np.array_split(np.arange(len(df)), 3)):  # beside train.csv: same relative paths
+        df.iloc[part].to_parquet(root / f"part-{i}.parquet", index=False)
+    r = CliRunner().invoke(app, ["predict", str(root / "run"), str(root / "part-*.parquet"), "--stream",
+                                 "--chunk-rows", "7", "--out", str(tmp_path / "s.csv")])
+    assert r.exit_code == 0, r.output
+    got = pd.read_csv(tmp_path / "s.csv")
+    assert len(got) == len(df) and got["shard"].nunique() == 3
+    assert (got["predicted_label"].to_numpy() == p.predict(df).to_numpy()).all()
+    np.testing.assert_allclose(got[["proba_blue", "proba_red"]].to_numpy(),
+                               p.predict_proba(df)[["blue", "red"]].to_numpy(), atol=1e-5)
+    # a bad row in the last shard: a clear error naming it, and the earlier output file is left as it was
+    bad = df.iloc[-5:].copy()
+    bad.loc[bad.index[2], "image"] = "imgs/missing.png"
+    bad.to_parquet(root / "part-2.parquet", index=False)
+    before = (tmp_path / "s.csv").read_bytes()
+    r = CliRunner().invoke(app, ["predict", str(root / "run"), str(root / "part-*.parquet"), "--stream",
+                                 "--out", str(tmp_path / "s.csv")])
+    assert r.exit_code != 0 and "part-2.parquet" in r.output and "image" in r.output, r.output
+    assert (tmp_path / "s.csv").read_bytes() == before
+    assert not list(tmp_path.glob("*.tmp"))
