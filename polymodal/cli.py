@@ -232,7 +232,7 @@ def predict(run: Path = typer.Argument(..., help="run folder (or a compressed on
     """Write predictions (and class probabilities) for every row of a table."""
     from polymodal import MultimodalPredictor
     from polymodal.data.readers import read_table
-    from polymodal.training.artifacts import atomic_write_text
+    from polymodal.training.artifacts import atomic_open, atomic_write_text
 
     p = MultimodalPredictor.load(run)
     if not stream:
@@ -240,29 +240,19 @@ def predict(run: Path = typer.Argument(..., help="run folder (or a compressed on
         atomic_write_text(out, result.to_csv(index=False))
         console.print(f"wrote {len(result)} predictions to {out}")
         return
-    import os
-    import tempfile
-
     from polymodal.data.streaming import ShardReader, media_dir
 
     reader = ShardReader(data, chunk_rows, media_dir(getattr(p.config, "cache_dir", None)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # appended chunk by chunk to a temporary file beside `out`, moved into place only when every chunk is done:
-    # a failure part-way (a bad row in shard 7) leaves any earlier `out` as it was
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".csv.tmp")
     rows = 0
-    try:
-        with os.fdopen(fd, "w") as f:
-            for chunk in reader.chunks():
-                if len(chunk):
-                    frame = _prediction_frame(p, chunk, proba).assign(shard=Path(chunk.attrs["source"]).name,
-                                                                      shard_row=chunk.index)
-                    frame.to_csv(f, index=False, header=rows == 0)
-                    rows += len(frame)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # appended chunk by chunk, moved into place only when every chunk is done: a failure part-way (a bad row
+    # in shard 7) leaves any earlier `out` as it was
+    with atomic_open(out) as f:
+        for chunk in reader.chunks():
+            if len(chunk):
+                frame = _prediction_frame(p, chunk, proba).assign(shard=Path(chunk.attrs["source"]).name,
+                                                                  shard_row=chunk.index)
+                frame.to_csv(f, index=False, header=rows == 0)
+                rows += len(frame)
     console.print(f"wrote {rows} predictions from {len(reader.files)} {reader.kind} shard(s) to {out}")
 
 

@@ -32,7 +32,6 @@ from polymodal.training.fit import (
     frozen_keys,
     predict_probs,
 )
-from polymodal.training.metrics import confusion_matrix
 from polymodal.types import TABULAR
 
 
@@ -148,11 +147,9 @@ class MultimodalPredictor:
         probs, target = predict_probs(self.model, self.task, self.prep, df, self.config, feats)
         metrics = self.task.metrics(probs, target)
         metrics["rows"] = len(df)
-        if plots_dir and self.task.problem_type in ("binary", "multiclass"):
-            from polymodal.training.plots import plot_confusion
+        from polymodal.training.plots import evaluation_plots
 
-            plot_confusion(confusion_matrix(probs, target), self.prep.classes,
-                           Path(plots_dir) / "confusion_matrix.png")
+        evaluation_plots(self.task, self.prep.classes, probs, target, plots_dir)
         return metrics
 
     # ---- persistence ---------------------------------------------------------------------------------

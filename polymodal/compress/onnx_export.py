@@ -345,11 +345,9 @@ class OnnxPredictor:
         df = as_table(data)
         probs = self.predict_proba(df, as_pandas=False)
         target = self.prep.encode_target(df)
-        if plots_dir and self.task.problem_type in ("binary", "multiclass"):
-            from polymodal.training.metrics import confusion_matrix
-            from polymodal.training.plots import plot_confusion
+        from polymodal.training.plots import evaluation_plots
 
-            plot_confusion(confusion_matrix(probs, target), self.prep.classes, Path(plots_dir) / "confusion_matrix.png")
+        evaluation_plots(self.task, self.prep.classes, probs, target, plots_dir)
         return {**self.task.metrics(probs, target), "rows": len(df)}
 
     def forward_batch(self, batch: dict) -> torch.Tensor:

@@ -429,19 +429,3 @@ def _sensitivity_search(q: _Quantizer, groups: dict[str, list[str]], validation:
             hi = mid
     table["int8"] = table["group"].isin(order[:lo])
     return order[:lo], table, cache[lo]
-
-
-def quantize_onnx_static(src: str | Path, dst: str | Path, calibration: Iterable[dict[str, np.ndarray]],
-                         per_channel: bool = True, method: str = "minmax", keep_edge_convs: bool = True) -> Path:
-    """Every conv (but each CNN's first and last unless `keep_edge_convs` is False), the text MatMuls, the
-    embeddings and the fusion/head static int8: the setting before `quantize_onnx`'s sensitivity-guided
-    defaults, kept for comparison."""
-    opts = Int8Options(per_channel=per_channel, calibration=method, convs="all", text="static", gelu_float=False,
-                       dense=True)
-    if not keep_edge_convs:
-        with tempfile.TemporaryDirectory() as tmp:
-            q = _Quantizer(Path(src), list(calibration), opts, tmp)
-            static, _ = q.write(dst, [c for cs in q.parts.convs.values() for c in cs])
-        _copy_metadata(Path(src), Path(dst))
-        return Path(dst)
-    return quantize_onnx(src, dst, calibration, opts).path

@@ -112,6 +112,16 @@ def _check_media(path: str, modality: str, Image, sf) -> str | None:
     return None
 
 
+def unlabeled(df: pd.DataFrame, labels: list[str]) -> list[Problem]:
+    """Rows with no label at all (multi-task: none of them); they cannot train anything."""
+    for lab in labels:
+        if lab not in df.columns:
+            return [Problem(-1, lab, "label column is missing from the table")]
+    msg = "label is missing" if len(labels) == 1 else "every label is missing"
+    return [Problem(int(r), labels[0], msg) for r, *vs in zip(df.index, *(df[lab] for lab in labels))
+            if all(is_missing(v) for v in vs)]
+
+
 def raise_or_drop(df: pd.DataFrame, problems: list[Problem], on_bad_rows: str) -> tuple[pd.DataFrame, list]:
     """With on_bad_rows='error' raise on the first problem (saying how many more); with 'skip' drop the rows."""
     if not problems:

@@ -104,3 +104,11 @@ def is_missing(value: object) -> bool:
         return bool(pd.isna(value)) if not isinstance(value, (list, tuple, dict)) else False
     except (TypeError, ValueError):
         return False
+
+
+def keep_rows(df: pd.DataFrame, mask) -> pd.DataFrame:
+    """The rows of `df` where `mask` is true, keeping its attrs (source file, base folder, stream position),
+    which boolean indexing drops."""
+    out = df[mask]
+    out.attrs.update(df.attrs)
+    return out

@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from polymodal.data.dataset import Problem, TableDataset, _gather_batch, raise_or_drop
+from polymodal.data.dataset import Problem, TableDataset, _gather_batch, raise_or_drop, unlabeled
 from polymodal.data.preprocess import Preprocessor, _natural_key, _split_labels
-from polymodal.data.readers import column_names, is_missing
+from polymodal.data.readers import column_names, is_missing, keep_rows
 from polymodal.data.schema import AUDIO_EXT, IMAGE_EXT, MULTILABEL, MULTITASK, REGRESSION, VIDEO_EXT, Schema
 from polymodal.errors import DataError, PolymodalError
 from polymodal.types import CATEGORICAL, NUMERIC, TABULAR
@@ -324,21 +324,10 @@ def drop_rows(df: pd.DataFrame, problems: list[Problem], on_bad_rows: str,
         raise_or_drop(df, problems, "error")
     bad = {p.row for p in problems}
     keep = np.array([r not in bad for r in df.index], bool)
-    out = df[keep]
-    out.attrs.update(df.attrs)
+    out = keep_rows(df, keep)
     if feats is not None:
         feats = {k: (f[keep], p[keep]) for k, (f, p) in feats.items()}
     return out, feats, _with_file(problems, df)
-
-
-def unlabeled(df: pd.DataFrame, labels: list[str]) -> list[Problem]:
-    """Rows with no label at all (multi-task: none of them); they cannot train anything."""
-    for lab in labels:
-        if lab not in df.columns:
-            return [Problem(-1, lab, "label column is missing from the shard")]
-    msg = "label is missing" if len(labels) == 1 else "every label is missing"
-    return [Problem(int(r), labels[0], msg) for r, *vs in zip(df.index, *(df[lab] for lab in labels))
-            if all(is_missing(v) for v in vs)]
 
 
 def labelled_chunks(reader: ShardReader, schema: Schema, on_bad_rows: str,
@@ -358,12 +347,6 @@ def labelled_chunks(reader: ShardReader, schema: Schema, on_bad_rows: str,
             df.attrs.update(attrs)
         df, _, problems = drop_rows(df, unlabeled(df, schema.labels), on_bad_rows)
         yield df, problems
-
-
-def take(df: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
-    out = df[mask]
-    out.attrs.update(df.attrs)
-    return out
 
 
 # ---- statistics ----------------------------------------------------------------------------------------
@@ -621,5 +604,5 @@ def read_all(reader: ShardReader) -> pd.DataFrame:
 
 
 __all__ = ["ArrayDataset", "RowStore", "ShardProblem", "ShardReader", "StreamStats", "chunk_arrays",
-           "drop_rows", "labelled_chunks", "media_dir", "positions", "read_all", "shard_files", "take",
+           "drop_rows", "labelled_chunks", "media_dir", "positions", "read_all", "shard_files",
            "unlabeled", "valid_mask"]

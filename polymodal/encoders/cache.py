@@ -371,7 +371,7 @@ def precompute_features(df: pd.DataFrame, prep: Preprocessor, encoders: dict[str
             stats["computed"] += len(ok)
             failed.update({ckeys[mine[i]]: err for i, err in errors.items()})
             found.update({ckeys[mine[i]]: arr[i] for i in ok})
-        others = [ckeys[v] for v in todo if v not in set(mine)]
+        others = [ckeys[v] for v in todo if owner(ckeys[v], world) != rank]
         if others:  # the other ranks' share: wait for it to appear in the shared cache
             got, errs = cache.wait_for(others, rank, world)
             found.update(got)

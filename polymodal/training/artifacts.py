@@ -12,7 +12,10 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 import pandas as pd
 import torch
@@ -26,12 +29,25 @@ CONFIG, PREPROCESS, WEIGHTS, METRICS = "config.json", "preprocess.json", "model.
 FIT_STATE = "fit_state.json"  # written when training starts: what `fit --resume` needs to continue
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+@contextmanager
+def atomic_open(path: Path) -> Iterator[TextIO]:
+    """A text file written under a temporary name beside `path` and moved into place when the block ends
+    without error; on error it is removed and any earlier `path` is left as it was."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_open(path) as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 def atomic_write_json(path: Path, obj) -> None:

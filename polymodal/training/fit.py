@@ -20,9 +20,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from polymodal.data.dataset import Collator, Problem, TableDataset, check_rows, raise_or_drop
+from polymodal.data.dataset import Collator, Problem, TableDataset, check_rows, raise_or_drop, unlabeled
 from polymodal.data.preprocess import Preprocessor
-from polymodal.data.readers import is_missing
+from polymodal.data.readers import keep_rows
 from polymodal.data.schema import MULTILABEL, MULTITASK, REGRESSION, Schema, infer_schema
 from polymodal.encoders import build_encoder
 from polymodal.encoders.cache import precompute_features
@@ -308,10 +308,7 @@ def fit(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: FitConfig
     bad: list[Problem] = []
     labels = schema.labels
     # rows with no label at all (multi-task: none of the labels) cannot train anything
-    unlabeled = [Problem(int(r), labels[0], "label is missing" if len(labels) == 1 else "every label is missing")
-                 for r, *vs in zip(train_df.index, *(train_df[lab] for lab in labels))
-                 if all(is_missing(v) for v in vs)]
-    train_df, dropped = raise_or_drop(train_df, unlabeled, config.on_bad_rows)  # before a stratified split
+    train_df, dropped = raise_or_drop(train_df, unlabeled(train_df, labels), config.on_bad_rows)  # before a split
     bad += dropped
     if valid_df is None:
         train_df, valid_df = split_train_valid(train_df, labels[0], schema.problem_types[labels[0]],
@@ -325,7 +322,7 @@ def fit(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: FitConfig
         unseen = ~valid_df[config.label].astype(str).isin(set(prep.classes))
         if unseen.any():
             log(f"  dropped {int(unseen.sum())} validation rows whose label does not occur in training")
-            valid_df = _keep(valid_df, ~unseen)
+            valid_df = keep_rows(valid_df, ~unseen)
             if len(valid_df) == 0:
                 raise DataError("no validation row is left: every validation label is a class the training table "
                                 "does not have", file=valid_df.attrs.get("source"), column=config.label)
@@ -450,8 +447,8 @@ def fit_stream(train, valid, config: FitConfig, run_dir: str | os.PathLike, log:
                     yield reader_name, chunk, problems
                     continue
                 in_valid = st.valid_mask(st.positions(chunk), config.seed, config.valid_fraction)
-                yield "train", st.take(chunk, ~in_valid), problems
-                yield "valid", st.take(chunk, in_valid), []
+                yield "train", keep_rows(chunk, ~in_valid), problems
+                yield "valid", keep_rows(chunk, in_valid), []
 
     acc = st.StreamStats(schema)
     n_valid = 0
@@ -491,7 +488,7 @@ def fit_stream(train, valid, config: FitConfig, run_dir: str | os.PathLike, log:
             if name == "valid" and by_class and len(part):
                 known = part[schema.label].astype(str).isin(set(prep.classes)).to_numpy()
                 unseen += int((~known).sum())
-                part = st.take(part, known)
+                part = keep_rows(part, known)
             part, _, problems = st.drop_rows(part, check_rows(part, prep), config.on_bad_rows)
             bad += problems
             if not len(part):
@@ -525,12 +522,6 @@ def fit_stream(train, valid, config: FitConfig, run_dir: str | os.PathLike, log:
     finally:
         del train_ds, valid_ds
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _keep(df: pd.DataFrame, mask) -> pd.DataFrame:
-    out = df[mask]
-    out.attrs.update(df.attrs)
-    return out
 
 
 @contextmanager

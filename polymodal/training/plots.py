@@ -40,6 +40,15 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = 
     plt.close(fig)
 
 
+def evaluation_plots(task, classes: list[str], probs: np.ndarray, target: np.ndarray,
+                     plots_dir: str | Path | None) -> None:
+    """What `evaluate(plots_dir=...)` draws: the confusion matrix of a binary or multiclass task."""
+    if plots_dir and task.problem_type in ("binary", "multiclass"):
+        from polymodal.training.metrics import confusion_matrix
+
+        plot_confusion(confusion_matrix(probs, target), classes, Path(plots_dir) / "confusion_matrix.png")
+
+
 def plot_curves(history: pd.DataFrame, path: Path, monitor: str) -> None:
     """Train/valid loss and the monitored validation metric per epoch."""
     plt = _plt()
