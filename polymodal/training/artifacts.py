@@ -20,7 +20,7 @@ from typing import TextIO
 import pandas as pd
 import torch
 
-from polymodal import __version__
+from polymodal.version import __version__
 from polymodal.data.preprocess import Preprocessor
 from polymodal.errors import PolymodalError
 from polymodal.types import TABULAR, TEXT
