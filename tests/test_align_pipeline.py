@@ -118,7 +118,7 @@ def test_loaded_model_embeds_like_the_trained_one_and_refuses_a_foreign_index(al
     idx = model.build_index(test, "image")
     idx.save(tmp_path / "g.index")
     from polymodal.retrieval.index import ModelMismatchError
-    from polymodal.retrieval.pipeline import load_searcher
+    from polymodal.retrieval.search import load_searcher
 
     with pytest.raises(ModelMismatchError):
         load_searcher(tmp_path / "g.index", tmp_path / "other")

@@ -125,7 +125,7 @@ def search(
 ) -> None:
     """Top-k gallery items for a text, image or audio query."""
     from polymodal.errors import DataError
-    from polymodal.retrieval.pipeline import load_searcher
+    from polymodal.retrieval.search import load_searcher
 
     query: dict = {"k": k}
     for kind, v in (("image", image), ("audio", audio)):

@@ -611,30 +611,6 @@ def _group_split(df: pd.DataFrame, config: AlignConfig, log: Log = print) -> tup
     return out
 
 
-def load_searcher(index_path: str | os.PathLike, run: str | os.PathLike | None = None):
-    """A serve/CLI searcher over a saved index: vector queries always; text/image/audio queries through the
-    alignment run that built it (``run``, default: the run recorded in the index), whose model id must match."""
-    from polymodal.retrieval.index import VectorIndex
-    from polymodal.serve.search import IndexSearcher
-
-    index = VectorIndex.load(index_path)
-    run = run or index.source.get("run")
-    if not run:
-        return IndexSearcher(index)
-    if not is_alignment_run(run):
-        raise PolymodalError(f"index {index_path} was built by {run}, which is not an alignment run folder "
-                             "(moved? pass --run)")
-    model = AlignedModel.load(run)
-    if model.model_id != index.model_id:
-        from polymodal.retrieval.index import ModelMismatchError
-
-        raise ModelMismatchError(f"index {index_path} was built with model {index.model_id[:12]}…, not "
-                                 f"{model.model_id[:12]}… ({run}): rebuild it with `polymodal index`")
-    side = index.source.get("side")
-    return IndexSearcher(index, embed=lambda q: model.embed_query(q, side),
-                         modalities=tuple(m for m in model.query_modalities() if m != VECTOR))
-
-
 def recall_summary(metrics: dict[str, float]) -> str:
     """One line: R@1/5/10 per direction."""
     parts = []
