@@ -4,21 +4,38 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from polymodal.errors import console, user_errors  # noqa: F401  (re-exported for command modules)
+from polymodal.compress.cli import compress, export
+from polymodal.data.readers import read_table
+from polymodal.data.streaming import ShardReader, media_dir
+from polymodal.data.validate import validate_tables
+from polymodal.demo import run_demo
+from polymodal.encoders.whisper import load_whisper
+from polymodal.errors import DataError, PolymodalError, console, user_errors
+from polymodal.fusion import fusion_names
+from polymodal.predictor import MultimodalPredictor
+from polymodal.retrieval.cli import align, evaluate_alignment, index, search, zero_shot
+from polymodal.runs import ALIGNMENT, load_run, run_kind
+from polymodal.serve.cli import serve
+from polymodal.tasks.speech import transcribe as run_transcribe
+from polymodal.tasks.speech import word_error_rate
+from polymodal.training.artifacts import FIT_STATE, atomic_open, atomic_write_json, atomic_write_text
+from polymodal.training.compare import compare as run_compare
+from polymodal.training.compare import plot_comparison, summarise
+from polymodal.training.config import FitConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Multimodal deep learning on tables of image, text, audio and tabular columns.")
 
 
 def _parse_kv(spec: str | None) -> dict[str, str]:
-    from polymodal.errors import PolymodalError
-
     if not spec:
         return {}
     try:
@@ -122,9 +139,6 @@ def fit(
     chunk_rows: int = typer.Option(10_000, help="rows per chunk with --stream"),
 ) -> None:
     """Train a model on a table and write a self-contained run folder."""
-    from polymodal import MultimodalPredictor
-    from polymodal.errors import PolymodalError
-
     if resume:
         return _resume(resume)
     if train is None or not label or out is None:
@@ -171,10 +185,6 @@ def fit(
 
 
 def _resume(run: Path) -> None:
-    from polymodal import MultimodalPredictor
-    from polymodal.errors import PolymodalError
-    from polymodal.training.artifacts import FIT_STATE
-
     state_path = run / FIT_STATE
     if not state_path.exists():
         raise PolymodalError(f"{run} has no {FIT_STATE}: it is not an interrupted polymodal run")
@@ -199,21 +209,13 @@ def evaluate(run: Path = typer.Argument(..., help="run folder"),
              pair_id: str | None = typer.Option(None, help="alignment runs: column whose equal values are positives")
              ) -> None:
     """Score a trained run on a labelled table (an alignment run: Recall@K, median rank, mAP both ways)."""
-    from polymodal import MultimodalPredictor
-    from polymodal.retrieval.pipeline import is_alignment_run
-
-    if is_alignment_run(run):
-        from polymodal.retrieval.cli import evaluate_alignment
-
+    if run_kind(run) == ALIGNMENT:
         return evaluate_alignment(run, data, out, pair_id)
-
-    p = MultimodalPredictor.load(run)
+    p = load_run(run)
     plots = (out.parent if out else run / "evaluation")
     metrics = p.evaluate(data, plots_dir=plots)
     print_metrics(metrics, f"evaluation of {run} on {data}")
     if out:
-        from polymodal.training.artifacts import atomic_write_json
-
         atomic_write_json(out, metrics)
     else:
         print(json.dumps(metrics))
@@ -230,18 +232,12 @@ def predict(run: Path = typer.Argument(..., help="run folder (or a compressed on
                                                               "predictions (tables past RAM)"),
             chunk_rows: int = typer.Option(10_000, help="rows per chunk with --stream")) -> None:
     """Write predictions (and class probabilities) for every row of a table."""
-    from polymodal import MultimodalPredictor
-    from polymodal.data.readers import read_table
-    from polymodal.training.artifacts import atomic_open, atomic_write_text
-
-    p = MultimodalPredictor.load(run)
+    p = load_run(run)
     if not stream:
         result = _prediction_frame(p, read_table(data), proba)
         atomic_write_text(out, result.to_csv(index=False))
         console.print(f"wrote {len(result)} predictions to {out}")
         return
-    from polymodal.data.streaming import ShardReader, media_dir
-
     reader = ShardReader(data, chunk_rows, media_dir(getattr(p.config, "cache_dir", None)))
     rows = 0
     # appended chunk by chunk, moved into place only when every chunk is done: a failure part-way (a bad row
@@ -258,8 +254,6 @@ def predict(run: Path = typer.Argument(..., help="run folder (or a compressed on
 
 def _prediction_frame(p, df, proba: bool):
     """`df` with predicted_<label> (and proba_<class>) columns added."""
-    import pandas as pd
-
     pred = p.predict(df)
     result = df.copy()
     for name, values in (pred.items() if isinstance(pred, pd.DataFrame) else [(p.config.label, pred)]):
@@ -297,18 +291,9 @@ def compare(
     patience: int = typer.Option(5),
 ) -> None:
     """Train unimodal baselines and every fusion on the same splits and seeds; write a ranked table."""
-    from polymodal.data.readers import read_table
-    from polymodal.fusion import fusion_names
-    from polymodal.training.artifacts import atomic_write_text
-    from polymodal.training.compare import compare as run_compare
-    from polymodal.training.compare import plot_comparison, summarise
-    from polymodal.training.fit import FitConfig
-
     names = fusion_names() if fusions == "all" else [f.strip() for f in fusions.split(",") if f.strip()]
     unknown = set(names) - set(fusion_names())
     if unknown:
-        from polymodal.errors import PolymodalError
-
         raise PolymodalError(f"unknown fusions {sorted(unknown)}; choose from {', '.join(fusion_names())}")
     encoders, encoder_opts = encoder_settings(image_encoder, text_encoder, audio_encoder, video_encoder,
                                               timeseries_encoder, image_size)
@@ -337,9 +322,6 @@ def validate(data: Path = typer.Argument(..., help="table to check (the training
              decode: bool = typer.Option(False, help="fully decode every media file (slower)"),
              out: Path | None = typer.Option(None, help="write the problems as CSV")) -> None:
     """Report every problem in a table (and its other splits) without training. Exit 1 if any."""
-    from polymodal.data.readers import read_table
-    from polymodal.data.validate import validate_tables
-
     tables = {"train": read_table(data)}
     if valid:
         tables["valid"] = read_table(valid)
@@ -350,8 +332,6 @@ def validate(data: Path = typer.Argument(..., help="table to check (the training
         Console().print("columns: " + ", ".join(f"{c}={m}" for c, m in schema["columns"].items())
                         + f"; problem type: {schema['problem_type']}")
     if out:
-        from polymodal.training.artifacts import atomic_write_text
-
         atomic_write_text(out, problems.to_csv(index=False))
     if problems.empty:
         checked = ", ".join(f"{k} ({len(v)} rows)" for k, v in tables.items())
@@ -373,10 +353,6 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="run folder"),
          test_images: int = typer.Option(300, help="easy-vqa test images to use (of 1,000)"),
          epochs: int = typer.Option(15)) -> None:
     """Train and evaluate on easy-vqa (shipped by the `easy-vqa` package): image + question → answer."""
-    import time
-
-    from polymodal.demo import run_demo
-
     t0 = time.time()
     metrics = run_demo(out, train_images, test_images, epochs)
     print_metrics(metrics, "easy-vqa test")
@@ -392,11 +368,6 @@ def transcribe(audio: list[Path] = typer.Argument(..., help="audio files (wav, f
                                                           help="reference transcript(s): report word error rate")
                ) -> None:
     """Transcribe speech with a PyTorch Whisper (the packaged tiny.en weights, converted from CTranslate2)."""
-    from polymodal.encoders.whisper import load_whisper
-    from polymodal.errors import DataError
-    from polymodal.tasks.speech import transcribe as run_transcribe
-    from polymodal.tasks.speech import word_error_rate
-
     for a in audio:
         if not a.exists():
             raise DataError("audio file not found", file=str(a))
@@ -405,23 +376,14 @@ def transcribe(audio: list[Path] = typer.Argument(..., help="audio files (wav, f
         print(f"{a}\t{t}")
     if reference:
         if len(reference) != len(texts):
-            from polymodal.errors import PolymodalError
-
             raise PolymodalError(f"{len(reference)} references for {len(texts)} audio files")
         console.print(f"word error rate: {word_error_rate(list(reference), texts):.4f}")
 
 
-from polymodal.serve.cli import serve as _serve  # noqa: E402  (registered here; lives with the server)
-
-app.command(name="serve")(_serve)
-
-from polymodal.compress.cli import compress, export  # noqa: E402  (registered here; live with compression)
-
+# commands that live with their stage, registered here
+app.command(name="serve")(serve)
 app.command()(compress)
 app.command()(export)
-
-from polymodal.retrieval.cli import align, index, search, zero_shot  # noqa: E402  (live with retrieval)
-
 app.command()(align)
 app.command()(index)
 app.command()(search)

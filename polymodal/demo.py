@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from polymodal.predictor import MultimodalPredictor
+
 
 def _easy_vqa_split(split: str) -> tuple[list[str], list[str], list[int], list[str]]:
     """(questions, answers, image ids, image paths) of the `easy-vqa` package's train or test split."""
@@ -27,8 +29,6 @@ def easy_vqa_table(split: str, n_images: int | None = None, seed: int = 0) -> pd
 
 
 def run_demo(out: Path, train_images: int = 1200, test_images: int = 300, epochs: int = 15) -> dict:
-    from polymodal import MultimodalPredictor
-
     out = Path(out)
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)

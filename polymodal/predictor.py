@@ -1,12 +1,15 @@
 """MultimodalPredictor: the three-line Python front (fit / evaluate / predict / save / load).
 
-Holds no model logic: it calls `training.fit`, `training.artifacts` and `training.metrics`.
+One class for every model kind the fit pipeline trains — classifiers, regressors and multi-task models
+(`task=None`) and text generators (`task="caption" | "vqa-open"`): the kind picks a recipe of the one fit
+pipeline (training/pipeline.py) and how rows are answered. Holds no model logic itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,25 +17,25 @@ import numpy as np
 import pandas as pd
 import torch
 
+from polymodal.compress.artifacts import is_compressed, rebuild_compressed
+from polymodal.compress.onnx_export import OnnxPredictor
+from polymodal.contracts import Batch, outputs_to_answers
 from polymodal.data.dataset import check_rows, raise_or_drop
 from polymodal.data.readers import as_table
 from polymodal.errors import PolymodalError
-from polymodal.tasks import task_from_prep
+from polymodal.model import move_batch
+from polymodal.tasks.generation import GENERATION_TASKS, DecodeConfig
 from polymodal.training import artifacts
-from polymodal.training.fit import (
-    FitConfig,
-    FitResult,
-    assemble_model,
-    build_encoders,
-    build_tabular_encoder,
-    ensure_usable,
-    features_for,
-    fit,
-    fit_stream,
-    frozen_keys,
-    predict_probs,
-)
-from polymodal.types import TABULAR
+from polymodal.training.build import DECODER_TOKENIZER, GENERATION, TABLE, Rebuilt, frozen_keys, rebuild
+from polymodal.training.config import FitConfig, GenerationConfig, replace_config
+from polymodal.training.fit import TABLE_RECIPE, ensure_usable
+from polymodal.training.generation import GENERATION_RECIPE, generate_texts, score_texts
+from polymodal.training.pipeline import FitResult, features_for, fit_in_memory, predict_outputs, predict_probs
+from polymodal.training.plots import evaluation_plots
+from polymodal.training.report import write_model_card, write_plots
+from polymodal.training.streaming import fit_stream
+
+RECIPES = {TABLE: TABLE_RECIPE, GENERATION: GENERATION_RECIPE}
 
 
 class MultimodalPredictor:
@@ -42,41 +45,51 @@ class MultimodalPredictor:
     >>> p.evaluate(test_df); p.predict(df); p.predict_proba(df); p.save("runs/x")
     >>> MultimodalPredictor.load("runs/x")
 
-    `task="caption"` or `"vqa-open"` returns a text generator with the same interface
-    (`polymodal.training.generation.GenerationPredictor`); the default `None` classifies or regresses.
+    `task="caption"` or `"vqa-open"` trains a text generator with the same interface (`predict` returns
+    text; decoding settings per call, e.g. `predict(df, method="greedy")`); the default `None` classifies or
+    regresses. `kind` says which ("table" or "generation").
     """
 
-    def __new__(cls, *args, task: str | None = None, **kwargs):
-        if cls is MultimodalPredictor and task is not None:
-            from polymodal.tasks.generation import GENERATION_TASKS
-            from polymodal.training.generation import GenerationPredictor
-
+    def __init__(self, label: str | list[str], problem_type: str | dict | None = None,
+                 path: str | os.PathLike | None = None, verbose: bool = True, task: str | None = None,
+                 **config) -> None:
+        if task is None:
+            self.kind = TABLE
+            self.config: FitConfig | GenerationConfig = FitConfig(label=label, problem_type=problem_type, **config)
+        else:
             if task not in GENERATION_TASKS:
                 raise PolymodalError(f"task must be one of {', '.join(GENERATION_TASKS)} (or None to classify or "
                                      f"regress), not {task!r}")
-            return super().__new__(GenerationPredictor)
-        return super().__new__(cls)
-
-    def __init__(self, label: str | list[str], problem_type: str | dict | None = None,
-                 path: str | os.PathLike | None = None,
-                 verbose: bool = True, task: None = None, **config) -> None:
-        self.config = FitConfig(label=label, problem_type=problem_type, **config)
+            if problem_type not in (None, "generation"):
+                raise PolymodalError(f"task {task!r} generates text; problem_type {problem_type!r} does not apply")
+            self.kind = GENERATION
+            self.config = GenerationConfig.from_options(label, task, config)
         self.path = Path(path) if path else None
         self.verbose = verbose
         self._result: FitResult | None = None
         self.model = self.prep = self.task = None
+        self.model_id: str | None = None
         self.metrics: dict = {}
+
+    @classmethod
+    def from_rebuilt(cls, r: Rebuilt, path: str | os.PathLike | None = None) -> MultimodalPredictor:
+        """A predictor over a rebuilt run (training/build.py: rebuild)."""
+        self = cls.__new__(cls)
+        self.kind, self.config, self.prep, self.model, self.task = r.kind, r.config, r.prep, r.model, r.task
+        self.path = Path(path) if path else None
+        self.verbose, self._result, self.model_id, self.metrics = False, None, r.model_id, dict(r.metrics)
+        return self
 
     # ---- training ------------------------------------------------------------------------------------
     def fit(self, train_data, valid_data=None, test_data=None, resume: bool = False,
             **overrides) -> MultimodalPredictor:
-        """Train; `valid_data` defaults to a stratified split of `train_data`; `test_data` is only scored.
-
-        With `resume=True` (and the same data and settings), continue an interrupted run in `path` from its
-        last checkpoint; the result equals an uninterrupted run with the same seed.
-        """
-        self.config = replace_config(self.config, overrides, "a classifier or regressor")
-        if self.config.stream:  # shard files read chunk by chunk (training.fit.fit_stream), never whole
+        """Train; `valid_data` defaults to a split of `train_data` (stratified; by input for generators);
+        `test_data` is only scored. With `resume=True` (and the same data and settings), continue an
+        interrupted run in `path` from its last checkpoint; the result equals an uninterrupted run."""
+        what = "a classifier or regressor" if self.kind == TABLE else f"task {self.config.task!r} (a text generator)"
+        self.config = replace_config(self.config, overrides, what)
+        stream = getattr(self.config, "stream", False)
+        if stream:  # shard files read chunk by chunk (training/streaming.py), never whole
             if any(isinstance(d, pd.DataFrame) for d in (train_data, valid_data)):
                 raise PolymodalError("stream=True reads Parquet or WebDataset shard files; a DataFrame is already in "
                                      "memory: fit it without stream")
@@ -84,22 +97,23 @@ class MultimodalPredictor:
         else:
             train = as_table(train_data)
             valid = as_table(valid_data) if valid_data is not None else None
-        run_dir = self.path or Path(tempfile.mkdtemp(prefix="polymodal-run-"))
         if resume and not self.path:
             raise PolymodalError("resume needs the run folder: MultimodalPredictor(..., path=run_dir)")
+        run_dir = self.path or Path(tempfile.mkdtemp(prefix="polymodal-run-"))
+        state_config = self.config.to_dict() if self.kind == TABLE else {"problem_type": None, **self.config.to_dict()}
         artifacts.atomic_write_json(Path(run_dir) / artifacts.FIT_STATE, {
-            "config": self.config.to_dict(),
+            "config": state_config,
             "tables": {k: _table_ref(v) for k, v in (("train", train_data), ("valid", valid_data),
                                                      ("test", test_data))}})
         try:
-            res = (fit_stream if self.config.stream else fit)(train, valid, self.config, run_dir, log=self._log,
-                                                              resume=resume)
+            if stream:
+                res = fit_stream(train, valid, self.config, run_dir, log=self._log, resume=resume)
+            else:
+                res = fit_in_memory(train, valid, self.config, self.recipe, run_dir, log=self._log, resume=resume)
         finally:
             if not self.path:  # a scratch folder for checkpoints and logs: the weights are in memory now
-                import shutil
-
                 shutil.rmtree(run_dir, ignore_errors=True)
-        self._result = res
+        self._result, self.config = res, res.config
         self.model, self.prep, self.task = res.model, res.prep, res.task
         self.metrics = fit_summary(res)
         if test_data is not None:
@@ -108,30 +122,42 @@ class MultimodalPredictor:
             self.save(self.path)
         return self
 
+    @property
+    def recipe(self):
+        return RECIPES[self.kind]
+
     # ---- inference -----------------------------------------------------------------------------------
     def _prepare(self, data, with_target: bool):
-        self._require_model()
+        self.require_model()
         df = as_table(data)
         ensure_usable(df, self.prep)
         df, problems = raise_or_drop(df, check_rows(df, self.prep, with_target), "error")
         keys = frozen_keys(self.model, self.prep, self.config) if len(df) > 64 else []
-        device = next(self.model.parameters()).device
-        df, feats, _, _ = features_for(df, self.prep, self.model, keys, self.config, device, self._log, "error")
+        df, feats, _, _ = features_for(df, self.prep, self.model, keys, self.config, self.device, self._log, "error")
         return df, feats
 
     def predict_proba(self, data, as_pandas: bool = True) -> pd.DataFrame | np.ndarray:
         """Class probabilities (columns = classes), or predicted values for regression.
 
         Multi-task: one block per label, columns "label:class" (and "label" for a regression label)."""
+        if self.kind == GENERATION:
+            raise PolymodalError(f"a {self.config.task} model generates text and has no class probabilities: use "
+                                 "predict (and evaluate for its scores)")
         df, feats = self._prepare(data, with_target=False)
         probs, _ = predict_probs(self.model, self.task, self.prep, df, self.config, feats, with_target=False)
         if not as_pandas:
             return probs
-        return pd.DataFrame(probs.reshape(len(df), -1), columns=probability_columns(self.task, self.config),
+        return pd.DataFrame(probs.reshape(len(df), -1), columns=self.task.output_columns(self.config.label),
                             index=df.index)
 
-    def predict(self, data, as_pandas: bool = True) -> pd.Series | pd.DataFrame | np.ndarray:
-        """Predicted labels (a Series; multi-task: a DataFrame with one column per label)."""
+    def predict(self, data, as_pandas: bool = True, **decode) -> pd.Series | pd.DataFrame | np.ndarray:
+        """Predicted labels (a Series; multi-task: a DataFrame with one column per label); generators: the
+        generated text, keyword arguments overriding the run's decoding settings (DecodeConfig)."""
+        if self.kind == GENERATION:
+            df, texts = self._generate(data, decode, with_target=False)
+            return pd.Series(texts, index=df.index, name=self.config.label) if as_pandas else np.asarray(texts)
+        if decode:
+            raise PolymodalError(f"{', '.join(decode)}: decoding settings apply to text generators only")
         probs = self.predict_proba(data, as_pandas=False)
         values = self.task.labels(probs)
         index = as_table(data).index if as_pandas else None
@@ -140,75 +166,75 @@ class MultimodalPredictor:
             return frame if as_pandas else frame.to_numpy()
         return pd.Series(values, name=self.config.label, index=index) if as_pandas else np.asarray(values)
 
-    def evaluate(self, data, plots_dir: str | os.PathLike | None = None) -> dict[str, float]:
-        """All metrics for a labelled table (multi-task: "label/metric" per label plus their mean "score");
-        with `plots_dir`, also a confusion-matrix PNG."""
+    def evaluate(self, data, plots_dir: str | os.PathLike | None = None, **decode) -> dict[str, float]:
+        """All metrics for a labelled table (multi-task: "label/metric" per label plus their mean "score";
+        generators: BLEU, ROUGE-L, CIDEr-D, exact match); with `plots_dir`, also a confusion-matrix PNG."""
+        if self.kind == GENERATION:
+            df, texts = self._generate(data, decode, with_target=True)
+            return {**score_texts(texts, df, self.prep, self.config), "rows": len(df)}
         df, feats = self._prepare(data, with_target=True)
         probs, target = predict_probs(self.model, self.task, self.prep, df, self.config, feats)
         metrics = self.task.metrics(probs, target)
         metrics["rows"] = len(df)
-        from polymodal.training.plots import evaluation_plots
-
         evaluation_plots(self.task, self.prep.classes, probs, target, plots_dir)
         return metrics
 
+    def _generate(self, data, decode: dict, with_target: bool) -> tuple[pd.DataFrame, list[str]]:
+        settings = self.decode_config(decode)
+        df, feats = self._prepare(data, with_target=with_target)
+        return df, generate_texts(self.model, self.task.vocab, self.prep, df, self.config, feats, settings)
+
+    def decode_config(self, settings: dict | None = None) -> DecodeConfig:
+        """The run's decoding settings with `settings` on top (generators)."""
+        return DecodeConfig.from_dict({**self.config.decode, **(settings or {})})
+
+    def answer_batch(self, batch: Batch) -> list[dict]:
+        """Per-row answers {"prediction", "probabilities"} for a collated batch (what the server batches),
+        through the same inference loop as predict."""
+        self.require_model()
+        if self.kind == GENERATION:
+            vocab, decode = self.task.vocab, self.decode_config()
+            step = (lambda m, b: m.generate(b, vocab, decode))
+        else:
+            step = (lambda m, b: m(b))
+        rows = len(next(iter(batch["present"].values()))) if batch.get("present") else 1
+        (out, _), = predict_outputs(self.model, [move_batch(batch, self.device)], self.device, step, rows)
+        if self.kind == GENERATION:
+            return [{"prediction": t, "probabilities": None} for t in self.task.vocab.decode(out)]
+        return outputs_to_answers(self.task, out, self.config.label)
+
     # ---- persistence ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        self._require_model()
+        """Write the run folder (config, preprocessing, weights, tokenizers, metrics, plots, model card)."""
+        self.require_model()
         path = Path(path)
         res = self._result
-        model_id = artifacts.save_run(path, self.model, self.prep, self.config.to_dict(), self.metrics,
-                                      res.history if res else None)
-        self.model_id = model_id
-        from polymodal.training.report import write_model_card, write_plots
-
-        write_plots(path, self)
+        extra = {"kind": self.kind}
+        if self.kind == GENERATION:
+            extra.update(task=self.config.task, vocabulary=self.task.vocab.ids)
+        self.model_id = artifacts.save_run(path, self.model, self.prep, self.config.to_dict(), self.metrics,
+                                           res.history if res else None, extra=extra)
+        if self.kind == GENERATION:
+            self.task.vocab.tokenizer.save_pretrained(str(path / DECODER_TOKENIZER))
+        write_plots(path, res, self.kind)
         write_model_card(path, self)
         if res and res.bad_rows:
             pd.DataFrame([dataclasses.asdict(p) for p in res.bad_rows]).to_csv(path / "bad_rows.csv", index=False)
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | None = None) -> MultimodalPredictor:
+    def load(cls, path: str | os.PathLike, device: str | None = None) -> MultimodalPredictor | OnnxPredictor:
         """Rebuild from a run folder, offline; GPU-trained runs load on CPU. A folder written by `polymodal
         compress` loads as what it holds: a MultimodalPredictor (student, pruned, PyTorch int8) or an
-        onnxruntime `OnnxPredictor` (int8 ONNX), which predicts, evaluates and serves alike."""
-        from polymodal.compress.artifacts import COMPRESSION
-
-        if (Path(path) / COMPRESSION).exists() and cls is MultimodalPredictor:
-            from polymodal.compress.artifacts import load_compressed
-
-            return load_compressed(path)
-        config_json, prep = artifacts.read_run(path)
-        if config_json.get("kind") == "generation":  # a text generator (task caption / vqa-open)
-            from polymodal.training.generation import GenerationPredictor
-
-            return GenerationPredictor.load(path, device)
-        config = FitConfig.from_dict(config_json["fit"])
-        self = cls(label=config.label, verbose=False)
-        self.config, self.prep, self.path = config, prep, Path(path)
-        arch = {k: str(Path(path) / "tokenizers" / k) for k in prep.inputs
-                if (Path(path) / "tokenizers" / k / "config.json").exists()}
-        encoders, _ = build_encoders(prep.schema, config, arch)
-        if TABULAR in prep.inputs:
-            encoders[TABULAR] = build_tabular_encoder(prep, config)
-        self.task = task_from_prep(prep, config)
-        self.model = assemble_model(encoders, self.task, config, prep)
-        artifacts.load_weights(self.model, Path(path) / artifacts.WEIGHTS)
-        for key, enc in self.model.encoders.items():
-            if hasattr(enc, "freeze") and key != TABULAR:
-                enc.freeze()
-        self.model.eval().to(device or "cpu")
-        self.model_id = config_json.get("model_id")
-        mpath = Path(path) / artifacts.METRICS
-        if mpath.exists():
-            import json
-
-            self.metrics = json.loads(mpath.read_text())
-        return self
+        onnxruntime `OnnxPredictor` (int8 ONNX), which predicts, evaluates and serves alike.
+        (`polymodal.runs.load_run` loads every kind of run folder, alignment runs included.)"""
+        if is_compressed(path):
+            r = rebuild_compressed(path)
+            return r if isinstance(r, OnnxPredictor) else cls.from_rebuilt(r, path)
+        return cls.from_rebuilt(rebuild(path, device), path)
 
     # ---- helpers -------------------------------------------------------------------------------------
-    def _require_model(self) -> None:
+    def require_model(self) -> None:
         if self.model is None:
             raise PolymodalError("the predictor is not trained: call fit() or MultimodalPredictor.load(path)")
 
@@ -231,29 +257,8 @@ def _table_ref(data) -> str | list[str] | None:
     return None
 
 
-def replace_config(config, overrides: dict, what: str):
-    """`config` with `overrides` (fit(**overrides)); a name the config does not have is a clear error, not a
-    TypeError from dataclasses.replace (a typo, or a setting such as stream that this kind of run lacks)."""
-    names = {f.name for f in dataclasses.fields(config)}
-    unknown = sorted(k for k in overrides if k not in names)
-    if unknown:
-        raise PolymodalError(f"{', '.join(unknown)}: not a setting of {what}; its settings are "
-                             f"{', '.join(sorted(names))}")
-    return dataclasses.replace(config, **overrides)
-
-
-def fit_summary(res) -> dict:
+def fit_summary(res: FitResult) -> dict:
     """metrics.json's training part: validation metrics, fit time, cache use, bad rows, epochs run."""
     return {"valid": res.val_metrics, "fit_seconds": round(res.fit_seconds, 2), "cache": res.cache_stats,
             "bad_rows": len(res.bad_rows),
             "epochs": int(res.history["epoch"].max()) + 1 if "epoch" in res.history else None}
-
-
-def probability_columns(task, config: FitConfig) -> list[str]:
-    """Column names of predict_proba: classes, the label (regression), or "label:class" blocks (multi-task)."""
-    if getattr(task, "tasks", None):
-        cols = []
-        for name, t in task.tasks.items():
-            cols += [name] if t.problem_type == "regression" else [f"{name}:{c}" for c in t.classes]
-        return cols
-    return [config.label] if task.problem_type == "regression" else list(task.classes)

@@ -5,8 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.console import Console
 
-from polymodal.errors import console, user_errors
+from polymodal.compress.artifacts import is_compressed
+from polymodal.compress.onnx_export import export_predictor
+from polymodal.compress.pipeline import compress_run
+from polymodal.compress.quantize import Int8Options
+from polymodal.errors import PolymodalError, console, user_errors
+from polymodal.predictor import MultimodalPredictor
 
 
 @user_errors
@@ -43,9 +49,6 @@ def compress(
     reduce_range: bool = typer.Option(False, help="7-bit weights (CPUs without VNNI)"),
 ) -> None:
     """Distil, prune and/or quantise a run; writes the compressed folder with report.md and report.png."""
-    from polymodal.compress.pipeline import compress_run
-    from polymodal.compress.quantize import Int8Options
-
     int8 = Int8Options(per_channel=per_channel, calibration=calibration, convs=int8_convs, text=int8_text,
                        gelu_float=gelu_float, dense=int8_dense, exclude=tuple(int8_exclude),
                        min_agreement=min_agreement, reduce_range=reduce_range)
@@ -53,8 +56,6 @@ def compress(
                        distill_from, student, epochs, int8=int8, calibration_rows=calibration_rows,
                        log=lambda m: console.print(m, highlight=False))
     if "report" in res:
-        from rich.console import Console
-
         Console().print(res["report"].to_string(index=False))
     console.print(f"compressed run: {out}")
 
@@ -68,20 +69,12 @@ def export(
     opset: int = typer.Option(17, help="ONNX opset"),
 ) -> None:
     """Export the whole model (encoders + fusion + head) to ONNX and check it against PyTorch."""
-    from polymodal.compress.artifacts import COMPRESSION, load_compressed
-    from polymodal.compress.onnx_export import export_predictor
-    from polymodal.errors import PolymodalError
-
     if format != "onnx":
         raise PolymodalError(f"--format supports 'onnx', got {format!r}")
-    if (run / COMPRESSION).exists():
-        p = load_compressed(run)
-        if not hasattr(p, "model") or any("quantized" in type(m).__module__ for m in p.model.modules()):
-            raise PolymodalError(f"{run} holds an int8 or ONNX artefact; export its float source run instead")
-    else:
-        from polymodal import MultimodalPredictor
-
-        p = MultimodalPredictor.load(run)
+    p = MultimodalPredictor.load(run)
+    if is_compressed(run) and (not isinstance(p, MultimodalPredictor)
+                               or any("quantized" in type(m).__module__ for m in p.model.modules())):
+        raise PolymodalError(f"{run} holds an int8 or ONNX artefact; export its float source run instead")
     report = export_predictor(p, out, check, opset)
     console.print(str(report), highlight=False, soft_wrap=True)
     console.print(f"predict with: polymodal.compress.OnnxPredictor({str(out)!r}).predict(table)",

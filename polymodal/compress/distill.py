@@ -22,7 +22,9 @@ from polymodal.compress.finetune import cached_features, clean_table, score, tra
 from polymodal.data.preprocess import Preprocessor
 from polymodal.errors import PolymodalError
 from polymodal.model import MultimodalModel, move_batch
-from polymodal.training.fit import FitConfig, assemble_model, build_encoders, build_tabular_encoder, make_loader
+from polymodal.training.build import assemble_model, build_encoders, build_tabular_encoder
+from polymodal.training.config import FitConfig
+from polymodal.training.pipeline import make_loader
 from polymodal.types import TABULAR
 
 PRETRAINED_IMAGE = ("efficientnet-lite0", "mobilenet_v2")

@@ -17,7 +17,10 @@ import torch
 
 from polymodal.data.dataset import check_rows, raise_or_drop
 from polymodal.model import MultimodalModel, move_batch
-from polymodal.training.fit import FitConfig, features_for, frozen_keys, make_loader, predict_probs
+from polymodal.training.build import frozen_keys
+from polymodal.training.config import FitConfig
+from polymodal.training.module import param_groups
+from polymodal.training.pipeline import features_for, make_loader, predict_probs
 
 LossFn = Callable[[MultimodalModel, dict], tuple[torch.Tensor, dict[str, float]]]
 
@@ -51,8 +54,6 @@ def train_loop(model: MultimodalModel, task, prep, config: FitConfig, train_df: 
     train_feats = cached_features(model, prep, config, train_df, log)
     valid_feats = cached_features(model, prep, config, valid_df, log) if valid_df is not None else {}
     loader = make_loader(train_df, prep, train_feats, dataclasses.replace(config, num_workers=0), train=True)
-    from polymodal.training.module import param_groups
-
     opt = torch.optim.AdamW(param_groups(model, lr, encoder_lr_scale, extra_params), lr=lr,
                             weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * len(loader)))

@@ -23,10 +23,15 @@ import pandas as pd
 import torch
 from torch import nn
 
+from polymodal.contracts import Batch, outputs_to_answers
 from polymodal.data.dataset import Collator, TableDataset, check_rows, raise_or_drop
 from polymodal.data.preprocess import Preprocessor
 from polymodal.data.readers import as_table
+from polymodal.data.text import get_tokenizer
 from polymodal.errors import PolymodalError
+from polymodal.tasks import task_from_prep
+from polymodal.training.config import FitConfig
+from polymodal.training.plots import evaluation_plots
 from polymodal.types import AUDIO, IMAGE, TABULAR, TEXT
 
 META_KEY = "polymodal"
@@ -197,8 +202,6 @@ def _write_meta(path: Path, model: nn.Module, prep: Preprocessor, spec: list[Fla
     tok_root = Path(str(path) + ".tokenizers")
     for key, s in prep.inputs.items():
         if s.modality == TEXT:
-            from polymodal.encoders.text import get_tokenizer
-
             target = tok_root / key
             if target.exists():
                 shutil.rmtree(target)
@@ -290,6 +293,8 @@ class OnnxPredictor:
     >>> OnnxPredictor("model.onnx").predict_proba(df)
     """
 
+    kind = "onnx"
+
     def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 32) -> None:
         self.path = Path(path)
         if not self.path.exists():
@@ -302,9 +307,6 @@ class OnnxPredictor:
         self.prep = Preprocessor.from_dict(prep_d)
         self.spec = [FlatInput(d["name"], d["key"], d["part"], {}) for d in meta["inputs"]]
         self.meta = meta
-        from polymodal.tasks import task_from_prep
-        from polymodal.training.fit import FitConfig
-
         self.config = FitConfig(label=self.prep.schema.labels if len(self.prep.schema.labels) > 1
                                 else self.prep.schema.label,
                                 decision_threshold=meta.get("decision_threshold") or {})
@@ -322,13 +324,11 @@ class OnnxPredictor:
         return np.concatenate(out) if out else np.zeros((0, self.task.num_outputs), np.float32)
 
     def predict_proba(self, data, as_pandas: bool = True) -> pd.DataFrame | np.ndarray:
-        from polymodal.predictor import probability_columns
-
         df = as_table(data)
         probs = self.task.probabilities(torch.from_numpy(self.logits(df))).numpy()
         if not as_pandas:
             return probs
-        return pd.DataFrame(probs.reshape(len(df), -1), columns=probability_columns(self.task, self.config),
+        return pd.DataFrame(probs.reshape(len(df), -1), columns=self.task.output_columns(self.config.label),
                             index=df.index)
 
     def predict(self, data, as_pandas: bool = True) -> pd.Series | pd.DataFrame | np.ndarray:
@@ -345,11 +345,13 @@ class OnnxPredictor:
         df = as_table(data)
         probs = self.predict_proba(df, as_pandas=False)
         target = self.prep.encode_target(df)
-        from polymodal.training.plots import evaluation_plots
-
         evaluation_plots(self.task, self.prep.classes, probs, target, plots_dir)
         return {**self.task.metrics(probs, target), "rows": len(df)}
 
     def forward_batch(self, batch: dict) -> torch.Tensor:
         """Logits for a collated batch (what the server's Collator builds), through onnxruntime."""
         return torch.from_numpy(self.session.run(["logits"], to_numpy_feeds(self.spec, batch))[0])
+
+    def answer_batch(self, batch: Batch) -> list[dict]:
+        """Per-row answers {"prediction", "probabilities"} for a collated batch, as MultimodalPredictor's."""
+        return outputs_to_answers(self.task, self.forward_batch(batch), self.config.label)

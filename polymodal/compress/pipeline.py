@@ -8,22 +8,40 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shutil
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from polymodal.compress import prune as P
-from polymodal.compress.artifacts import INT8_ONNX, load_compressed, save_float, save_int8_torch, save_onnx
+from polymodal.compress import report as R
+from polymodal.compress.artifacts import (
+    INT8_ONNX,
+    is_compressed,
+    read_compression,
+    save_float,
+    save_int8_torch,
+    save_onnx,
+)
+from polymodal.compress.distill import distill
 from polymodal.compress.finetune import cached_features, clean_table, score, task_loss, train_loop
-from polymodal.compress.onnx_export import export_predictor, table_batch, to_numpy_feeds
+from polymodal.compress.onnx_export import OnnxPredictor, export_predictor, flat_inputs, table_batch, to_numpy_feeds
+from polymodal.compress.quantize import Int8Options, quantize_dynamic_torch, quantize_onnx
 from polymodal.data.readers import as_table
 from polymodal.errors import PolymodalError
+from polymodal.predictor import MultimodalPredictor
+from polymodal.training import artifacts
+
+
+def load_compressed(path: str | Path) -> MultimodalPredictor | OnnxPredictor:
+    """Load what `polymodal compress` wrote (MultimodalPredictor.load does the same for any run folder)."""
+    if not is_compressed(path):
+        read_compression(path)  # the clear error: not a compressed run folder
+    return MultimodalPredictor.load(path)
 
 
 def _clone(predictor, model=None, prep=None, config=None):
-    from polymodal import MultimodalPredictor
-
     q = MultimodalPredictor(label=predictor.config.label, verbose=False)
     q.config = config or predictor.config
     q.prep = prep or predictor.prep
@@ -114,8 +132,6 @@ def _cnn_calibration_images(predictor, df: pd.DataFrame, rows: int, seed: int = 
 def distill_predictor(teacher, train, valid=None, student: str = "fast", overrides: dict | None = None,
                       epochs: int = 15, log=print, **kw):
     """A student MultimodalPredictor distilled from `teacher` (see distill.distill)."""
-    from polymodal.compress.distill import distill
-
     res = distill(teacher, as_table(train), as_table(valid) if valid is not None else None, student, overrides,
                   epochs=epochs, log=log, **kw)
     p = _clone(teacher, res.model, res.prep, res.config)
@@ -126,8 +142,6 @@ def distill_predictor(teacher, train, valid=None, student: str = "fast", overrid
 def _feeds(predictor, df: pd.DataFrame, batch: int) -> list[dict]:
     """Feed dicts for `df` in batches of `batch`, text padded to one length across all of them: histogram
     calibrators (entropy, percentile) need every batch of a tensor to have the same shape."""
-    from polymodal.compress.onnx_export import flat_inputs
-
     spec = flat_inputs(predictor.prep, list(predictor.model.encoders.keys()))
     whole = to_numpy_feeds(spec, table_batch(predictor.prep, df))
     return [{k: v[i:i + batch] for k, v in whole.items()} for i in range(0, len(df), batch)]
@@ -151,10 +165,6 @@ def quantize_predictor_onnx(predictor, out_file: str | Path, calibration_table, 
                             options=None, validation_table=None, validation_rows: int = 512, log=print):
     """Export to ONNX, then int8 (`quantize.Int8Options`; defaults: sensitivity-guided conv selection on
     `validation_table`, or on `calibration_table` when none is given). Returns (float parity, Int8Result)."""
-    import shutil
-
-    from polymodal.compress.quantize import Int8Options, quantize_onnx
-
     options = options or Int8Options()
     out_file = Path(out_file)
     with tempfile.TemporaryDirectory() as tmp:
@@ -176,8 +186,6 @@ def quantize_predictor_onnx(predictor, out_file: str | Path, calibration_table, 
 
 def quantize_predictor_torch(predictor, embeddings: bool = True):
     """A predictor whose model is PyTorch dynamic int8 (Linear) + 8-bit embeddings."""
-    from polymodal.compress.quantize import quantize_dynamic_torch
-
     p = _clone(predictor, quantize_dynamic_torch(predictor.model, embeddings))
     return p
 
@@ -193,9 +201,6 @@ def compress_run(run: str | Path, out: str | Path, train=None, valid=None, quant
     (convs="auto") measures agreement on `valid` rows, or on `train` rows when no `valid` is given.
     `calibration_rows`: training rows for the int8 activation ranges and the pruned CNN blocks' refit.
     """
-    from polymodal import MultimodalPredictor
-    from polymodal.compress.quantize import Int8Options
-
     if not (quantize or prune or distill_from):
         raise PolymodalError("nothing to do: give --quantize int8, --prune FRACTION and/or --distill-from RUN")
     if quantize not in (None, "int8"):
@@ -258,10 +263,6 @@ def compress_run(run: str | Path, out: str | Path, train=None, valid=None, quant
 
 def report_pair(original, run: str | Path, out: str | Path, table, log=print) -> pd.DataFrame:
     """Measure the original run and the compressed folder on `table` and write out/report.md + .png."""
-    from polymodal.compress import report as R
-    from polymodal.compress.artifacts import read_compression
-    from polymodal.training import artifacts
-
     df = clean_table(as_table(table), original.prep, "skip")
     compressed = load_compressed(out)
     metric_name = original.task.monitor[0] if original.task.problem_type != "regression" else "rmse"
@@ -269,10 +270,7 @@ def report_pair(original, run: str | Path, out: str | Path, table, log=print) ->
     for name, p, size in (("original", original, R.file_size_mb(Path(run) / artifacts.WEIGHTS)),
                           ("compressed", compressed, R.file_size_mb(Path(out) / read_compression(out)["artefact"]))):
         b1, b32 = table_batch(p.prep, df.head(1)), table_batch(p.prep, df.head(32))
-        if hasattr(p, "session"):
-            runner = R.onnx_runner(p.session, p.spec)
-        else:
-            runner = R.torch_runner(p.model)
+        runner = R.onnx_runner(p.session, p.spec) if isinstance(p, OnnxPredictor) else R.torch_runner(p.model)
         metric = p.evaluate(df).get(metric_name)
         ms.append(R.measure(name, runner, b1, b32, size, metric=metric))
     steps = read_compression(out)["steps"]

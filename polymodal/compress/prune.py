@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from polymodal.encoders.image import InvertedResidual
+
 # Modules whose output at 0 is 0 and which act per element: a removed neuron contributes nothing through them.
 ZERO_PRESERVING = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.LeakyReLU, nn.Dropout, nn.Identity)
 
@@ -205,8 +207,6 @@ class InvertedBlock:
 def inverted_blocks(model: nn.Module) -> list[InvertedBlock]:
     """Blocks with an expansion conv: polymodal's MobileNetV2 `InvertedResidual` (torchvision layout) and
     `efficientnet_lite_pytorch` MBConv blocks without squeeze-and-excitation (the Lite variants have none)."""
-    from polymodal.encoders.image import InvertedResidual
-
     blocks = []
     for name, m in model.named_modules():
         if isinstance(m, InvertedResidual) and len(m.conv) == 4:  # expand=1 blocks have 3 parts: nothing to cut

@@ -47,6 +47,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from polymodal.compress.onnx_export import session
 from polymodal.errors import PolymodalError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -337,8 +338,6 @@ def _quiet_requantize_warning():
 
 
 def _run(path: str | Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
-    from polymodal.compress.onnx_export import session
-
     s = session(path, threads=1)
     names = {i.name for i in s.get_inputs()}
     return np.concatenate([s.run(["logits"], {k: v for k, v in f.items() if k in names})[0] for f in feeds])

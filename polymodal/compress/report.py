@@ -16,6 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from polymodal.compress.onnx_export import to_numpy_feeds
+from polymodal.training.artifacts import atomic_write_text
+
 
 @dataclass
 class Measurement:
@@ -70,8 +73,6 @@ def torch_runner(model: torch.nn.Module) -> Callable[[dict], Callable[[], object
 
 
 def onnx_runner(sess, spec) -> Callable[[dict], Callable[[], object]]:
-    from polymodal.compress.onnx_export import to_numpy_feeds
-
     def make(batch: dict):
         feeds = to_numpy_feeds(spec, batch)
         return lambda: sess.run(None, feeds)
@@ -143,8 +144,6 @@ def write_report(out_dir: str | Path, title: str, measurements: list[Measurement
           + df.to_markdown(index=False) + "\n\n![report](report.png)\n")
     if notes:
         md += "\n" + notes.strip() + "\n"
-    from polymodal.training.artifacts import atomic_write_text
-
     atomic_write_text(out / "report.md", md)
     return df
 

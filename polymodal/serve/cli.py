@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from polymodal.errors import user_errors
+from polymodal.errors import PolymodalError, user_errors
+from polymodal.runs import ALIGNMENT, run_kind
 
 
 @user_errors
@@ -21,28 +22,29 @@ def serve(
     cors_origin: list[str] | None = typer.Option(None, help="allow this browser origin (repeatable); "
                                                             "CORS is off by default"),
     max_file_mb: float = typer.Option(10.0, help="largest accepted upload per file, in MB"),
+    max_text_chars: int = typer.Option(100_000, help="longest accepted text or category value, in characters"),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default cpu)"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Serve a trained model over HTTP: /predict, /search, /schema, /health, /ready, /metrics and a web page."""
+    # the server's packages (fastapi, uvicorn: the `serve` extra) load only when a server starts, so the
+    # rest of the CLI works without them
     import uvicorn
 
-    from polymodal.errors import PolymodalError
-    from polymodal.retrieval.pipeline import is_alignment_run
     from polymodal.serve.app import app_from_run
     from polymodal.serve.inputs import MB
+    from polymodal.serve.search import load_index_searcher
 
-    if not (run / "config.json").exists() and not is_alignment_run(run):
-        raise PolymodalError(f"{run} is not a run folder (no config.json): train one with `polymodal fit`")
-    if max_batch < 1 or max_wait_ms < 0 or max_file_mb <= 0:
-        raise PolymodalError("--max-batch must be >= 1, --max-wait-ms >= 0 and --max-file-mb > 0")
+    alignment = run_kind(run) == ALIGNMENT  # also the clear error for a folder that is no run
+    if max_batch < 1 or max_wait_ms < 0 or max_file_mb <= 0 or max_text_chars < 1:
+        raise PolymodalError("--max-batch must be >= 1, --max-wait-ms >= 0, --max-file-mb > 0 and "
+                             "--max-text-chars >= 1")
     searcher = None
     if index is not None:
-        from polymodal.serve.search import load_index_searcher
-
-        searcher = load_index_searcher(index, run if is_alignment_run(run) else None)
+        searcher = load_index_searcher(index, run if alignment else None)
     app = app_from_run(run, device=device, max_batch=max_batch, max_wait_ms=max_wait_ms, batching=batching,
-                       searcher=searcher, cors_origins=cors_origin or (), max_file_bytes=int(max_file_mb * MB))
+                       searcher=searcher, cors_origins=cors_origin or (), max_file_bytes=int(max_file_mb * MB),
+                       max_text_chars=max_text_chars)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 

@@ -84,6 +84,10 @@ class ClassificationTask:
             return [MULTILABEL_SEP.join(c for c, on in zip(self.classes, row) if on) for row in ids]
         return [self.classes[int(i)] for i in ids]
 
+    def output_columns(self, label: str) -> list[str]:
+        """Names of predict_proba's columns: the classes."""
+        return list(self.classes)
+
     def metrics(self, probs: np.ndarray, target: np.ndarray) -> dict[str, float]:
         """All metrics; threshold-dependent ones use this task's decision threshold."""
         pred = self.decode(probs) if self.problem_type == "binary" and self.threshold != 0.5 else None

@@ -100,6 +100,11 @@ class MultiTask(nn.Module):
     def labels(self, probs: np.ndarray) -> dict[str, list]:
         return {n: self.tasks[n].labels(p) for n, p in self.split(probs).items()}
 
+    def output_columns(self, label: str | None = None) -> list[str]:
+        """predict_proba's columns, one block per label: "label:class" (a regression label: its name)."""
+        return [c for name, t in self.tasks.items()
+                for c in ([name] if t.problem_type == "regression" else [f"{name}:{c}" for c in t.classes])]
+
     def metrics(self, probs: np.ndarray, target: np.ndarray) -> dict[str, float]:
         """Each task's metrics as "label/metric" over the rows labelled for it, plus "score": the mean over
         tasks of accuracy (single-label), macro F1 (multi-label) or R² (regression)."""

@@ -37,6 +37,10 @@ class RegressionTask:
     def labels(self, probs: np.ndarray) -> list:
         return np.asarray(probs, dtype=np.float64).reshape(-1).tolist()
 
+    def output_columns(self, label: str) -> list[str]:
+        """predict_proba's one column: the predicted value, named after the label."""
+        return [label]
+
     def metrics(self, probs: np.ndarray, target: np.ndarray) -> dict[str, float]:
         """RMSE, MAE and R² in the label's units (``target`` is standardised, as the preprocessor encodes it)."""
         t = np.asarray(target, dtype=np.float64).reshape(-1) * self.target_std + self.target_mean

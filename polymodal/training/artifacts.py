@@ -19,11 +19,13 @@ from typing import TextIO
 
 import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
 
-from polymodal.version import __version__
 from polymodal.data.preprocess import Preprocessor
+from polymodal.data.text import get_tokenizer
 from polymodal.errors import PolymodalError
 from polymodal.types import TABULAR, TEXT
+from polymodal.version import __version__
 
 CONFIG, PREPROCESS, WEIGHTS, METRICS = "config.json", "preprocess.json", "model.safetensors", "metrics.json"
 FIT_STATE = "fit_state.json"  # written when training starts: what `fit --resume` needs to continue
@@ -64,8 +66,6 @@ def _json_default(o):
 
 def save_weights(model: torch.nn.Module, path: Path) -> str:
     """Save a state dict as safetensors (atomically); returns its SHA-256 as the model id."""
-    from safetensors.torch import save_file
-
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -79,8 +79,6 @@ def save_weights(model: torch.nn.Module, path: Path) -> str:
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
-    from safetensors.torch import load_file
-
     state = load_file(str(path), device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -98,8 +96,6 @@ def save_run(run_dir: str | os.PathLike, model, prep: Preprocessor, fit_config: 
         inputs[key] = {"modality": spec.modality, "cache_id": getattr(enc, "cache_id", ""),
                        "out_dim": enc.out_dim}
         if spec.modality == TEXT:
-            from polymodal.encoders.text import get_tokenizer
-
             get_tokenizer(spec.config["tokenizer"]).save_pretrained(str(run / "tokenizers" / key))
             if hasattr(enc, "model") and hasattr(enc.model, "config"):  # architecture, for offline rebuilds
                 enc.model.config.save_pretrained(str(run / "tokenizers" / key))
@@ -113,9 +109,10 @@ def save_run(run_dir: str | os.PathLike, model, prep: Preprocessor, fit_config: 
     return model_id
 
 
-def read_run(run_dir: str | os.PathLike) -> tuple[dict, Preprocessor]:
+def read_run(run_dir: str | os.PathLike, require_weights: bool = True) -> tuple[dict, Preprocessor]:
+    """config.json and preprocess.json of a run folder; text inputs point at the folder's own tokenizers."""
     run = Path(run_dir)
-    for name in (CONFIG, PREPROCESS, WEIGHTS):
+    for name in (CONFIG, PREPROCESS) + ((WEIGHTS,) if require_weights else ()):
         if not (run / name).exists():
             raise PolymodalError(f"{run} is not a polymodal run folder: {name} is missing")
     config = json.loads((run / CONFIG).read_text())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +17,15 @@ import pandas as pd
 import torch
 
 from polymodal.data.schema import infer_schema
+from polymodal.data.split import split_train_valid
+from polymodal.encoders.cache import precompute_features
 from polymodal.model import move_batch
-from polymodal.training.fit import FitConfig, FitResult, fit, make_loader, split_train_valid
+from polymodal.training.build import frozen_keys
+from polymodal.training.config import FitConfig
+from polymodal.training.fit import fit
 from polymodal.training.metrics import compute_metrics
+from polymodal.training.pipeline import FitResult, Log, make_loader, predict_probs
 from polymodal.types import ID, TABULAR
-
-Log = Callable[[str], None]
-
 
 def input_groups(schema_columns: dict[str, str]) -> dict[str, list[str]]:
     """Model inputs → their columns (media/text columns alone, numeric + categorical together)."""
@@ -46,9 +47,6 @@ def _only(config: FitConfig, columns: dict[str, str], keep: list[str]) -> FitCon
 def _probs(res: FitResult, df: pd.DataFrame, perturb: tuple[str, str] | None = None,
            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities on `df`, optionally with one input removed or noised at the batch level."""
-    from polymodal.encoders.cache import precompute_features
-    from polymodal.training.fit import frozen_keys
-
     model, prep, cfg = res.model.eval(), res.prep, res.config
     keys = frozen_keys(model, prep, cfg)
     feats, _, _ = precompute_features(df, prep, {k: model.encoders[k] for k in keys}, keys, cfg.cache_dir,
@@ -92,8 +90,6 @@ def _add_noise(batch: dict, key: str, gen: torch.Generator) -> None:
 
 def _latency_ms(res: FitResult, df: pd.DataFrame, repeats: int = 7) -> float:
     """Median single-row predict latency, encoders included (no cached features)."""
-    from polymodal.training.fit import predict_probs
-
     row = df.head(1)
     times = []
     for _ in range(repeats):

@@ -1,19 +1,10 @@
-"""Text generators on tables (tasks `caption` and `vqa-open`): the fit pipeline's stages with a text decoder.
-
-schema → encoders → preprocessing → row checks → frozen-feature cache → Lightning (teacher forcing, early
-stopping on validation loss) → decoding → text metrics. `GenerationPredictor` is the front that
-`MultimodalPredictor(label=..., task="caption" | "vqa-open")` and `MultimodalPredictor.load` return.
-"""
+"""Text generators on tables (tasks `caption` and `vqa-open`): the `GENERATION` recipe of the fit pipeline
+(training/pipeline.py) — a group split by input, no label encoder, a decoder vocabulary, teacher forcing
+with early stopping on validation loss — plus decoding (`generate_texts`) and text scores (`score_texts`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import tempfile
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -22,134 +13,23 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from polymodal.data.dataset import Collator, Problem, TableDataset, check_rows, raise_or_drop
+from polymodal.data.dataset import Collator, TableDataset
 from polymodal.data.preprocess import Preprocessor
-from polymodal.data.readers import as_table, is_missing
 from polymodal.data.schema import Schema, infer_schema
-from polymodal.errors import DataError, PolymodalError
-from polymodal.predictor import MultimodalPredictor, fit_summary
-from polymodal.tasks.generation import (
-    GENERATION_TASKS,
-    DecodeConfig,
-    GenerationModel,
-    GenerationTask,
-    TextDecoder,
-    Vocabulary,
-    init_word_embeddings,
-)
-from polymodal.training import artifacts
-from polymodal.training.fit import (
-    FitConfig,
-    Log,
-    RunSettings,
-    _history,
-    _threads_for,
-    build_encoders,
-    build_tabular_encoder,
-    features_for,
-    frozen_keys,
-    is_frozen,
-    one_thread,
-)
+from polymodal.data.split import group_split
+from polymodal.data.text import get_tokenizer
+from polymodal.errors import DataError
+from polymodal.tasks.generation import DecodeConfig, GenerationModel, GenerationTask, Vocabulary
+from polymodal.training.build import GENERATION, build_generation_model, embedding_width, freeze_frozen
+from polymodal.training.callbacks import EpochSampler
+from polymodal.training.config import GenerationConfig
 from polymodal.training.module import FitModule
+from polymodal.training.pipeline import Log, log_schema, one_thread, predict_outputs
 from polymodal.training.text_metrics import exact_match, text_metrics
-from polymodal.types import TABULAR, TEXT
+from polymodal.types import TEXT
 
-DECODER_TOKENIZER = "decoder_tokenizer"  # run-folder subfolder with the decoder's tokenizer
 ANSWER_TYPE = "answer_type"  # vqa-open: optional column (e.g. OPEN/CLOSED) that splits the accuracy
 
-
-@dataclass
-class GenerationConfig(RunSettings):
-    """Everything that defines a generation run; saved in config.json."""
-
-    label: str
-    task: str = "caption"  # caption | vqa-open
-    column_types: dict[str, str] = field(default_factory=dict)
-    encoders: dict[str, str] = field(default_factory=dict)
-    encoder_opts: dict[str, dict] = field(default_factory=dict)
-    frozen: dict[str, bool] = field(default_factory=dict)
-    tokens: bool | None = None  # image/text/audio inputs as token sequences in the memory (the default,
-    # None or True); False: one pooled vector per input
-    d_model: int = 256
-    layers: int = 2
-    heads: int = 4
-    dropout: float = 0.1
-    decoder_tokenizer: str = "minilm-l6"  # the text encoder's tokenizer (an alias, hub id or directory)
-    vocab: str = "train"  # train: tokens the training texts use | full: the tokenizer's whole vocabulary
-    init_embeddings: bool = True  # start the tied embedding from the text encoder's word embeddings
-    embed_dim: int | None = None  # embedding width (set by fit: the text encoder's when initialised from it)
-    max_target_tokens: int = 32
-    label_smoothing: float = 0.0
-    decode: dict = field(default_factory=dict)  # DecodeConfig settings for validation/evaluate/predict
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    batch_size: int = 64
-    max_epochs: int = 20
-    patience: int = 5
-    seed: int = 0
-    valid_fraction: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.task not in GENERATION_TASKS:
-            raise PolymodalError(f"task must be one of {', '.join(GENERATION_TASKS)}, not {self.task!r}")
-        if self.vocab not in ("train", "full"):
-            raise PolymodalError(f"vocab must be 'train' or 'full', not {self.vocab!r}")
-        if self.on_bad_rows not in ("error", "skip"):
-            raise PolymodalError("on_bad_rows must be 'error' or 'skip'")
-        if self.d_model % self.heads:
-            raise PolymodalError(f"d_model ({self.d_model}) must be a multiple of heads ({self.heads})")
-        DecodeConfig.from_dict(self.decode)  # fail now, not after training
-
-    @classmethod
-    def from_options(cls, label: str | list[str], task: str, options: dict) -> GenerationConfig:
-        """Options as MultimodalPredictor/`polymodal fit` pass them: classification-only settings are
-        accepted at their defaults (the CLI passes them all) and refused otherwise."""
-        if not isinstance(label, str):
-            if len(label) != 1:
-                raise PolymodalError(f"task {task!r} generates one text column; got labels {list(label)}")
-            label = label[0]
-        names = {f.name for f in dataclasses.fields(cls)}
-        defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-                    for f in dataclasses.fields(FitConfig)}
-        kept = {}
-        for k, v in options.items():
-            if k in names:
-                kept[k] = v
-            elif k in defaults and v == defaults[k]:
-                continue
-            else:
-                raise PolymodalError(f"setting {k}={v!r} does not apply to task {task!r}")
-        return cls(label=label, task=task, **kept)
-
-    @property
-    def labels(self) -> list[str]:
-        return [self.label]
-
-
-class _TextLabelPreprocessor(Preprocessor):
-    """Input specs and tabular statistics as for classifiers; the label is free text, which the decoder's
-    vocabulary encodes, so no label encoder is fitted."""
-
-    def _fit_label(self, df: pd.DataFrame) -> None:
-        return None
-
-
-@dataclass
-class GenerationResult:
-    model: GenerationModel
-    prep: Preprocessor
-    task: GenerationTask
-    config: GenerationConfig
-    history: pd.DataFrame
-    val_metrics: dict[str, float]
-    bad_rows: list[Problem]
-    cache_stats: dict[str, int]
-    fit_seconds: float
-    best_checkpoint: str
-
-
-# ---- pipeline ---------------------------------------------------------------------------------------------
 
 def generation_schema(df: pd.DataFrame, config: GenerationConfig) -> Schema:
     """Column modalities (the label excluded); vqa-open needs a question (text) and an image column."""
@@ -171,46 +51,6 @@ def input_keys(df: pd.DataFrame, schema: Schema) -> pd.Series:
     """One string per row from its input values: rows with equal keys have the same inputs."""
     cols = [c for c, m in schema.columns.items() if m != "id" and c in df.columns]
     return df[cols].astype(str).agg("\x1f".join, axis=1) if cols else pd.Series("", index=df.index)
-
-
-def _group_split(df: pd.DataFrame, keys: pd.Series, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Validation rows by input: an image's several captions stay on one side of the split."""
-    from sklearn.model_selection import GroupShuffleSplit
-
-    if keys.nunique() < 4:
-        raise DataError(f"the table has {keys.nunique()} distinct inputs; at least 4 are needed to train and "
-                        "validate", file=df.attrs.get("source"))
-    tr, va = next(GroupShuffleSplit(1, test_size=fraction, random_state=seed).split(df, groups=keys.to_numpy()))
-    out = df.iloc[np.sort(tr)], df.iloc[np.sort(va)]
-    for part in out:
-        part.attrs.update(df.attrs)
-    return out
-
-
-def build_model(encoders: dict[str, nn.Module], prep: Preprocessor, config: GenerationConfig, vocab: Vocabulary,
-                init_embeddings: bool) -> GenerationModel:
-    from polymodal.encoders.tokens import TOKEN_MODALITIES
-
-    tokens = {k: s.modality for k, s in prep.inputs.items() if s.modality in TOKEN_MODALITIES} \
-        if config.tokens is not False else {}
-    in_dims = {k: (e.token_dim if k in tokens else e.out_dim) for k, e in encoders.items()}
-    decoder = TextDecoder(len(vocab), config.d_model, config.layers, config.heads, config.dropout,
-                          config.max_target_tokens + 2, config.embed_dim)
-    model = GenerationModel(nn.ModuleDict(encoders), in_dims, decoder, tokens)
-    model.token_configs = {k: dict(prep.inputs[k].config) for k in tokens}
-    if init_embeddings:
-        init_word_embeddings(decoder, vocab, config.decoder_tokenizer)
-    return model
-
-
-def _embedding_width(config: GenerationConfig) -> int:
-    """The text encoder's hidden size when its word embeddings initialise the decoder, else d_model."""
-    from polymodal.encoders.text import BUILTIN, resolve
-
-    if config.init_embeddings and config.decoder_tokenizer in BUILTIN:
-        cfg = json.loads((Path(resolve(config.decoder_tokenizer)) / "config.json").read_text())
-        return int(cfg["hidden_size"])
-    return config.d_model
 
 
 class _WithText(Dataset):
@@ -246,9 +86,7 @@ class _Collate:
 
 def make_loader(df: pd.DataFrame, prep: Preprocessor, feats: dict, config: GenerationConfig, train: bool,
                 vocab: Vocabulary | None = None, distributed: bool = False) -> DataLoader:
-    """Rows (and, with `vocab`, their label texts as targets) in batches; as `training.fit.make_loader`."""
-    from polymodal.training.callbacks import EpochSampler
-
+    """Rows (and, with `vocab`, their label texts as targets) in batches; as `pipeline.make_loader`."""
     ds = TableDataset(df, prep, feats, train=train, with_target=False, augment=config.augment, seed=config.seed)
     texts = [str(v).strip() for v in df[config.label]] if vocab is not None else None
     workers = config.num_workers if ds.values else 0
@@ -281,86 +119,63 @@ class GenerationModule(FitModule):
         self._tokens = [0, 0]
 
 
-def fit_generation(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: GenerationConfig,
-                   run_dir: str | os.PathLike, log: Log = print, resume: bool = False) -> GenerationResult:
-    """Train a text generator. With `resume`, continue from `run_dir/checkpoints/last.ckpt`."""
-    from polymodal.encoders.text import get_tokenizer
-    from polymodal.training.trainer import build_trainer
+class GenerationRecipe:
+    """A text decoder over the table's inputs; the label column is the text to generate."""
 
-    t0 = time.time()
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    schema = generation_schema(train_df, config)
-    for col, mod in schema.columns.items():
-        log(f"  column {col!r}: {mod} ({schema.reasons.get(col, '')})")
-    log(f"  task: {config.task} (generates {config.label!r})")
-    unlabeled = [Problem(int(r), config.label, "label is missing")
-                 for r, v in zip(train_df.index, train_df[config.label]) if is_missing(v)]
-    train_df, bad = raise_or_drop(train_df, unlabeled, config.on_bad_rows)
-    if valid_df is None:
-        train_df, valid_df = _group_split(train_df, input_keys(train_df, schema), config.valid_fraction,
-                                          config.seed)
-        log(f"  split: {len(train_df)} train / {len(valid_df)} valid rows, by input (seed {config.seed})")
-    encoders, pre_cfg = build_encoders(schema, config)
-    prep = _TextLabelPreprocessor.fit(train_df, schema, pre_cfg)
-    if TABULAR in prep.inputs:
-        encoders[TABULAR] = build_tabular_encoder(prep, config)
-    frames = {}
-    for name, df in (("train", train_df), ("valid", valid_df)):
-        frames[name], problems = raise_or_drop(df, check_rows(df, prep), config.on_bad_rows)
-        bad += problems
-    tokenizer = get_tokenizer(config.decoder_tokenizer)
-    vocab = Vocabulary.build(tokenizer, [str(v).strip() for v in frames["train"][config.label]],
-                             full=config.vocab == "full", max_tokens=config.max_target_tokens)
-    log(f"  decoder vocabulary: {len(vocab)} tokens ({config.vocab})")
-    if config.embed_dim is None:
-        config = dataclasses.replace(config, embed_dim=_embedding_width(config))
-    task = GenerationTask(vocab, config.label_smoothing)
-    for key, enc in encoders.items():
-        if prep.inputs[key].modality != TABULAR and is_frozen(key, prep.inputs[key].modality, enc, config):
-            enc.freeze()
-    model = build_model(encoders, prep, config, vocab, init_embeddings=config.init_embeddings)
-    keys = frozen_keys(model, prep, config)
-    device = "cuda" if torch.cuda.is_available() and config.accelerator in ("auto", "gpu", "cuda") else "cpu"
-    stats, feats = {"computed": 0, "reused": 0}, {}
-    for name in ("train", "valid"):
-        frames[name], feats[name], problems, s = features_for(frames[name], prep, model, keys, config, device, log,
-                                                              config.on_bad_rows)
-        bad += problems
-        stats = {k: stats[k] + s[k] for k in stats}
-    log(f"  feature cache: {stats['computed']} computed, {stats['reused']} reused")
-    if bad:
-        log(f"  skipped {len({(p.row, p.column) for p in bad})} bad rows (listed in bad_rows.csv)")
-    module = GenerationModule(model, task, config.lr, config.weight_decay)
-    trainer, ckpt = build_trainer(run_dir, *task.monitor, config.max_epochs, config.patience, config.precision,
-                                  config.accelerator, config.devices, config.strategy, config.num_nodes,
-                                  config.progress, config.time_limit, seed=config.seed)
-    train_loader = make_loader(frames["train"], prep, feats["train"], config, True, vocab, distributed=True)
-    valid_loader = make_loader(frames["valid"], prep, feats["valid"], config, False, vocab, distributed=True)
-    last = os.path.join(run_dir, "checkpoints", "last.ckpt")
-    ckpt_path = last if resume and os.path.exists(last) else None
-    if resume:
-        log(f"  resuming from {last}" if ckpt_path else "  no checkpoint to resume from: training from the start")
-    with _threads_for(model, device):
-        trainer.fit(module, train_loader, valid_loader, ckpt_path=ckpt_path)
-    if ckpt.best_model_path and os.path.exists(ckpt.best_model_path):
-        module.load_trained_state(ckpt.best_model_path)
-    history = _history(os.path.join(run_dir, "logs", "metrics.csv"))
-    texts = generate_texts(model, vocab, prep, frames["valid"], config, feats["valid"])
-    val_metrics = score_texts(texts, frames["valid"], prep, config)
-    return GenerationResult(model.cpu().eval(), prep, task, config, history, val_metrics, bad, stats,
-                            time.time() - t0, ckpt.best_model_path)
+    kind = GENERATION
+
+    def schema(self, df: pd.DataFrame, config: GenerationConfig, log: Log) -> Schema:
+        schema = generation_schema(df, config)
+        log_schema(schema, log)
+        log(f"  task: {config.task} (generates {config.label!r})")
+        return schema
+
+    def split(self, df: pd.DataFrame, schema: Schema, config: GenerationConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """By input: an image's several captions stay on one side of the split."""
+        return group_split(df, input_keys(df, schema).to_numpy(), config.valid_fraction, config.seed)
+
+    def fit_prep(self, df: pd.DataFrame, schema: Schema, pre_cfg: dict) -> Preprocessor:
+        # the label is free text that the decoder's vocabulary encodes: no label encoder
+        return Preprocessor.fit(df, schema, pre_cfg, fit_label=False)
+
+    def check_valid(self, valid: pd.DataFrame, prep: Preprocessor, config: GenerationConfig,
+                    log: Log) -> pd.DataFrame:
+        return valid
+
+    def build(self, encoders: dict[str, nn.Module], prep: Preprocessor, config: GenerationConfig,
+              train: pd.DataFrame, log: Log) -> tuple[GenerationTask, GenerationModel, GenerationConfig]:
+        vocab = Vocabulary.build(get_tokenizer(config.decoder_tokenizer),
+                                 [str(v).strip() for v in train[config.label]], full=config.vocab == "full",
+                                 max_tokens=config.max_target_tokens)
+        log(f"  decoder vocabulary: {len(vocab)} tokens ({config.vocab})")
+        if config.embed_dim is None:
+            config = dataclasses.replace(config, embed_dim=embedding_width(config))
+        task = GenerationTask(vocab, config.label_smoothing)
+        freeze_frozen(encoders, prep, config)
+        return task, build_generation_model(encoders, prep, config, vocab, config.init_embeddings), config
+
+    def module(self, model: nn.Module, task: GenerationTask, config: GenerationConfig) -> L.LightningModule:
+        return GenerationModule(model, task, config.lr, config.weight_decay)
+
+    def loader(self, data, prep: Preprocessor, feats: dict, config: GenerationConfig, task: GenerationTask,
+               train: bool, distributed: bool = False) -> DataLoader:
+        return make_loader(data, prep, feats, config, train, task.vocab, distributed=distributed)
+
+    def score(self, model: nn.Module, task: GenerationTask, prep: Preprocessor, data: pd.DataFrame,
+              config: GenerationConfig, feats: dict, log: Log) -> tuple[dict[str, float], None, None]:
+        texts = generate_texts(model, task.vocab, prep, data, config, feats)
+        return score_texts(texts, data, prep, config), None, None
 
 
-@torch.inference_mode()
+GENERATION_RECIPE = GenerationRecipe()
+
+
 def generate_texts(model: GenerationModel, vocab: Vocabulary, prep: Preprocessor, df: pd.DataFrame,
                    config: GenerationConfig, feats: dict | None = None, decode: DecodeConfig | None = None,
                    device: str | torch.device | None = None) -> list[str]:
     """The generated text for every row of `df` (one decoding per distinct input)."""
-    from polymodal.model import move_batch
-
     decode = decode or DecodeConfig.from_dict(config.decode)
     device = device or next(model.parameters()).device
-    model.eval().to(device)
     keys = input_keys(df, prep.schema).to_numpy()
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     unique = df.iloc[first]
@@ -371,9 +186,9 @@ def generate_texts(model: GenerationModel, vocab: Vocabulary, prep: Preprocessor
     # One CPU thread for a small decoder: on the shared 2-core machine, beam search (3 beams) over 791 cached
     # easy-vqa images took 8.4 s with one thread and 15.4 s with two (thread hand-offs on small matmuls).
     small = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("encoders.")) <= 5_000_000
-    with one_thread(torch.device(device).type == "cpu" and (small or len(unique) <= 8)):
-        for batch in loader:
-            out += vocab.decode(model.generate(move_batch(batch, device), vocab, decode))
+    with one_thread(torch.device(device).type == "cpu" and small):
+        for seqs, _ in predict_outputs(model, loader, device, lambda m, b: m.generate(b, vocab, decode), len(unique)):
+            out += vocab.decode(seqs)
     return [out[i] for i in np.asarray(inverse).reshape(-1)]
 
 
@@ -402,154 +217,3 @@ def score_texts(predictions: list[str], df: pd.DataFrame, prep: Preprocessor,
             out[f"accuracy_{kind}"] = exact_match([predictions[i] for i in sel], [labels[i] for i in sel])
             out[f"rows_{kind}"] = len(sel)
     return out
-
-
-# ---- front ------------------------------------------------------------------------------------------------
-
-class GenerationPredictor(MultimodalPredictor):
-    """A text generator with MultimodalPredictor's interface (fit / evaluate / predict / save / load).
-
-    >>> p = MultimodalPredictor(label="caption", task="caption").fit(train_df)
-    >>> p.predict(df)                      # a Series of strings
-    >>> p.evaluate(test_df)                # bleu_1..4, rouge_l, cider_d, exact_match (vqa-open: accuracy)
-    >>> p.predict(df, method="greedy")     # decoding settings per call (see DecodeConfig)
-    """
-
-    def __init__(self, label: str | list[str], problem_type: str | None = None,
-                 path: str | os.PathLike | None = None, verbose: bool = True, task: str = "caption",
-                 **options) -> None:
-        if problem_type not in (None, "generation"):
-            raise PolymodalError(f"task {task!r} generates text; problem_type {problem_type!r} does not apply")
-        self.config = GenerationConfig.from_options(label, task, options)
-        self.path = Path(path) if path else None
-        self.verbose = verbose
-        self._result: GenerationResult | None = None
-        self.model = self.prep = self.task = self.vocab = None
-        self.metrics: dict = {}
-
-    def fit(self, train_data, valid_data=None, test_data=None, resume: bool = False,
-            **overrides) -> GenerationPredictor:
-        from polymodal.predictor import replace_config
-
-        self.config = replace_config(self.config, overrides, f"task {self.config.task!r} (a text generator)")
-        train = as_table(train_data)
-        valid = as_table(valid_data) if valid_data is not None else None
-        if resume and not self.path:
-            raise PolymodalError("resume needs the run folder: MultimodalPredictor(..., path=run_dir)")
-        run_dir = self.path or Path(tempfile.mkdtemp(prefix="polymodal-run-"))
-        artifacts.atomic_write_json(Path(run_dir) / artifacts.FIT_STATE, {
-            "config": {"problem_type": None, **self.config.to_dict()},
-            "tables": {k: (str(Path(v).resolve()) if isinstance(v, (str, os.PathLike)) else None)
-                       for k, v in (("train", train_data), ("valid", valid_data), ("test", test_data))}})
-        try:
-            res = fit_generation(train, valid, self.config, run_dir, log=self._log, resume=resume)
-        finally:
-            if not self.path:  # scratch checkpoints and logs: the weights are in memory now
-                import shutil
-
-                shutil.rmtree(run_dir, ignore_errors=True)
-        self._result, self.config = res, res.config
-        self.model, self.prep, self.task, self.vocab = res.model, res.prep, res.task, res.task.vocab
-        self.metrics = fit_summary(res)
-        if test_data is not None:
-            self.metrics["test"] = self.evaluate(test_data)
-        if self.path:
-            self.save(self.path)
-        return self
-
-    def _decode(self, settings: dict) -> DecodeConfig:
-        return DecodeConfig.from_dict({**self.config.decode, **settings})
-
-    def predict(self, data, as_pandas: bool = True, **decode) -> pd.Series | np.ndarray:
-        """Generated text per row; keyword arguments override the run's decoding settings (DecodeConfig)."""
-        settings = self._decode(decode)
-        df, feats = self._prepare(data, with_target=False)
-        texts = generate_texts(self.model, self.vocab, self.prep, df, self.config, feats, settings)
-        return pd.Series(texts, index=df.index, name=self.config.label) if as_pandas else np.asarray(texts)
-
-    def predict_proba(self, data, as_pandas: bool = True):
-        raise PolymodalError(f"a {self.config.task} model generates text and has no class probabilities: use "
-                             "predict (and evaluate for its scores)")
-
-    def evaluate(self, data, plots_dir: str | os.PathLike | None = None, **decode) -> dict[str, float]:
-        """Text metrics against the label column (see `score_texts`); decoding settings as in `predict`."""
-        settings = self._decode(decode)
-        df, feats = self._prepare(data, with_target=True)
-        texts = generate_texts(self.model, self.vocab, self.prep, df, self.config, feats, settings)
-        metrics = score_texts(texts, df, self.prep, self.config)
-        metrics["rows"] = len(df)
-        return metrics
-
-    def save(self, path: str | os.PathLike) -> Path:
-        self._require_model()
-        path = Path(path)
-        res = self._result
-        self.model_id = artifacts.save_run(
-            path, self.model, self.prep, self.config.to_dict(), self.metrics, res.history if res else None,
-            extra={"kind": "generation", "task": self.config.task, "vocabulary": self.vocab.ids})
-        self.vocab.tokenizer.save_pretrained(str(path / DECODER_TOKENIZER))
-        if res is not None and len(res.history):
-            from polymodal.training.plots import plot_curves
-
-            plot_curves(res.history, path / "plots" / "training_curves.png", "token_accuracy")
-        if res and res.bad_rows:
-            pd.DataFrame([dataclasses.asdict(p) for p in res.bad_rows]).to_csv(path / "bad_rows.csv", index=False)
-        artifacts.atomic_write_text(path / "README.md", self._card(path))
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, device: str | None = None) -> GenerationPredictor:
-        """Rebuild from a run folder, offline (the decoder's tokenizer is in the folder)."""
-        from transformers import AutoTokenizer
-
-        path = Path(path)
-        config_json, prep = artifacts.read_run(path)
-        if config_json.get("kind") != "generation":
-            raise PolymodalError(f"{path} is not a text-generation run folder")
-        config = GenerationConfig.from_dict(config_json["fit"])
-        self = cls(label=config.label, task=config.task, verbose=False)
-        self.config, self.prep, self.path = config, prep, path
-        arch = {k: str(path / "tokenizers" / k) for k in prep.inputs
-                if (path / "tokenizers" / k / "config.json").exists()}
-        encoders, _ = build_encoders(prep.schema, config, arch)
-        if TABULAR in prep.inputs:
-            encoders[TABULAR] = build_tabular_encoder(prep, config)
-        self.vocab = Vocabulary(AutoTokenizer.from_pretrained(str(path / DECODER_TOKENIZER)),
-                                config_json["vocabulary"])
-        self.task = GenerationTask(self.vocab, config.label_smoothing)
-        self.model = build_model(encoders, prep, config, self.vocab, init_embeddings=False)
-        artifacts.load_weights(self.model, path / artifacts.WEIGHTS)
-        for key, enc in self.model.encoders.items():
-            if key != TABULAR:
-                enc.freeze()
-        self.model.eval().to(device or "cpu")
-        self.model_id = config_json.get("model_id")
-        if (path / artifacts.METRICS).exists():
-            self.metrics = json.loads((path / artifacts.METRICS).read_text())
-        return self
-
-    def _card(self, path: Path) -> str:
-        cfg, prep = self.config, self.prep
-        dec = self.model.decoder
-        params = sum(p.numel() for n, p in self.model.named_parameters() if not n.startswith("encoders."))
-        lines = [f"# polymodal model: generates `{cfg.label}` (task {cfg.task})", "",
-                 f"- decoder: {cfg.layers} layers, width {cfg.d_model}, {cfg.heads} heads, tied embeddings of width "
-                 f"{dec.embed.weight.shape[1]}; {params:,} parameters besides the encoders",
-                 f"- vocabulary: {len(self.vocab)} tokens of the `{cfg.decoder_tokenizer}` tokenizer ({cfg.vocab})",
-                 f"- memory: {'one pooled token' if cfg.tokens is False else 'token sequences'} per input",
-                 f"- decoding: {DecodeConfig.from_dict(cfg.decode)}",
-                 f"- model id (SHA-256 of model.safetensors, first 16 hex): `{getattr(self, 'model_id', '')}`",
-                 "", "## Inputs", "", "| input | modality | columns | encoder | frozen |", "|---|---|---|---|---|"]
-        for key, spec in prep.inputs.items():
-            enc = self.model.encoders[key]
-            frozen = not any(p.requires_grad for p in enc.parameters())
-            lines.append(f"| {key} | {spec.modality} | {', '.join(spec.columns)} | `{getattr(enc, 'cache_id', '')}` "
-                         f"| {frozen} |")
-        lines += ["", "## Metrics", "", "```json", json.dumps(self.metrics, indent=2, default=str), "```", "",
-                  "## Training", "", "```json", json.dumps(cfg.to_dict(), indent=2, default=str), "```", "",
-                  "## Use", "", "```python", "from polymodal import MultimodalPredictor",
-                  f"p = MultimodalPredictor.load({str(path)!r})",
-                  "p.predict(df)                    # generated text per row",
-                  "p.predict(df, method='greedy')   # or num_beams=5, method='sample', top_p=0.9, ...", "```",
-                  "", "Loads offline; a run trained on a GPU predicts on CPU.", ""]
-        return "\n".join(lines)

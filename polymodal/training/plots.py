@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from polymodal.training.metrics import confusion_matrix
+
 
 def _plt():
     import matplotlib
@@ -44,8 +46,6 @@ def evaluation_plots(task, classes: list[str], probs: np.ndarray, target: np.nda
                      plots_dir: str | Path | None) -> None:
     """What `evaluate(plots_dir=...)` draws: the confusion matrix of a binary or multiclass task."""
     if plots_dir and task.problem_type in ("binary", "multiclass"):
-        from polymodal.training.metrics import confusion_matrix
-
         plot_confusion(confusion_matrix(probs, target), classes, Path(plots_dir) / "confusion_matrix.png")
 
 

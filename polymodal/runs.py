@@ -1,0 +1,58 @@
+"""Run folders of every kind, loaded through one function: `load_run(path)`.
+
+| kind | written by | loads as |
+|---|---|---|
+| table | `polymodal fit` (classify / regress / multi-task) | MultimodalPredictor |
+| generation | `polymodal fit --task caption / vqa-open` | MultimodalPredictor (kind "generation") |
+| compressed | `polymodal compress` | MultimodalPredictor, or OnnxPredictor for an ONNX artefact |
+| alignment | `polymodal align` | retrieval.AlignedModel |
+
+Model kinds are rebuilt by `training.build.rebuild` (compressed ones by `compress.artifacts.rebuild_compressed`,
+which calls it), so there is one rebuild path. The CLI and `serve/` load through here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from polymodal.compress.artifacts import is_compressed
+from polymodal.errors import PolymodalError
+from polymodal.predictor import MultimodalPredictor
+from polymodal.retrieval.config import is_alignment_run
+from polymodal.retrieval.pipeline import AlignedModel
+from polymodal.training.artifacts import CONFIG
+from polymodal.training.build import GENERATION, TABLE
+
+ALIGNMENT, COMPRESSED = "alignment", "compressed"
+RUN_KINDS = (TABLE, GENERATION, COMPRESSED, ALIGNMENT)
+
+
+def run_kind(path: str | os.PathLike) -> str:
+    """Which kind of run folder `path` is (see the module table); a clear error when it is none."""
+    path = Path(path)
+    if is_alignment_run(path):
+        return ALIGNMENT
+    if is_compressed(path):
+        return COMPRESSED
+    config = path / CONFIG
+    if not config.exists():
+        raise PolymodalError(f"{path} is not a polymodal run folder: {CONFIG} is missing (train one with "
+                             "`polymodal fit`)")
+    try:
+        kind = json.loads(config.read_text()).get("kind", TABLE)
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise PolymodalError(f"{config} is not a polymodal run configuration ({exc}); restore it from a copy "
+                             "or train the run again") from None
+    if kind not in RUN_KINDS:
+        raise PolymodalError(f"{config} names an unknown run kind {kind!r} (known: {', '.join(RUN_KINDS)})")
+    return kind
+
+
+def load_run(path: str | os.PathLike, device: str | None = None):
+    """The front for any run folder: a `contracts.Predictor` for model kinds, an AlignedModel for alignment
+    runs. Loads offline; GPU-trained runs load on CPU unless `device` says otherwise."""
+    if run_kind(path) == ALIGNMENT:
+        return AlignedModel.load(path)
+    return MultimodalPredictor.load(path, device)
