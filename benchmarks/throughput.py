@@ -104,7 +104,8 @@ def multiclass_task():
 
 
 def polymodal_model(encoders: dict[str, nn.Module], task, **cfg):
-    from polymodal.training.fit import FitConfig, assemble_model
+    from polymodal.training.build import assemble_model
+    from polymodal.training.config import FitConfig
 
     return assemble_model(encoders, task, FitConfig(label="y", **cfg))
 
@@ -319,7 +320,8 @@ def fusion_row(args, device, peak) -> dict:
 
     from polymodal.data.preprocess import Preprocessor
     from polymodal.data.schema import infer_schema
-    from polymodal.training.fit import FitConfig, make_loader
+    from polymodal.training.config import FitConfig
+    from polymodal.training.pipeline import make_loader
     from polymodal.training.module import FitModule
     from polymodal.training.trainer import build_trainer
 
@@ -407,7 +409,8 @@ def e2e_rows(args, device, peak, encoder_rates: dict) -> list[dict]:
     from polymodal.data.preprocess import Preprocessor
     from polymodal.data.schema import infer_schema
     from polymodal.encoders.cache import encode_values
-    from polymodal.training.fit import FitConfig, make_loader
+    from polymodal.training.config import FitConfig
+    from polymodal.training.pipeline import make_loader
 
     name = "efficientnet-lite0"
     tmp = Path(tempfile.mkdtemp(prefix="polymodal-jpegs-"))

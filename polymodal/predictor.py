@@ -23,14 +23,13 @@ from polymodal.contracts import Batch, outputs_to_answers
 from polymodal.data.dataset import check_rows, raise_or_drop
 from polymodal.data.readers import as_table
 from polymodal.errors import PolymodalError
-from polymodal.model import move_batch
 from polymodal.tasks.generation import GENERATION_TASKS, DecodeConfig
 from polymodal.training import artifacts
 from polymodal.training.build import DECODER_TOKENIZER, GENERATION, TABLE, Rebuilt, frozen_keys, rebuild
 from polymodal.training.config import FitConfig, GenerationConfig, replace_config
 from polymodal.training.fit import TABLE_RECIPE, ensure_usable
 from polymodal.training.generation import GENERATION_RECIPE, generate_texts, score_texts
-from polymodal.training.pipeline import FitResult, features_for, fit_in_memory, predict_outputs, predict_probs
+from polymodal.training.pipeline import FitResult, features_for, fit_in_memory, predict_probs, run_inference
 from polymodal.training.plots import evaluation_plots
 from polymodal.training.report import write_model_card, write_plots
 from polymodal.training.streaming import fit_stream
@@ -192,16 +191,17 @@ class MultimodalPredictor:
         """Per-row answers {"prediction", "probabilities"} for a collated batch (what the server batches),
         through the same inference loop as predict."""
         self.require_model()
-        if self.kind == GENERATION:
-            vocab, decode = self.task.vocab, self.decode_config()
-            step = (lambda m, b: m.generate(b, vocab, decode))
-        else:
-            step = (lambda m, b: m(b))
+        vocab, decode = getattr(self.task, "vocab", None), self.decode_config() if self.kind == GENERATION else None
+
+        def step(model, b):  # generators decode token ids; other models give logits
+            return model.generate(b, vocab, decode) if self.kind == GENERATION else model(b)
+
         rows = len(next(iter(batch["present"].values()))) if batch.get("present") else 1
-        (out, _), = predict_outputs(self.model, [move_batch(batch, self.device)], self.device, step, rows)
+        outs: list = []
+        run_inference(self.model, [batch], self.device, step, rows, lambda out, _: outs.append(out))
         if self.kind == GENERATION:
-            return [{"prediction": t, "probabilities": None} for t in self.task.vocab.decode(out)]
-        return outputs_to_answers(self.task, out, self.config.label)
+            return [{"prediction": t, "probabilities": None} for t in self.task.vocab.decode(outs[0])]
+        return outputs_to_answers(self.task, outs[0], self.config.label)
 
     # ---- persistence ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from polymodal.training.distributed import is_global_zero
-from polymodal.training.fit import FitConfig, fit
+from polymodal.training.config import FitConfig
+from polymodal.training.fit import fit
 
 
 def table(n: int, seed: int) -> pd.DataFrame:

@@ -88,7 +88,8 @@ def test_bucketed_sampler_is_seeded_and_shards_like_one_process(monkeypatch):
 
 def test_loader_buckets_trained_text_only_when_asked():
     from polymodal.encoders import build_encoder
-    from polymodal.training.fit import FitConfig, make_loader
+    from polymodal.training.config import FitConfig
+    from polymodal.training.pipeline import make_loader
 
     rng = np.random.default_rng(0)
     n = 320

@@ -190,7 +190,7 @@ class _Frozen(torch.nn.Module):
 
 
 def test_vocabulary_round_trip_and_unknown_tokens():
-    from polymodal.encoders.text import get_tokenizer
+    from polymodal.data.text import get_tokenizer
     from polymodal.tasks.generation import Vocabulary
 
     tok = get_tokenizer("minilm-l6")
@@ -267,7 +267,7 @@ def test_caption_run_folder_loads_offline_and_predicts_the_same(captioner):
                  "decoder_tokenizer/tokenizer_config.json", "plots/training_curves.png"):
         assert (run / name).exists(), name
     q = MultimodalPredictor.load(run)
-    assert type(q).__name__ == "GenerationPredictor"
+    assert q.kind == "generation"
     df = read_table(root / "train.csv")
     assert q.predict(df).tolist() == p.predict(df).tolist()
     assert q.predict(df.head(3), method="sample", top_k=1).tolist() == p.predict(df.head(3), method="greedy").tolist()

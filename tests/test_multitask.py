@@ -170,7 +170,7 @@ def test_mixup_with_lambda_one_is_the_plain_loss_and_l1_adds_the_penalty(tmp_pat
     p = MultimodalPredictor(label="colour", verbose=False, **{**FAST, "max_epochs": 1})
     p.fit(path)
     from polymodal.data.readers import read_table
-    from polymodal.training.fit import make_loader
+    from polymodal.training.pipeline import make_loader
 
     df = read_table(path)
     batch = next(iter(make_loader(df, p.prep, {}, p.config, train=False)))

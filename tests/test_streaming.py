@@ -1,4 +1,4 @@
-"""Streaming input (data/streaming.py, training.fit.fit_stream): Parquet and WebDataset shards read chunk by
+"""Streaming input (data/streaming.py, training.streaming.fit_stream): Parquet and WebDataset shards read chunk by
 chunk, statistics in one pass, a hash split, training over memory-mapped rows, bad rows located by shard."""
 
 from __future__ import annotations

@@ -371,7 +371,8 @@ def test_every_fusion_takes_video_and_sound_inputs(tmp_path):
 def test_frozen_sound_encoder_caches_only_clips_with_sound(tmp_path):
     """A frozen audio encoder on the sound track goes through the feature cache; silent clips are missing."""
     from polymodal.encoders.cache import precompute_features
-    from polymodal.training.fit import FitConfig, build_encoders
+    from polymodal.training.build import build_encoders
+    from polymodal.training.config import FitConfig
 
     (tmp_path / "c").mkdir()
     for i in range(6):
@@ -394,7 +395,8 @@ def test_frozen_sound_encoder_caches_only_clips_with_sound(tmp_path):
 def test_schema_and_preprocess_round_trip(tmp_path):
     cue_table(tmp_path, n=6)
     from polymodal.data.readers import read_table
-    from polymodal.training.fit import FitConfig, build_encoders
+    from polymodal.training.build import build_encoders
+    from polymodal.training.config import FitConfig
 
     df = read_table(tmp_path / "train.csv")
     schema = infer_schema(df, "label")

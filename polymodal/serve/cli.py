@@ -8,6 +8,8 @@ import typer
 
 from polymodal.errors import PolymodalError, user_errors
 from polymodal.runs import ALIGNMENT, run_kind
+from polymodal.serve.inputs import MB
+from polymodal.serve.search import load_index_searcher
 
 
 @user_errors
@@ -32,8 +34,6 @@ def serve(
     import uvicorn
 
     from polymodal.serve.app import app_from_run
-    from polymodal.serve.inputs import MB
-    from polymodal.serve.search import load_index_searcher
 
     alignment = run_kind(run) == ALIGNMENT  # also the clear error for a folder that is no run
     if max_batch < 1 or max_wait_ms < 0 or max_file_mb <= 0 or max_text_chars < 1:

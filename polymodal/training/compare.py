@@ -27,6 +27,7 @@ from polymodal.training.metrics import compute_metrics
 from polymodal.training.pipeline import FitResult, Log, make_loader, predict_probs
 from polymodal.types import ID, TABULAR
 
+
 def input_groups(schema_columns: dict[str, str]) -> dict[str, list[str]]:
     """Model inputs → their columns (media/text columns alone, numeric + categorical together)."""
     groups: dict[str, list[str]] = {}

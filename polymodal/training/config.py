@@ -30,7 +30,7 @@ def check_choices(config) -> None:
     for name, (flag, allowed) in CHOICES.items():
         value = getattr(config, name, None)
         if name in names and value not in allowed:
-            shown = ", ".join("None" if a is None else str(a) for a in allowed)
+            shown = ", ".join(str(a) for a in allowed if a is not None)  # None (unset) is allowed but not a flag value
             raise PolymodalError(f"{flag} must be one of {shown}, not {value!r}")
 
 
@@ -75,7 +75,7 @@ class RunSettings:
 
     @property
     def labels(self) -> list[str]:
-        label = getattr(self, "label")
+        label = self.label
         return [label] if isinstance(label, str) else list(label)
 
 

@@ -24,7 +24,7 @@ from polymodal.training.build import GENERATION, build_generation_model, embeddi
 from polymodal.training.callbacks import EpochSampler
 from polymodal.training.config import GenerationConfig
 from polymodal.training.module import FitModule
-from polymodal.training.pipeline import Log, log_schema, one_thread, predict_outputs
+from polymodal.training.pipeline import Log, log_schema, one_thread, run_inference
 from polymodal.training.text_metrics import exact_match, text_metrics
 from polymodal.types import TEXT
 
@@ -187,8 +187,8 @@ def generate_texts(model: GenerationModel, vocab: Vocabulary, prep: Preprocessor
     # easy-vqa images took 8.4 s with one thread and 15.4 s with two (thread hand-offs on small matmuls).
     small = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("encoders.")) <= 5_000_000
     with one_thread(torch.device(device).type == "cpu" and small):
-        for seqs, _ in predict_outputs(model, loader, device, lambda m, b: m.generate(b, vocab, decode), len(unique)):
-            out += vocab.decode(seqs)
+        run_inference(model, loader, device, lambda m, b: m.generate(b, vocab, decode), len(unique),
+                      lambda seqs, _: out.extend(vocab.decode(seqs)))
     return [out[i] for i in np.asarray(inverse).reshape(-1)]
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
+from transformers import get_cosine_schedule_with_warmup
+
+from polymodal.model import compile_encoders, use_channels_last
 
 
 class FitModule(L.LightningModule):
@@ -25,8 +28,6 @@ class FitModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         # Runs before Lightning moves the model to its device and builds the optimiser, so the optimiser
         # state is created in the same (channels_last) layout as the weights.
-        from polymodal.model import compile_encoders, use_channels_last
-
         use_channels_last(self.model, self.trainer.strategy.root_device)
         if self.compile_encoders and not getattr(self, "_compiled", False):
             compile_encoders(self.model)
@@ -96,8 +97,6 @@ class FitModule(L.LightningModule):
             self.log(f"val_{k}", v, prog_bar=(k == name))
 
     def configure_optimizers(self):
-        from transformers import get_cosine_schedule_with_warmup
-
         extra = list(self.task.parameters()) if isinstance(self.task, torch.nn.Module) else []  # learned loss weights
         groups = param_groups(self.model, self.lr, self.encoder_lr_scale, extra)
         # fused AdamW (one kernel for all tensors) on CUDA; not under fp16's GradScaler, whose unscaling

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,7 +29,7 @@ from polymodal.data.preprocess import Preprocessor
 from polymodal.data.schema import Schema
 from polymodal.encoders.cache import precompute_features
 from polymodal.errors import PolymodalError
-from polymodal.model import move_batch
+from polymodal.model import inference_context, move_batch, prepare_for_inference
 from polymodal.training.build import build_encoders, build_tabular_encoder, frozen_keys
 from polymodal.training.callbacks import EpochSampler
 from polymodal.training.config import FitConfig, RunSettings
@@ -236,18 +236,20 @@ def sample_weights(prep: Preprocessor, target: np.ndarray | None) -> np.ndarray:
     return w
 
 
-@torch.inference_mode()
-def predict_outputs(model: nn.Module, loader: DataLoader, device, step: Callable[[nn.Module, dict], Any],
-                    rows: int) -> Iterator[tuple[Any, dict]]:
-    """The one inference loop: each batch of `loader` on `device`, through `step(model, batch)`, in eval
-    mode and inference_mode; yields (step's output, batch). `rows`: how many rows the loader holds."""
-    model.eval().to(device)
+def run_inference(model: nn.Module, batches: Iterable[dict], device, step: Callable[[nn.Module, dict], Any],
+                  rows: int, on_batch: Callable[[Any, dict], None]) -> None:
+    """The one inference loop, which predict, evaluate, the server (`answer_batch`) and benchmarks/throughput.py
+    share: the model prepared by `model.prepare_for_inference` (eval, on `device`, channels_last on CUDA), each
+    batch moved to `device` and passed through `step(model, batch)` inside `model.inference_context`
+    (inference_mode; bf16 autocast on CUDA, the precision training used); `on_batch(output, batch)` collects.
+    `rows`: how many rows the batches hold."""
+    prepare_for_inference(model, device)
     # A few rows on CPU: one thread. Measured on the 2-core machine under load, a 1-row predict with the
     # demo model took 0.2-0.3 s with one thread and 3-4 s with two (OpenMP threads spinning for cores).
-    with one_thread(torch.device(device).type == "cpu" and rows <= 8):
-        for batch in loader:
+    with one_thread(torch.device(device).type == "cpu" and rows <= 8), inference_context(device):
+        for batch in batches:
             batch = move_batch(batch, device)
-            yield step(model, batch), batch
+            on_batch(step(model, batch), batch)
 
 
 def predict_probs(model: nn.Module, task, prep: Preprocessor, df: pd.DataFrame, config: FitConfig,
@@ -258,10 +260,13 @@ def predict_probs(model: nn.Module, task, prep: Preprocessor, df: pd.DataFrame, 
     loader = make_loader(df, prep, feats or {}, dataclasses.replace(config, num_workers=0), train=False,
                          with_target=with_target)
     probs, targets = [], []
-    for out, batch in predict_outputs(model, loader, device, lambda m, b: task.probabilities(m(b)), len(df)):
+
+    def collect(out: torch.Tensor, batch: dict) -> None:
         probs.append(out.float().cpu().numpy())
         if with_target:
             targets.append(batch["target"].cpu().numpy())
+
+    run_inference(model, loader, device, lambda m, b: task.probabilities(m(b)), len(df), collect)
     return np.concatenate(probs), (np.concatenate(targets) if with_target else None)
 
 

@@ -23,7 +23,7 @@ from polymodal.errors import DataError, PolymodalError
 from polymodal.training.build import build_encoders, build_tabular_encoder, is_frozen, token_inputs
 from polymodal.training.config import FitConfig
 from polymodal.training.fit import TABLE_RECIPE
-from polymodal.training.pipeline import FitResult, Log, Prepared, log_schema, train_device, train_and_score
+from polymodal.training.pipeline import FitResult, Log, Prepared, log_schema, train_and_score, train_device
 from polymodal.types import TABULAR
 
 
