@@ -75,8 +75,7 @@ def espeak_set(limit: int | None) -> tuple[list[str], list[str]] | None:
 def ct2_transcripts(paths: list[str], beam_size: int) -> list[str]:
     import ctranslate2
 
-    from polymodal.data.transforms import load_wave
-    from polymodal.encoders.whisper import whisper_features
+    from polymodal.data.audio import load_wave, whisper_features
 
     _, proc = load_whisper()
     model = ctranslate2.models.Whisper(str(packaged_model_dir()), device="cpu", compute_type="float32")

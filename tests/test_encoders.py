@@ -35,7 +35,7 @@ def minilm() -> Encoder:
 
 @pytest.fixture(scope="module")
 def text_batch() -> dict[str, torch.Tensor]:
-    from polymodal.encoders.text import get_tokenizer
+    from polymodal.data.text import get_tokenizer
 
     tok = get_tokenizer("minilm-l6")
     b = tok(SENTENCES, padding=True, truncation=True, max_length=64, return_tensors="pt")
@@ -178,7 +178,7 @@ def test_freeze_keeps_eval_and_statistics(mobilenet):
 
 def test_minilm_matches_sentence_transformers(minilm, text_batch):
     st = pytest.importorskip("sentence_transformers")
-    from polymodal.encoders.text import resolve
+    from polymodal.data.text import resolve
 
     ref = st.SentenceTransformer(resolve("minilm-l6"), device="cpu").encode(SENTENCES, convert_to_tensor=True)
     with torch.no_grad():
@@ -188,7 +188,7 @@ def test_minilm_matches_sentence_transformers(minilm, text_batch):
 
 
 def test_text_tokens_config_and_tokenizer(minilm, text_batch):
-    from polymodal.encoders.text import get_tokenizer
+    from polymodal.data.text import get_tokenizer
 
     with torch.no_grad():
         tok = minilm.tokens(text_batch)
@@ -263,7 +263,7 @@ def test_efficientnet_lite_expects_half_normalisation():
 def test_log_mel_reference():
     import librosa
 
-    from polymodal.encoders.audio import log_mel
+    from polymodal.data.audio import log_mel
 
     sr, f0 = 8000, 1000.0
     t = np.arange(sr // 2) / sr

@@ -26,11 +26,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from polymodal.cli import app
+from polymodal.data.audio import load_wave
 from polymodal.data.dataset import check_rows
 from polymodal.data.preprocess import Preprocessor
 from polymodal.data.readers import read_table
 from polymodal.data.schema import PROBLEM_TYPES, infer_column_type, infer_problem_type, infer_schema
-from polymodal.data.transforms import load_audio_features, load_image, load_wave
+from polymodal.data.transforms import load_audio_features, load_image
 from polymodal.errors import DataError, PolymodalError
 from polymodal.types import MODALITIES
 

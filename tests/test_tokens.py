@@ -22,7 +22,7 @@ def test_token_features_shapes_and_padding():
     t = token_features(img, torch.randn(2, 3, 64, 64), "image", {})
     assert t.shape == (2, 4, img.token_dim) and token_mask(t).all()
     txt = build_encoder("text").freeze()
-    from polymodal.encoders.text import get_tokenizer
+    from polymodal.data.text import get_tokenizer
 
     enc = get_tokenizer("minilm-l6")(["a red thing", "a much longer caption about a blue thing"], padding=True,
                                      return_tensors="pt")

@@ -227,7 +227,7 @@ def test_cached_conversion_skips_parsing(tiny, whisper_cache, monkeypatch):
 def test_encoder_matches_ctranslate2(tiny, ct2_model, tmp_path):
     import ctranslate2
 
-    from polymodal.encoders.whisper import whisper_features
+    from polymodal.data.audio import whisper_features
 
     model, _ = tiny
     waves = [(_synthetic_wave(), 16000)]
@@ -250,7 +250,7 @@ def test_encoder_matches_ctranslate2(tiny, ct2_model, tmp_path):
 def test_greedy_and_beam_transcripts_match_ctranslate2(tiny, ct2_model, tmp_path):
     import ctranslate2
 
-    from polymodal.encoders.whisper import whisper_features
+    from polymodal.data.audio import whisper_features
     from polymodal.tasks.speech import transcribe
 
     model, processor = tiny
@@ -285,7 +285,8 @@ def test_transcribe_inputs_and_language_check(tiny):
 
 @pytest.mark.slow
 def test_whisper_audio_encoder_contract(whisper_cache, tiny):
-    from polymodal.encoders.whisper import WhisperAudioEncoder, valid_mel_frames, whisper_features
+    from polymodal.data.audio import valid_mel_frames, whisper_features
+    from polymodal.encoders.whisper import WhisperAudioEncoder
 
     enc = WhisperAudioEncoder(cache_dir=whisper_cache)
     assert enc.out_dim == enc.token_dim == 384 and enc.pretrained

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -18,6 +17,7 @@ from torch.utils.data import Dataset
 
 from polymodal.data.preprocess import Preprocessor
 from polymodal.data.readers import is_missing, resolve_path
+from polymodal.data.text import get_tokenizer
 from polymodal.data.transforms import load_audio_features, load_image
 from polymodal.errors import DataError
 from polymodal.types import AUDIO, IMAGE, TABULAR, TEXT, TIMESERIES, VIDEO
@@ -282,13 +282,6 @@ def placeholder(modality: str, cfg: dict) -> np.ndarray:
     return np.zeros((cfg["n_mels"], 1), np.float32)
 
 
-@lru_cache(maxsize=8)
-def _tokenizer(name: str):
-    from polymodal.encoders.text import get_tokenizer
-
-    return get_tokenizer(name)
-
-
 class Collator:
     """Stack items into a Batch; tokenises text here so padding is per batch, not per dataset."""
 
@@ -308,7 +301,7 @@ class Collator:
             vals = [it["inputs"][key] for it in items]
             spec = self.prep.inputs[key]
             if spec.modality == TEXT:
-                tok = _tokenizer(spec.config["tokenizer"])
+                tok = get_tokenizer(spec.config["tokenizer"])
                 enc = tok([v or "" for v in vals], padding=True, truncation=True,
                           max_length=spec.config.get("max_length", 64), return_tensors="pt")
                 batch["inputs"][key] = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}

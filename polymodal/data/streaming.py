@@ -2,7 +2,7 @@
 
 The in-memory path reads a whole table with pandas. Here a table is a list of shard files (a Parquet file,
 a folder of them, a glob such as `data/part-*.parquet`, or WebDataset tars such as
-`shards/train-{000..009}.tar`), read `chunk_rows` rows at a time. `training.fit.fit_stream` drives it:
+`shards/train-{000..009}.tar`), read `chunk_rows` rows at a time. `training.streaming.fit_stream` drives it:
 
 1. the schema is inferred from the first `SCHEMA_ROWS` rows;
 2. one pass computes the preprocessing statistics of the training rows (`StreamStats`: category sets,
@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 
 from polymodal.data.dataset import Problem, TableDataset, _gather_batch, raise_or_drop, unlabeled
+from polymodal.data.paths import default_cache_dir
 from polymodal.data.preprocess import Preprocessor, _natural_key, _split_labels
 from polymodal.data.readers import column_names, is_missing, keep_rows
 from polymodal.data.schema import AUDIO_EXT, IMAGE_EXT, MULTILABEL, MULTITASK, REGRESSION, VIDEO_EXT, Schema
@@ -110,8 +111,6 @@ def _kind(path: Path) -> str:
 def media_dir(cache_dir: str | os.PathLike | None) -> Path:
     """Where WebDataset media members are extracted: beside the feature cache, named by content hash, so
     re-runs reuse the files and the feature cache (keyed by the same content) hits."""
-    from polymodal.encoders.cache import default_cache_dir
-
     return Path(cache_dir or default_cache_dir()) / "media"
 
 

@@ -84,8 +84,9 @@ def _decode_all(split: str, df: pd.DataFrame, prep: Preprocessor) -> list[dict]:
     """Fully decode every media file (catches truncated files that a header check misses)."""
     import os
 
+    from polymodal.data.audio import load_wave
     from polymodal.data.readers import resolve_path
-    from polymodal.data.transforms import load_image, load_wave
+    from polymodal.data.transforms import load_image
 
     out = []
     base = df.attrs.get("base_dir", os.getcwd())

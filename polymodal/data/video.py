@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from polymodal.data.audio import fit_length
 from polymodal.errors import DataError, PolymodalError
 
 SAMPLING = ("uniform", "fps", "keyframes")
@@ -329,7 +330,7 @@ def video_placeholder(cfg: dict) -> dict:
 def load_video_wave(src, sample_rate: int, max_seconds: float | None = None, augment: bool = False,
                     rng: np.random.Generator | None = None) -> np.ndarray | None:
     """The clip's first audio stream as mono float32 at `sample_rate`, cropped or zero-padded to `max_seconds`
-    (a random crop when augmenting, as `transforms.load_wave`); None when the clip has no sound."""
+    (a random crop when augmenting, as `audio.load_wave`); None when the clip has no sound."""
     if is_frame_folder(src):
         return None
     av = _av()
@@ -356,8 +357,6 @@ def load_video_wave(src, sample_rate: int, max_seconds: float | None = None, aug
         return None
     if not np.isfinite(wave).all():
         raise DataError(f"audio samples are not finite (NaN or infinity) in {_name(src)}")
-    from polymodal.data.transforms import fit_length
-
     return fit_length(wave, sample_rate, max_seconds, augment, rng)
 
 

@@ -121,7 +121,8 @@ def build_encoder(modality: str, name: str | None = None, **opts) -> nn.Module:
 
 def encoder_names() -> dict[str, list[str]]:
     """Built-in encoder names per modality (prefixed/hub names are accepted on top of these)."""
-    from polymodal.encoders import audio, image, tabular, text, timeseries, video
+    from polymodal.data import text
+    from polymodal.encoders import audio, image, tabular, timeseries, video
 
     return {"image": sorted(image.BUILTIN), "text": sorted(text.BUILTIN), "audio": sorted(audio.BUILTIN),
             "video": sorted(video.BUILTIN), "timeseries": sorted(timeseries.BUILTIN),

@@ -1,41 +1,17 @@
-"""Audio: the log-mel transform (used by the data layer) and a small CNN over log-mel spectrograms.
+"""Audio encoders: a small CNN over log-mel spectrograms, and the converted Whisper encoder (`whisper.py`).
 
-Input to the encoder: (B, n_mels, T) float from `log_mel`, any T ≥ 1.
+Input to the CNN: (B, n_mels, T) float from `data.audio.log_mel`, any T ≥ 1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from polymodal.encoders import Encoder
 from polymodal.errors import PolymodalError
-
-TOP_DB = 80.0
-
-
-def log_mel(wave: np.ndarray, sample_rate: int, n_mels: int, n_fft: int, hop_length: int) -> np.ndarray:
-    """Mono waveform → log-mel spectrogram (n_mels, T) float32 scaled to [-2, 2].
-
-    dB relative to the clip's loudest bin, floored at -80 dB (librosa's `power_to_db(ref=np.max,
-    top_db=80)`), then mapped linearly from [-80, 0] dB to [-2, 2] so the CNN sees standardised-scale inputs
-    without dataset statistics. Relative dB makes the features independent of recording gain.
-    """
-    import librosa
-
-    wave = np.asarray(wave, dtype=np.float32)
-    if len(wave) < n_fft:  # librosa warns on and mis-sizes clips shorter than one window
-        wave = np.pad(wave, (0, n_fft - len(wave)))
-    power = librosa.feature.melspectrogram(y=wave, sr=sample_rate, n_fft=n_fft, hop_length=hop_length,
-                                           n_mels=n_mels, power=2.0)
-    if power.max() <= 1e-10:  # pure silence: power_to_db(ref=max) would put it at 0 dB (the loudest level)
-        db = np.full_like(power, -TOP_DB)
-    else:
-        db = librosa.power_to_db(power, ref=np.max, top_db=TOP_DB)
-    return ((db + TOP_DB / 2) / (TOP_DB / 4)).astype(np.float32)
 
 
 class LogMelCNN(Encoder):

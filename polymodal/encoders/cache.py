@@ -21,15 +21,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from polymodal.data.dataset import Problem
+from polymodal.data.paths import default_cache_dir
 from polymodal.data.preprocess import InputSpec, Preprocessor
 from polymodal.data.readers import is_missing, resolve_path
+from polymodal.data.text import get_tokenizer
 from polymodal.data.transforms import load_audio_features, load_image
 from polymodal.errors import DataError, PolymodalError
 from polymodal.types import AUDIO, IMAGE, TEXT, TIMESERIES, VIDEO
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("POLYMODAL_CACHE", Path.home() / ".cache" / "polymodal")) / "features"
 
 
 def content_key(value: str, modality: str) -> str:
@@ -230,8 +228,6 @@ def encode_values(encoder: torch.nn.Module, spec: InputSpec, values: list[str], 
     errors: dict[int, str] = {}
     out: np.ndarray | None = None
     if spec.modality == TEXT:
-        from polymodal.encoders.text import get_tokenizer
-
         tok = get_tokenizer(spec.config["tokenizer"])
         order = sorted(range(len(values)), key=lambda i: len(values[i]))  # length bucketing: less padding
         for s in range(0, len(order), batch_size):

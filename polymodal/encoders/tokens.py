@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from polymodal.data.audio import valid_mel_frames
 from polymodal.types import AUDIO, IMAGE, TEXT
 
 TOKEN_MODALITIES = (IMAGE, TEXT, AUDIO)
@@ -33,8 +34,6 @@ def token_features(encoder, x, modality: str, config: dict) -> Tensor:
         return t[:, :length]
     if modality == AUDIO:
         if config.get("kind") == "whisper":
-            from polymodal.encoders.whisper import valid_mel_frames
-
             n = (valid_mel_frames(x) + 1) // 2  # one encoder state per two mel frames
             live = torch.arange(t.shape[1], device=t.device)[None, :] < n[:, None]
             t = t * live.unsqueeze(-1).to(t.dtype)

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from polymodal.data.audio import WHISPER_SAMPLE_RATE, WHISPER_SECONDS, valid_mel_frames
+from polymodal.data.paths import cache_root
 from polymodal.errors import PolymodalError
 
 PACKAGED_NAME = "tiny.en"
-SAMPLE_RATE = 16000
-N_SAMPLES = 30 * SAMPLE_RATE  # Whisper always sees 30 s windows: 3000 mel frames, 1500 encoder positions
 # Order of CTranslate2's DataType enum (include/ctranslate2/types.h); bfloat16 is handled by hand.
 _CT2_DTYPES: dict[int, Any] = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16,
                                5: "bfloat16"}
@@ -248,7 +248,7 @@ def ct2_to_hf(variables: dict[str, np.ndarray], aliases: dict[str, str]):
 # --------------------------------------------------------------------------- loading + cache
 
 def whisper_cache_dir() -> Path:
-    return Path(os.environ.get("POLYMODAL_CACHE", Path.home() / ".cache" / "polymodal")) / "whisper"
+    return cache_root() / "whisper"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -277,7 +277,7 @@ def _processor(model_dir: Path):
     from transformers import WhisperFeatureExtractor, WhisperProcessor, WhisperTokenizer
 
     tok = WhisperTokenizer(tokenizer_file=str(model_dir / "tokenizer.json"))
-    fe = WhisperFeatureExtractor(feature_size=80, sampling_rate=SAMPLE_RATE)
+    fe = WhisperFeatureExtractor(feature_size=80, sampling_rate=WHISPER_SAMPLE_RATE)
     return WhisperProcessor(feature_extractor=fe, tokenizer=tok)
 
 
@@ -344,50 +344,12 @@ def load_whisper(name_or_path: str = PACKAGED_NAME, cache_dir: str | os.PathLike
     return convert_ct2_whisper(model_dir, cache_dir), _processor(model_dir)
 
 
-# --------------------------------------------------------------------------- features + encoder
-
-def whisper_features(wave: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Mono waveform → Whisper log-mel features (80, 3000): resampled to 16 kHz, padded/cut to 30 s."""
-    wave = np.asarray(wave, np.float32)
-    if wave.ndim == 2:  # (samples, channels) as soundfile returns it
-        wave = wave.mean(axis=1)
-    if sample_rate != SAMPLE_RATE:
-        import librosa
-
-        wave = librosa.resample(wave, orig_sr=sample_rate, target_sr=SAMPLE_RATE).astype(np.float32)
-    fe = _feature_extractor()
-    return fe(wave, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features[0].astype(np.float32)
-
-
-_FE = None
-
-
-def _feature_extractor():
-    global _FE
-    if _FE is None:
-        from transformers import WhisperFeatureExtractor
-
-        _FE = WhisperFeatureExtractor(feature_size=80, sampling_rate=SAMPLE_RATE)
-    return _FE
-
-
-def valid_mel_frames(x: torch.Tensor) -> torch.Tensor:
-    """Number of mel frames before the zero padding, per example of (B, 80, T) Whisper features.
-
-    Whisper's log-mel floors every value at (max - 8 dB·10), so frames of padded digital silence are
-    exactly constant at the example's minimum; the last frame with any value above it ends the clip.
-    """
-    floor = x.amin(dim=(1, 2), keepdim=True)
-    live = (x > floor + 1e-6).any(dim=1)  # (B, T)
-    idx = torch.arange(x.shape[-1], device=x.device).expand_as(live)
-    last = torch.where(live, idx, torch.full_like(idx, -1)).amax(dim=1)
-    return (last + 1).clamp(min=1)
-
+# --------------------------------------------------------------------------- encoder
 
 class WhisperAudioEncoder(nn.Module):
     """Frozen Whisper encoder as a polymodal audio encoder.
 
-    Input: Whisper log-mel features (B, 80, 3000) from `whisper_features`. HF's WhisperEncoder rejects
+    Input: Whisper log-mel features (B, 80, 3000) from `data.audio.whisper_features`. HF's WhisperEncoder rejects
     any other length (its 1500 positional embeddings are fixed), so a 0.5 s clip still costs a full
     30 s encoder pass (~0.1-0.2 s per clip on 2 CPU cores for tiny.en); frozen-feature caching makes
     that a one-time cost.
@@ -420,8 +382,8 @@ class WhisperAudioEncoder(nn.Module):
         return super().train(mode and not self._frozen)
 
     def preprocess_config(self) -> dict:
-        return {"kind": "whisper", "sample_rate": SAMPLE_RATE, "n_mels": self.n_mels, "max_seconds": 30,
-                "n_fft": 400, "hop_length": 160}
+        return {"kind": "whisper", "sample_rate": WHISPER_SAMPLE_RATE, "n_mels": self.n_mels,
+                "max_seconds": WHISPER_SECONDS, "n_fft": 400, "hop_length": 160}
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 80, 3000) log-mel → (B, 1500, d_model) encoder states (covering all 30 s)."""

@@ -272,7 +272,7 @@ class GenerationTask:
 def init_word_embeddings(decoder: TextDecoder, vocab: Vocabulary, source: str | None) -> bool:
     """Copy the text encoder's word embeddings (rows of the kept tokenizer ids) into the decoder's tied
     embedding, when `source` is a built-in text encoder whose width matches; returns whether it did."""
-    from polymodal.encoders.text import BUILTIN, resolve
+    from polymodal.data.text import BUILTIN, resolve
 
     if source not in BUILTIN:
         return False

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from polymodal.encoders.whisper import N_SAMPLES, SAMPLE_RATE, load_whisper
+from polymodal.data.audio import WHISPER_SAMPLE_RATE, WHISPER_SAMPLES, load_wave, resample
+from polymodal.encoders.whisper import load_whisper
 from polymodal.errors import PolymodalError
 
 AudioInput = Any  # a path, a 16 kHz mono waveform, or (waveform, sample_rate)
@@ -30,18 +31,12 @@ def _model(model) -> tuple:
 
 def _wave(item: AudioInput) -> np.ndarray:
     if isinstance(item, (str, Path)):
-        from polymodal.data.transforms import load_wave
-
-        return load_wave(str(item), SAMPLE_RATE)
+        return load_wave(str(item), WHISPER_SAMPLE_RATE)
     if isinstance(item, tuple):
         wave, sr = item
         wave = np.asarray(wave, np.float32)
         wave = wave.mean(axis=1) if wave.ndim == 2 else wave
-        if sr != SAMPLE_RATE:
-            import librosa
-
-            wave = librosa.resample(wave, orig_sr=sr, target_sr=SAMPLE_RATE)
-        return wave.astype(np.float32)
+        return resample(wave, sr, WHISPER_SAMPLE_RATE) if sr != WHISPER_SAMPLE_RATE else wave
     wave = np.asarray(item, np.float32)
     return wave.mean(axis=1) if wave.ndim == 2 else wave
 
@@ -68,14 +63,14 @@ def transcribe(paths_or_waves: Sequence[AudioInput] | AudioInput, model=None, be
     pieces, owner = [], []
     for i, item in enumerate(paths_or_waves):
         wave = _wave(item)
-        for s in range(0, max(len(wave), 1), N_SAMPLES):
-            pieces.append(wave[s:s + N_SAMPLES])
+        for s in range(0, max(len(wave), 1), WHISPER_SAMPLES):
+            pieces.append(wave[s:s + WHISPER_SAMPLES])
             owner.append(i)
     texts = [""] * len(pieces)
     device = next(whisper.parameters()).device
     for s in range(0, len(pieces), batch_size):
         chunk = pieces[s:s + batch_size]
-        feats = processor.feature_extractor(chunk, sampling_rate=SAMPLE_RATE,
+        feats = processor.feature_extractor(chunk, sampling_rate=WHISPER_SAMPLE_RATE,
                                             return_tensors="pt").input_features
         kwargs: dict[str, Any] = {"num_beams": beam_size, "max_new_tokens": max_new_tokens}
         if multilingual:

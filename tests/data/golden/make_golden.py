@@ -115,7 +115,7 @@ def _image_case(name: str, **opts) -> Callable[[Path], tuple]:
 
 
 def _text_case(tmp: Path) -> tuple:
-    from polymodal.encoders.text import get_tokenizer
+    from polymodal.data.text import get_tokenizer
 
     enc = _seeded(TEXT, "minilm-l6")
     cfg = enc.preprocess_config()
