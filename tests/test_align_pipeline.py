@@ -17,9 +17,11 @@ from polymodal.errors import DataError, PolymodalError
 from polymodal.retrieval.pipeline import (
     AlignConfig,
     AlignedModel,
-    _group_split,
     column_modality,
+    is_alignment_run,
+    load_alignment_run,
     positive_groups,
+    split_alignment_pairs,
 )
 
 pytest.importorskip("faiss")
@@ -105,7 +107,9 @@ def test_zero_shot_by_prompts(aligned):
 
 def test_loaded_model_embeds_like_the_trained_one_and_refuses_a_foreign_index(aligned, tmp_path):
     root, run, train, test = aligned
-    model = AlignedModel.load(run)
+    assert is_alignment_run(run) and not is_alignment_run(tmp_path)
+    model = load_alignment_run(run)
+    assert isinstance(model, AlignedModel) and model.path == run
     emb = model.embed(pd.read_csv(test).assign(image=lambda d: str(root) + "/" + d["image"]), "image")
     assert emb.shape == (30, 64) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     q = model.embed_query({"text": "a red square"})
@@ -143,7 +147,7 @@ def test_vector_columns_align_and_beat_chance(tmp_path):
         model.embed_query({"vector": [1.0, 2.0]})
 
 
-def test_positive_groups_and_group_split():
+def test_positive_groups_and_split_alignment_pairs():
     df = pd.DataFrame({"img": ["a", "b", "c", "d", "a", "e"], "cap": ["x", "y", "x", "z", "w", "z"],
                        "cat": [1, 1, 2, 2, 3, 3]})
     g = positive_groups(df, "img", "cap")
@@ -152,10 +156,10 @@ def test_positive_groups_and_group_split():
     assert list(positive_groups(df, "img", "cap", pair_id="cat")) == [0, 0, 1, 1, 2, 2]
     rows = [{"image": f"{i}.png", "caption": f"caption {i % 25}"} for i in range(100)]
     cfg = AlignConfig(left="image", right="caption", valid_fraction=0.3)
-    tr, va = _group_split(pd.DataFrame(rows), cfg, log=lambda m: None)
+    tr, va = split_alignment_pairs(pd.DataFrame(rows), cfg, log=lambda m: None)
     assert not set(tr["caption"]) & set(va["caption"]) and len(tr) + len(va) == 100
     few = pd.DataFrame(rows[:30]).assign(caption=lambda d: d["caption"].str[-1])  # 10 groups: split by row
-    tr, va = _group_split(few, cfg, log=lambda m: None)
+    tr, va = split_alignment_pairs(few, cfg, log=lambda m: None)
     assert set(tr["caption"]) & set(va["caption"]) and len(tr) + len(va) == 30
 
 

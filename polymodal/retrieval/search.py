@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from polymodal.errors import PolymodalError
+from polymodal.retrieval.aligned import AlignedModel
+from polymodal.retrieval.config import VECTOR, is_alignment_run
 from polymodal.retrieval.index import ModelMismatchError, VectorIndex
-from polymodal.retrieval.pipeline import VECTOR, AlignedModel, is_alignment_run
 
 __all__ = ["IndexSearcher", "load_searcher"]
 
