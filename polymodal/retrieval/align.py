@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from sklearn.cluster import MiniBatchKMeans
 from torch import nn
 
 from polymodal.retrieval.losses import ContrastiveLoss
@@ -162,8 +163,6 @@ def _cluster_batch_plan(features: torch.Tensor, batch_size: int, n_clusters: int
     """Hard-negative batching: k-means on the features, then batches cut from cluster-ordered items, so
     neighbours (the hardest negatives) share a batch. Cluster and within-cluster orders are reshuffled by the
     caller's generator each epoch."""
-    from sklearn.cluster import MiniBatchKMeans
-
     labels = MiniBatchKMeans(n_clusters=n_clusters, random_state=seed, n_init=3,
                              batch_size=max(1024, 4 * n_clusters)).fit_predict(features.float().numpy())
     labels = torch.as_tensor(labels)

@@ -1,5 +1,5 @@
 """`polymodal align / index / search / zero-shot` (and the alignment branch of `evaluate`): thin fronts over
-polymodal.retrieval.pipeline."""
+the alignment pipeline (`AlignedModel`, `load_searcher`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from polymodal.errors import PolymodalError, console, user_errors
+from polymodal.data.readers import read_table
+from polymodal.errors import DataError, PolymodalError, console, user_errors
+from polymodal.retrieval.aligned import AlignedModel
+from polymodal.retrieval.config import AlignConfig
+from polymodal.retrieval.search import load_searcher
+from polymodal.training.artifacts import atomic_write_json, atomic_write_text
 
 
 def _kv(spec: str | None) -> dict[str, str]:
@@ -65,8 +70,6 @@ def align(
     on_bad_rows: str = typer.Option("error", help="error | skip"),
 ) -> None:
     """Train a dual encoder (contrastive, CLIP loss) that embeds two columns in one space."""
-    from polymodal.retrieval.pipeline import AlignConfig, AlignedModel
-
     encoders = {k: v for k, v in {"image": image_encoder, "text": text_encoder, "audio": audio_encoder}.items()
                 if v}
     cfg = AlignConfig(left=left, right=right, column_types=_kv(column_types), encoders=encoders,
@@ -82,13 +85,9 @@ def align(
 
 def evaluate_alignment(run: Path, data: Path, out: Path | None, pair_id: str | None = None) -> None:
     """`polymodal evaluate RUN pairs.csv` for an alignment run."""
-    from polymodal.retrieval.pipeline import AlignedModel
-
     metrics = AlignedModel.load(run).evaluate(data, pair_id)
     print_retrieval(metrics, f"retrieval on {data} ({metrics['pairs']} pairs)")
     if out:
-        from polymodal.training.artifacts import atomic_write_json
-
         atomic_write_json(out, metrics)
     else:
         print(json.dumps(metrics))
@@ -105,8 +104,6 @@ def index(
     thumbnails: bool = typer.Option(True, help="store small thumbnails of gallery images for the web page"),
 ) -> None:
     """Embed a gallery column with an aligned model and save a FAISS index that remembers the model."""
-    from polymodal.retrieval.pipeline import AlignedModel
-
     model = AlignedModel.load(run)
     idx = model.build_index(gallery, column, id_column, kind, thumbnails)
     idx.save(out)
@@ -124,9 +121,6 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="print JSON lines instead of a table"),
 ) -> None:
     """Top-k gallery items for a text, image or audio query."""
-    from polymodal.errors import DataError
-    from polymodal.retrieval.search import load_searcher
-
     query: dict = {"k": k}
     for kind, v in (("image", image), ("audio", audio)):
         if v is not None:
@@ -163,10 +157,6 @@ def zero_shot(
     out: Path | None = typer.Option(None, "--out", "-o", help="CSV of predictions and probabilities"),
 ) -> None:
     """Classify a column by similarity to text prompts ("a photo of a {label}") — no training."""
-    from polymodal.data.readers import read_table
-    from polymodal.retrieval.pipeline import AlignedModel
-    from polymodal.training.artifacts import atomic_write_text
-
     names = [c.strip() for c in classes.split(",") if c.strip()]
     df = read_table(data)
     probs = AlignedModel.load(run).zero_shot(df, column, names, template)
