@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupShuffleSplit, train_test_split
+from sklearn.model_selection import train_test_split
 
 from polymodal.data.dataset import Problem, raise_or_drop
 from polymodal.data.readers import is_missing
 from polymodal.data.schema import infer_column_type
+from polymodal.data.split import group_split
 from polymodal.errors import DataError, PolymodalError
 from polymodal.retrieval.config import VECTOR, AlignConfig, Log
 from polymodal.types import AUDIO, CATEGORICAL, ID, IMAGE, TEXT
@@ -125,13 +126,12 @@ def split_alignment_pairs(df: pd.DataFrame, config: AlignConfig,
                         file=df.attrs.get("source"))
     groups = positive_groups(df, config.left, config.right)
     if len(set(groups)) >= 20:
-        split = GroupShuffleSplit(n_splits=1, test_size=config.valid_fraction, random_state=config.seed)
-        tr, va = next(split.split(df, groups=groups))
-        log(f"  split: {len(tr)} train / {len(va)} valid pairs (whole groups of repeated values)")
-    else:
-        tr, va = train_test_split(np.arange(len(df)), test_size=config.valid_fraction, random_state=config.seed)
-        log(f"  split: {len(tr)} train / {len(va)} valid pairs (only {len(set(groups))} groups of repeated "
-            "values: split by row)")
+        train, valid = group_split(df, groups, config.valid_fraction, config.seed)
+        log(f"  split: {len(train)} train / {len(valid)} valid pairs (whole groups of repeated values)")
+        return train, valid
+    tr, va = train_test_split(np.arange(len(df)), test_size=config.valid_fraction, random_state=config.seed)
+    log(f"  split: {len(tr)} train / {len(va)} valid pairs (only {len(set(groups))} groups of repeated "
+        "values: split by row)")
     out = df.iloc[np.sort(tr)], df.iloc[np.sort(va)]
     for part in out:
         part.attrs.update(df.attrs)
