@@ -7,7 +7,7 @@ thread), then queued for the micro-batcher, which runs one forward for many conc
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import time
 from contextlib import asynccontextmanager
@@ -21,13 +21,17 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from polymodal.errors import PolymodalError
+from polymodal.runs import ALIGNMENT, load_run, run_kind
 from polymodal.serve.batching import MicroBatcher
-from polymodal.serve.inputs import MB, InputError, RowBuilder, Upload
+from polymodal.serve.docs import add_docs
+from polymodal.serve.health import ModelHealth
+from polymodal.serve.inputs import MAX_TEXT_CHARS, MB, InputError, RowBuilder, Upload, parse_json_body
 from polymodal.serve.metrics import ServerMetrics
 from polymodal.serve.runner import ModelRunner
 from polymodal.serve.search import Searcher, jsonable
 from polymodal.types import NUMERIC
 
+log = logging.getLogger("polymodal.serve")
 STATIC = Path(__file__).parent / "static"
 ENDPOINTS = {"/", "/predict", "/search", "/schema", "/health", "/ready", "/metrics", "/openapi.json", "/docs"}
 MAX_SEARCH_K = 100
@@ -49,7 +53,7 @@ class ErrorResponse(BaseModel):
     field: str | None = None
 
 
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 413, 415, 422)}
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 413, 415, 422, 503)}
 
 
 class BodyTooLarge(Exception):
@@ -57,7 +61,12 @@ class BodyTooLarge(Exception):
 
 
 class _Guard:
-    """Pure ASGI middleware: body size limit (413 before parsing) and request counts/latency for /metrics."""
+    """Pure ASGI middleware: body size limit (413 before parsing), request counts/latency for /metrics, and a
+    last-resort 500 for an unhandled exception.
+
+    The 500 is answered here, inside the app, rather than by Starlette's outer error middleware: that one
+    re-raises after answering, which makes uvicorn close the keep-alive connection, and its response never
+    passed through this counter, so 5xx were missing from /metrics."""
 
     def __init__(self, app, metrics: ServerMetrics, max_body: int) -> None:
         self.app, self.metrics, self.max_body = app, metrics, max_body
@@ -67,13 +76,15 @@ class _Guard:
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         path = scope["path"]
-        endpoint = path if path in ENDPOINTS else "/static" if path.startswith("/static/") else "other"
-        status = {"code": 500}
+        endpoint = path if path in ENDPOINTS else "/static" if path.startswith("/static/") else \
+            "/docs" if path.startswith("/docs/") else "other"
+        started = False
 
         async def send_and_count(message):
+            nonlocal started
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-                self.metrics.observe_request(endpoint, status["code"], time.perf_counter() - start)
+                started = True
+                self.metrics.observe_request(endpoint, message["status"], time.perf_counter() - start)
             await send(message)
 
         length = dict(scope["headers"]).get(b"content-length", b"")
@@ -92,7 +103,15 @@ class _Guard:
                     raise BodyTooLarge()
             return message
 
-        await self.app(scope, limited_receive, send_and_count)
+        try:
+            await self.app(scope, limited_receive, send_and_count)
+        except Exception:
+            log.exception("unhandled error answering %s %s", scope.get("method"), path)
+            if started:  # half a response is out: only closing the connection can tell the client
+                raise
+            response = JSONResponse({"detail": "internal server error: the request could not be answered; the "
+                                               "server log has the details"}, status_code=500)
+            await response(scope, receive, send_and_count)
 
 
 def _openapi_predict(builder: RowBuilder) -> dict:
@@ -127,28 +146,31 @@ OPENAPI_SEARCH = {"requestBody": {"required": True, "content": {
 
 def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batching: bool = True,
                searcher: Searcher | None = None, cors_origins: list[str] | tuple[str, ...] = (),
-               max_file_bytes: int = 10 * MB, max_pixels: int = 40_000_000) -> FastAPI:
+               max_file_bytes: int = 10 * MB, max_pixels: int = 40_000_000,
+               max_text_chars: int = MAX_TEXT_CHARS) -> FastAPI:
     """A FastAPI app serving `predictor` (a loaded MultimodalPredictor); `searcher` enables POST /search.
 
     With `predictor=None` the app only searches (an alignment run's index): no /predict route."""
     if predictor is None and searcher is None:
         raise PolymodalError("nothing to serve: give a predictor, a searcher or both")
     metrics = ServerMetrics()
-    runner = batcher = builder = prep = None
+    runner = batcher = builder = prep = model_health = None
     if predictor is not None:
         runner = ModelRunner(predictor)
-        builder = RowBuilder(predictor.prep, max_file_bytes=max_file_bytes, max_pixels=max_pixels)
+        builder = RowBuilder(predictor.prep, max_file_bytes=max_file_bytes, max_pixels=max_pixels,
+                             max_text_chars=max_text_chars)
         batcher = MicroBatcher(runner, max_batch=max_batch, max_wait_ms=max_wait_ms, enabled=batching,
                                on_batch=metrics.observe_batch)
+        model_health = ModelHealth(batcher, builder, metrics)
         prep = predictor.prep
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if batcher is not None:
             await batcher.start()
-            # the first forward allocates; not a client's
-            await batcher.run_now([builder.build({}, require_input=False)])
-        metrics.ready = True
+            await model_health.probe()  # warm-up (the first forward allocates; not a client's); sets metrics.ready
+        else:
+            metrics.ready = True
         yield
         metrics.ready = False
         if batcher is not None:
@@ -156,8 +178,11 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batc
 
     description = ("Searches a gallery." if prep is None else
                    f"Predicts `{prep.schema.label}` ({prep.schema.problem_type}) from {', '.join(builder.fields)}.")
-    app = FastAPI(title="polymodal", version="1", lifespan=lifespan, description=description)
+    # docs_url/redoc_url off: FastAPI's pages load their scripts from a CDN (blank offline); see serve.docs
+    app = FastAPI(title="polymodal", version="1", lifespan=lifespan, description=description, docs_url=None,
+                  redoc_url=None)
     app.state.batcher, app.state.metrics, app.state.runner, app.state.builder = batcher, metrics, runner, builder
+    app.state.health = model_health
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -178,12 +203,8 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batc
 
     async def read_values(request: Request, parse_json, parse_form) -> dict:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype == "application/json":
-            try:
-                body = json.loads(await request.body())
-            except ValueError:
-                raise InputError(422, "the body is not valid JSON") from None
-            return parse_json(body)
+        if ctype == "application/json":  # parsed in a worker thread: a large body does not stall the event loop
+            return parse_json(await run_in_threadpool(parse_json_body, await request.body()))
         if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
             async with request.form(max_files=16, max_fields=256) as form:
                 return await parse_form(form)
@@ -201,8 +222,9 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batc
             at least one)."""
             start = time.perf_counter()
             values = await read_values(request, builder.from_json, builder.from_form)
-            item = await run_in_threadpool(builder.build, values)  # image/audio decode off the event loop
-            out = await batcher.submit(item)
+            # decoding and tokenising in this request's worker thread: the batcher receives a ready item
+            item = await run_in_threadpool(builder.build, values)
+            out = await model_health.answer(item)
             return {**out, "latency_ms": round((time.perf_counter() - start) * 1000, 3)}
 
     if searcher is not None:
@@ -245,6 +267,9 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batc
             if text is not None:
                 if not isinstance(text, str):
                     raise InputError(422, "'text' must be a string", "text")
+                if len(text) > max_text_chars:
+                    raise InputError(413, f"'text' has {len(text):,} characters; the limit is {max_text_chars:,} "
+                                          "(serve --max-text-chars)", "text")
                 if text.strip():
                     out["text"] = text
             for kind in ("image", "audio"):
@@ -292,9 +317,13 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batc
         return {"status": "ok"}
 
     @app.get("/ready", responses={503: {"model": ErrorResponse}})
-    def ready():
-        """Readiness: the model is loaded, warmed up and the batch worker runs."""
-        if metrics.ready and (batcher is None or batcher.running or not batcher.enabled):
+    async def ready():
+        """Readiness: the model is loaded, warmed up, its outputs are finite and the batch worker runs."""
+        if model_health is not None and model_health.fault is not None and batcher.accepting:
+            await model_health.probe()  # a model found non-finite is checked again: a transient fault clears
+        if model_health is not None and model_health.fault is not None:
+            return JSONResponse({"detail": model_health.fault}, status_code=503)
+        if metrics.ready and (batcher is None or batcher.accepting):
             return {"ready": True}
         return JSONResponse({"detail": "model not ready"}, status_code=503)
 
@@ -307,18 +336,16 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batc
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 
 def app_from_run(run_dir: str | os.PathLike, device: str | None = None, **options) -> FastAPI:
     """Load the run folder's predictor once and serve it (an alignment run serves only its search index)."""
-    from polymodal.predictor import MultimodalPredictor
-    from polymodal.retrieval.pipeline import is_alignment_run
-
-    if is_alignment_run(run_dir):
+    if run_kind(run_dir) == ALIGNMENT:
         if options.get("searcher") is None:
             raise PolymodalError(f"{run_dir} is an alignment run: serve it with --index GALLERY.index "
                                  "(built by `polymodal index`)")
         return create_app(None, **options)
-    return create_app(MultimodalPredictor.load(run_dir, device=device), **options)
+    return create_app(load_run(run_dir, device=device), **options)

@@ -39,6 +39,11 @@ class MicroBatcher:
     def running(self) -> bool:
         return self._worker is not None and not self._worker.done()
 
+    @property
+    def accepting(self) -> bool:
+        """Submitted items will run: the worker runs (batching on) or the executor is up (batching off)."""
+        return self._executor is not None and (self.running or not self.enabled)
+
     async def start(self) -> None:
         if self.running:
             return

@@ -6,10 +6,15 @@ so the normalisation and log-mel are exactly those of `polymodal.data.transforms
 PyAV from memory (`data.video`): the frames feed the video input and the sound track, if any, the
 "<column>:audio" input. Time series come as a JSON array (in a JSON body or a form field) or an uploaded
 .npy/.csv file.
+
+Everything costly happens here, in the request's own worker thread, so the micro-batcher receives ready items:
+text is length-checked and tokenised here and cut to the prefix that the model sees (`RowBuilder._text`), and
+JSON bodies are parsed here with a nesting limit (`parse_json_body`).
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
@@ -21,19 +26,52 @@ import pandas as pd
 
 from polymodal.data.dataset import placeholder
 from polymodal.data.preprocess import Preprocessor
+from polymodal.data.text import get_tokenizer
 from polymodal.data.transforms import load_audio_features, load_image
 from polymodal.errors import DataError
-from polymodal.types import AUDIO, CATEGORICAL, IMAGE, NUMERIC, TABULAR, TIMESERIES, VIDEO
+from polymodal.types import AUDIO, CATEGORICAL, IMAGE, NUMERIC, TABULAR, TEXT, TIMESERIES, VIDEO
 
 MB = 1024 * 1024
+MAX_JSON_DEPTH = 32  # a /predict body is 2 levels deep (a time series); /search's is 2
+MAX_TEXT_CHARS = 100_000  # tokenising this many characters takes about 0.1 s; the model reads the first tokens only
 
 
 class InputError(Exception):
-    """A client mistake: becomes an HTTP 4xx with {"detail": message, "field": field}."""
+    """A request that gets no answer: HTTP `status` with {"detail": message, "field": field} (a 4xx for a client
+    mistake, 503 while the model is not ready)."""
 
     def __init__(self, status: int, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.field = status, message, field
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """Nesting depth of parsed JSON (arrays and objects), counted iteratively; stops once past `limit`."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (list, dict)):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+            stack.extend((x, depth) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def parse_json_body(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """A request body → JSON, or a 422 for invalid or too deeply nested JSON (never a RecursionError/500)."""
+    too_deep = InputError(422, f"the JSON body is nested too deeply: at most {max_depth} levels of arrays and "
+                               "objects are accepted")
+    try:
+        body = json.loads(raw)
+    except RecursionError:  # json's C parser recurses per level and stops at the interpreter's limit
+        raise too_deep from None
+    except ValueError:
+        raise InputError(422, "the body is not valid JSON") from None
+    if json_depth(body, max_depth) > max_depth:
+        raise too_deep
+    return body
 
 
 @dataclass(frozen=True)
@@ -82,9 +120,13 @@ def model_fields(prep: Preprocessor) -> dict[str, Field]:
 class RowBuilder:
     """Validates request values against the model's fields and builds a Collator item (one row)."""
 
-    def __init__(self, prep: Preprocessor, max_file_bytes: int = 10 * MB, max_pixels: int = 40_000_000) -> None:
+    def __init__(self, prep: Preprocessor, max_file_bytes: int = 10 * MB, max_pixels: int = 40_000_000,
+                 max_text_chars: int = MAX_TEXT_CHARS) -> None:
         self.prep, self.max_file_bytes, self.max_pixels = prep, max_file_bytes, max_pixels
+        self.max_text_chars = max_text_chars
         self.fields = model_fields(prep)
+        self._tokenizers = {key: _private_tokenizer(spec.config) for key, spec in prep.inputs.items()
+                            if spec.modality == TEXT and "tokenizer" in spec.config}
 
     @property
     def file_fields(self) -> list[str]:
@@ -119,7 +161,7 @@ class RowBuilder:
                     raise InputError(422, f"column '{name}' is categorical: expected a string, got "
                                           f"{type(v).__name__}", name)
                 if str(v).strip():
-                    values[name] = str(v)
+                    values[name] = self._check_length(name, str(v))
             elif f.modality == TIMESERIES:
                 series = self._series_json(name, v)
                 if series is not None:
@@ -129,7 +171,7 @@ class RowBuilder:
                     raise InputError(422, f"column '{name}' is text: expected a string, got {type(v).__name__}",
                                      name)
                 if v.strip():
-                    values[name] = v
+                    values[name] = self._check_length(name, v)
         return values
 
     async def from_form(self, form) -> dict[str, Any]:
@@ -172,8 +214,14 @@ class RowBuilder:
                 if series is not None:
                     values[name] = series
             else:
-                values[name] = v
+                values[name] = self._check_length(name, v)
         return values
+
+    def _check_length(self, name: str, v: str) -> str:
+        if len(v) > self.max_text_chars:
+            raise InputError(413, f"column '{name}' has {len(v):,} characters; the limit is "
+                                  f"{self.max_text_chars:,} (serve --max-text-chars)", name)
+        return v
 
     @staticmethod
     def _series_json(name: str, v: Any) -> np.ndarray | None:
@@ -224,6 +272,8 @@ class RowBuilder:
             elif spec.modality in (VIDEO, TIMESERIES):
                 item["inputs"][key] = placeholder(spec.modality, spec.config) if v is None else \
                     (self._video if spec.modality == VIDEO else self._series)(col, v, spec.config)
+            elif v is not None and key in self._tokenizers:
+                item["inputs"][key] = self._text(key, v)
             else:
                 item["inputs"][key] = v
         if TABULAR in self.prep.inputs:
@@ -238,6 +288,31 @@ class RowBuilder:
             item["inputs"][TABULAR] = {k: a[0] for k, a in arrays.items()}
             item["present"][TABULAR] = True  # as in training: tabular is always present, NaNs flagged
         return item
+
+    def probe_item(self) -> dict:
+        """A neutral row with every input marked present (zeros, empty text, unmasked steps): reaches every encoder."""
+        item = self.build({}, require_input=False)
+        for key, x in item["inputs"].items():
+            item["present"][key] = True
+            if isinstance(x, dict) and "mask" in x:  # video frames / series steps: all masked would be no input
+                item["inputs"][key] = {**x, "mask": np.ones_like(x["mask"])}
+        return item
+
+    def _text(self, key: str, text: str) -> str:
+        """Tokenise here (the request's thread) and keep only the prefix whose tokens the model reads.
+
+        The Collator tokenises again in the batch, with truncation to `max_length` tokens, so a long text would
+        cost its full tokenisation on the batching path; the prefix ending at the last kept token gives the
+        same token ids (checked here; the whole text is kept in the rare case where it would not)."""
+        tok, max_length = self._tokenizers[key]
+        if tok is None:  # a tokenizer without offsets (not a "fast" one): the Collator gets the whole text
+            return text
+        enc = tok([text], truncation=True, max_length=max_length, return_offsets_mapping=True)
+        ends = [end for start, end in enc["offset_mapping"][0] if end > start]  # special tokens are (0, 0)
+        prefix = text[:max(ends)] if ends else ""
+        if prefix == text or tok([prefix], truncation=True, max_length=max_length)["input_ids"] == enc["input_ids"]:
+            return prefix
+        return text
 
     @staticmethod
     def _check_type(col: str, up: Upload, modality: str) -> None:
@@ -254,6 +329,9 @@ class RowBuilder:
         try:  # the header alone gives the size: refuse decompression bombs before decoding pixels
             with Image.open(io.BytesIO(up.data)) as im:
                 w, h = im.size
+        except Image.DecompressionBombError as exc:  # PIL's own limit, checked while reading the header
+            raise InputError(413, f"image for column '{col}' has too many pixels; the limit is "
+                                  f"{self.max_pixels:,} pixels ({exc})", col) from None
         except Exception:
             raise InputError(422, f"cannot decode the uploaded image for column '{col}' "
                                   "(not a PNG/JPEG/... image)", col) from None
@@ -307,3 +385,18 @@ class RowBuilder:
             return prepare_series(arr, cfg, "the series")
         except DataError as exc:
             raise InputError(422, f"column '{col}': {exc.detail}", col) from None
+
+
+def _private_tokenizer(cfg: dict) -> tuple[Any, int]:
+    """(a copy of the text input's tokenizer, its max_length), or (None, max_length) without offset support.
+
+    A copy, primed once with the settings it will always be called with: Hugging Face fast tokenizers keep
+    truncation/padding settings on a shared object, and changing them while another thread (the Collator's)
+    tokenises raises "Already borrowed"; a copy whose settings never change can be used from many threads."""
+    max_length = int(cfg.get("max_length", 64))
+    tok = get_tokenizer(cfg["tokenizer"])
+    if not getattr(tok, "is_fast", False):
+        return None, max_length
+    tok = copy.deepcopy(tok)
+    tok(["x"], truncation=True, max_length=max_length, return_offsets_mapping=True)
+    return tok, max_length
