@@ -371,32 +371,6 @@ def test_audio_bytes_decode_like_files(tmp_path):
     assert e.value.status == 415
 
 
-# ---- property-based: schemathesis over the OpenAPI spec ------------------------------------------------------
-def test_openapi_fuzz_no_server_errors(trained):
-    """Property-based requests generated from /openapi.json (valid and invalid bodies): never a 5xx."""
-    schemathesis = pytest.importorskip("schemathesis")
-    from hypothesis import HealthCheck, given, settings
-
-    app = create_app(trained[0], searcher=FakeSearcher(), max_wait_ms=1)
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app)  # schemathesis runs the app's lifespan
-    failures, seen = [], set()
-    for result in schema.get_all_operations():
-        operation = result.ok()
-
-        @settings(max_examples=30, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
-        @given(case=operation.as_strategy())
-        def check(case):
-            response = case.call()
-            seen.add((case.method, case.path, response.status_code))
-            if response.status_code >= 500:
-                failures.append((case.method, case.path, response.status_code, response.text[:200]))
-
-        check()
-    assert not failures, failures[:3]
-    assert {("POST", "/predict", 200), ("POST", "/search", 200)} <= seen, sorted(seen)
-
-
 def test_compressed_int8_run_loads_predicts_and_serves(trained, tmp_path):
     """A `polymodal compress --quantize int8` folder: MultimodalPredictor.load gives the onnxruntime predictor,
     and /predict answers with exactly its probabilities."""
@@ -418,3 +392,176 @@ def test_compressed_int8_run_loads_predicts_and_serves(trained, tmp_path):
             assert r.status_code == 200, r.text
             for cls in expected.columns:
                 assert r.json()["probabilities"][cls] == pytest.approx(float(expected.loc[i, cls]), abs=1e-5)
+
+
+# ---- the server's edges (issue 16); schemathesis and text limits: tests/test_serve_schema.py --------------------
+@pytest.mark.parametrize("body", [
+    b'{"size": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # past the parser's recursion limit
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"size": ' + b"[" * 33 + b"]" * 33 + b"}",  # one level past MAX_JSON_DEPTH
+])
+def test_deeply_nested_json_is_a_clear_422(client, body):
+    r = client.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert "nested too deeply" in r.json()["detail"] and "32" in r.json()["detail"]
+    r = client.post("/predict", content=b'{"size": [[1]]}', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "expected a number" in r.json()["detail"]  # within the depth limit
+
+
+def fail_on_boom(builder, monkeypatch) -> None:
+    """/predict with shop=boom raises a bare RuntimeError inside the app (a server bug, not the client's)."""
+    build = builder.build
+
+    def maybe_fail(values, *args, **kwargs):
+        if values.get("shop") == "boom":
+            raise RuntimeError("a bug")
+        return build(values, *args, **kwargs)
+
+    monkeypatch.setattr(builder, "build", maybe_fail)
+
+
+@pytest.fixture
+def failing_build(client, monkeypatch):
+    fail_on_boom(client.app.state.builder, monkeypatch)
+
+
+def test_unhandled_error_is_a_500_counted_in_metrics(client, failing_build):
+    before = parse_metrics(client.get("/metrics").text)
+    r = client.post("/predict", json={"shop": "boom"})  # the test client would raise if the error left the app
+    assert r.status_code == 500 and "internal server error" in r.json()["detail"]
+    after = parse_metrics(client.get("/metrics").text)
+    key = 'polymodal_requests_total{endpoint="/predict",status="500"}'
+    assert after[key] - before.get(key, 0) == 1
+    count = 'polymodal_request_latency_seconds_count{endpoint="/predict"}'
+    assert after[count] - before[count] == 1
+    assert client.post("/predict", json={"shop": "a"}).status_code == 200  # the server goes on
+
+
+def test_keep_alive_connection_survives_a_422_and_a_500(trained, monkeypatch):
+    """Over real HTTP (uvicorn): an error answered inside the app leaves the keep-alive connection open."""
+    import http.client
+
+    from test_serve_browser import running
+
+    app = create_app(trained[0], max_wait_ms=1)
+    fail_on_boom(app.state.builder, monkeypatch)
+    with running(app) as url:
+        conn = http.client.HTTPConnection(url.split("//")[1].rstrip("/"), timeout=30)
+        answers, sockets = [], set()
+        for body in (b"[" * 100_000 + b"]" * 100_000, b'{"shop": "boom"}', b'{"shop": "a"}'):
+            conn.request("POST", "/predict", body=body, headers={"content-type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            answers.append((resp.status, resp.getheader("connection")))
+            sockets.add(id(conn.sock))
+        conn.close()
+    assert [a[0] for a in answers] == [422, 500, 200]
+    assert all(c != "close" for _, c in answers) and len(sockets) == 1, answers
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height (no pixel data follows): enough for PIL to read the size."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side, needle", [(20_000, "too many pixels"),  # past PIL's own limit (179 Mpx)
+                                          (10_000, "10000x10000 pixels")])  # past the server's 40 Mpx
+def test_huge_image_is_refused_for_its_pixel_count(client, side, needle):
+    r = client.post("/predict", files={"image": ("big.png", png_header(side, side), "image/png")})
+    assert r.status_code == 413, r.text
+    assert needle in r.json()["detail"] and "40,000,000" in r.json()["detail"]
+    assert "not a PNG" not in r.json()["detail"] and r.json()["field"] == "image"
+
+
+def external_refs(page: str) -> list[str]:
+    refs = re.findall(r'(?:src|href)\s*=\s*["\']([^"\']+)|url\s*:\s*["\']([^"\']+)', page)
+    return [u for pair in refs for u in pair if u and re.match(r"^(?:[a-z]+:)?//", u, re.I)]
+
+
+def test_docs_are_served_offline(client, trained, monkeypatch):
+    pytest.importorskip("swagger_ui_bundle")
+    page = client.get("/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text and "/openapi.json" in page.text
+    assert external_refs(page.text) == [] and "http" not in page.text
+    for name in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"):
+        asset = client.get(f"/docs/assets/{name}")
+        assert asset.status_code == 200 and len(asset.content) > 500, name
+    assert client.get("/docs/assets/index.html").status_code == 404  # a fixed list of files
+    assert client.get("/docs/assets/..%2F__init__.py").status_code == 404
+    assert client.get("/redoc").status_code == 404  # FastAPI's CDN page is off
+    import polymodal.serve.docs as docs
+
+    monkeypatch.setattr(docs, "swagger_ui_dir", lambda: None)  # without swagger-ui-bundle: a plain page
+    with TestClient(create_app(trained[0])) as c:
+        page = c.get("/docs").text
+    assert "POST /predict" in page and "/openapi.json" in page and "swagger-ui-bundle" in page
+    assert external_refs(page) == [] and "http" not in page and "<script" not in page
+
+
+# ---- non-finite outputs --------------------------------------------------------------------------------------
+def nan_weights(predictor) -> dict:
+    """Set every weight of the predictor's model to NaN; returns the original state to restore."""
+    import torch
+
+    state = {k: v.clone() for k, v in predictor.model.state_dict().items()}
+    with torch.no_grad():
+        for param in predictor.model.parameters():
+            param.fill_(float("nan"))
+    return state
+
+
+def test_nan_weights_are_never_a_prediction(trained):
+    p, _ = trained
+    q = MultimodalPredictor.load(p.path)
+    nan_weights(q)
+    with TestClient(create_app(q)) as c:
+        ready = c.get("/ready")
+        assert ready.status_code == 503 and "not finite" in ready.json()["detail"]
+        r = c.post("/predict", json={"size": 0.2, "shop": "a"})
+        assert r.status_code == 503 and "not finite" in r.json()["detail"] and "Restart" in r.json()["detail"]
+        m = parse_metrics(c.get("/metrics").text)
+    assert m["polymodal_model_ready"] == 0
+    assert m['polymodal_requests_total{endpoint="/predict",status="503"}'] == 1
+
+
+def test_weights_turning_nan_make_the_server_not_ready_until_finite_again(trained):
+    p, root = trained
+    q = MultimodalPredictor.load(p.path)
+    with TestClient(create_app(q, max_wait_ms=1)) as c:
+        assert c.get("/ready").status_code == 200
+        state = nan_weights(q)
+        r = post_row(c, root, 0, size=0.1, shop="a")
+        assert r.status_code == 503 and "not finite" in r.json()["detail"]  # never 200 with null probabilities
+        assert c.get("/ready").status_code == 503
+        assert parse_metrics(c.get("/metrics").text)["polymodal_model_ready"] == 0
+        q.model.load_state_dict(state)  # a transient fault: the next probe (by /ready) finds finite outputs
+        assert c.get("/ready").status_code == 200
+        assert post_row(c, root, 0, size=0.1, shop="a").status_code == 200
+
+
+def test_a_row_that_drives_the_output_non_finite_is_a_422(client):
+    """The probe row is finite, so the model is sound: the non-finite answer is this row's (422, still ready)."""
+    batcher = client.app.state.batcher
+    forward = batcher.fn
+
+    def nan_for_big(items):
+        out = forward(items)
+        for item, answer in zip(items, out):
+            if item["inputs"]["tabular"]["numeric"][0] > 100:
+                answer["probabilities"] = {k: float("nan") for k in answer["probabilities"]}
+        return out
+
+    batcher.fn = nan_for_big
+    try:
+        r = client.post("/predict", json={"size": 1e6})
+    finally:
+        batcher.fn = forward
+    assert r.status_code == 422 and "not finite" in r.json()["detail"], r.text
+    assert client.get("/ready").status_code == 200
