@@ -321,8 +321,8 @@ def fusion_row(args, device, peak) -> dict:
     from polymodal.data.preprocess import Preprocessor
     from polymodal.data.schema import infer_schema
     from polymodal.training.config import FitConfig
-    from polymodal.training.pipeline import make_loader
     from polymodal.training.module import FitModule
+    from polymodal.training.pipeline import make_loader
     from polymodal.training.trainer import build_trainer
 
     n, bs = args.fusion_rows, args.fusion_batch

@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import WORK, write_markdown  # noqa: E402
 from polymodal.data.preprocess import InputSpec  # noqa: E402
-from polymodal.data.video import load_video, write_video  # noqa: E402
+from polymodal.data.video import load_video  # noqa: E402
+from polymodal.data.video_write import write_video  # noqa: E402
 from polymodal.encoders import build_encoder  # noqa: E402
 from polymodal.encoders.cache import encode_values  # noqa: E402
 

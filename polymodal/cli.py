@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from polymodal.compress.cli import compress, export
 from polymodal.data.readers import read_table
-from polymodal.data.streaming import ShardReader, media_dir
+from polymodal.data.shards import ShardReader, media_dir
 from polymodal.data.validate import validate_tables
 from polymodal.demo import run_demo
 from polymodal.encoders.whisper import load_whisper
@@ -30,6 +31,7 @@ from polymodal.training.artifacts import FIT_STATE, atomic_open, atomic_write_js
 from polymodal.training.compare import compare as run_compare
 from polymodal.training.compare import plot_comparison, summarise
 from polymodal.training.config import FitConfig
+from polymodal.training.report import write_model_card
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Multimodal deep learning on tables of image, text, audio and tabular columns.")
@@ -78,6 +80,8 @@ def fit(
     label: list[str] | None = typer.Option(None, "--label", "-l",
                                            help="label column; repeat for multi-task (one head per label)"),
     out: Path | None = typer.Option(None, "--out", "-o", help="run folder to write"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out folder, once the new run "
+                                   "has finished (until then the old one stays as it was)"),
     resume: Path | None = typer.Option(None, help="continue an interrupted run folder (same data and settings)"),
     valid: Path | None = typer.Option(None, help="validation table (default: stratified split)"),
     test: Path | None = typer.Option(None, help="test table, scored after training"),
@@ -156,6 +160,14 @@ def fit(
     if stream and task != "auto":
         raise PolymodalError("--stream trains classifiers and regressors; --task caption/vqa-open reads the table "
                              "in memory")
+    target = out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise PolymodalError(f"{out} already exists and is not empty: choose another --out, add --overwrite to "
+                                 f"replace it once the new run has finished, or continue an interrupted run with "
+                                 f"`polymodal fit --resume {out}`")
+        out = out.parent / f".{out.name}.new"  # trained beside it; swapped in only when complete
+        shutil.rmtree(out, ignore_errors=True)
     labels = label if len(label) > 1 else label[0]
     ptype = _parse_kv(problem_type) if problem_type and "=" in problem_type else problem_type
     weights = {k: float(v) for k, v in _parse_kv(task_weights).items()} if task_weights else None
@@ -178,10 +190,27 @@ def fit(
         task=None if task == "auto" else task,  # caption / vqa-open: a text generator (training.generation)
         **({"stream": True, "chunk_rows": chunk_rows} if stream else {}))
     p.fit(train, valid, test)
+    if target != out:
+        _replace_folder(target, out)
+        p.path = target
+        write_model_card(target, p)
     print_metrics(p.metrics["valid"], "validation")
     if "test" in p.metrics:
         print_metrics(p.metrics["test"], "test")
-    console.print(f"run folder: {out}")
+    console.print(f"run folder: {target}")
+
+
+def _replace_folder(target: Path, new: Path) -> None:
+    """Put the finished run `new` where `target` is: the old folder is moved aside first and removed last, so
+    an interruption leaves one of the two complete."""
+    old = target.parent / f".{target.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.is_dir():
+        target.rename(old)
+    else:
+        target.unlink()
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _resume(run: Path) -> None:

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from polymodal.encoders.tokens import token_features, token_mask
 from polymodal.types import Features, Present
 
 
@@ -60,8 +61,6 @@ class MultimodalModel(nn.Module):
             if key in batch.get("features", {}):
                 features[key] = batch["features"][key].float()
             elif key in self.token_inputs:
-                from polymodal.encoders.tokens import token_features
-
                 features[key] = token_features(self.encoders[key], batch["inputs"][key], self.token_inputs[key],
                                                self.token_configs.get(key, {}))
             else:
@@ -70,8 +69,6 @@ class MultimodalModel(nn.Module):
 
     def fuse(self, features: Features, present: Present) -> torch.Tensor:
         """The fusion over encoded features, with token masks for token inputs."""
-        from polymodal.encoders.tokens import token_mask
-
         masks = {k: token_mask(f) for k, f in features.items() if f.dim() == 3}
         if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
             # drop token positions that are padding in every row (text padded to max_length): attention cost

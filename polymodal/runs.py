@@ -13,16 +13,15 @@ which calls it), so there is one rebuild path. The CLI and `serve/` load through
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from polymodal.compress.artifacts import is_compressed
 from polymodal.errors import PolymodalError
 from polymodal.predictor import MultimodalPredictor
+from polymodal.retrieval.aligned import AlignedModel
 from polymodal.retrieval.config import is_alignment_run
-from polymodal.retrieval.pipeline import AlignedModel
-from polymodal.training.artifacts import CONFIG
+from polymodal.training.artifacts import CONFIG, read_json
 from polymodal.training.build import GENERATION, TABLE
 
 ALIGNMENT, COMPRESSED = "alignment", "compressed"
@@ -40,11 +39,7 @@ def run_kind(path: str | os.PathLike) -> str:
     if not config.exists():
         raise PolymodalError(f"{path} is not a polymodal run folder: {CONFIG} is missing (train one with "
                              "`polymodal fit`)")
-    try:
-        kind = json.loads(config.read_text()).get("kind", TABLE)
-    except (json.JSONDecodeError, AttributeError) as exc:
-        raise PolymodalError(f"{config} is not a polymodal run configuration ({exc}); restore it from a copy "
-                             "or train the run again") from None
+    kind = read_json(config).get("kind", TABLE)
     if kind not in RUN_KINDS:
         raise PolymodalError(f"{config} names an unknown run kind {kind!r} (known: {', '.join(RUN_KINDS)})")
     return kind

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from polymodal.training.distributed import is_global_zero
+from polymodal.distributed import is_global_zero
 from polymodal.training.config import FitConfig
 from polymodal.training.fit import fit
 

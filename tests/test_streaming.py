@@ -18,6 +18,8 @@ from polymodal.data import streaming as st
 from polymodal.data.preprocess import Preprocessor
 from polymodal.data.readers import keep_rows, read_table
 from polymodal.data.schema import infer_schema
+from polymodal.data.shards import ShardReader, read_all
+from polymodal.data.stats import TableStats
 from polymodal.errors import DataError, PolymodalError
 
 N, SHARDS, TARS = 240, 3, 2
@@ -87,7 +89,7 @@ def data(tmp_path_factory):
 
 def test_reader_yields_every_row_once_in_bounded_chunks(data, tmp_path):
     root, df, shards, tars = data
-    reader = st.ShardReader(str(root / "part-*.parquet"), chunk_rows=30, media=tmp_path / "media")
+    reader = ShardReader(str(root / "part-*.parquet"), chunk_rows=30, media=tmp_path / "media")
     assert reader.files == shards
     chunks = list(reader.chunks())
     assert max(len(c) for c in chunks) <= 30
@@ -99,21 +101,21 @@ def test_reader_yields_every_row_once_in_bounded_chunks(data, tmp_path):
         assert c.index[0] == c.attrs["first_row"] and c.index.max() < 80
     pd.testing.assert_frame_equal(pd.concat(chunks, ignore_index=True), df)
     # the same shards named by a folder, a brace pattern and a list
-    assert st.ShardReader(str(root / "part-{0..2}.parquet")).files == shards
-    assert st.ShardReader([str(p) for p in shards]).files == shards
-    tar_chunks = list(st.ShardReader(str(root / "wds"), chunk_rows=50, media=tmp_path / "media").chunks())
+    assert ShardReader(str(root / "part-{0..2}.parquet")).files == shards
+    assert ShardReader([str(p) for p in shards]).files == shards
+    tar_chunks = list(ShardReader(str(root / "wds"), chunk_rows=50, media=tmp_path / "media").chunks())
     assert [len(c) for c in tar_chunks] == [50, 50, 20, 50, 50, 20]
     with pytest.raises(DataError, match="no shard matches"):
-        st.ShardReader(str(root / "nothing-*.parquet"))
+        ShardReader(str(root / "nothing-*.parquet"))
 
 
 def test_webdataset_round_trips_to_the_parquet_rows(data, tmp_path):
     root, df, shards, tars = data
     pattern = str(root / "wds" / "train-{000..001}.tar")
-    reader = st.ShardReader(pattern, chunk_rows=64, media=tmp_path / "media",
+    reader = ShardReader(pattern, chunk_rows=64, media=tmp_path / "media",
                             columns={"png": "image", "txt": "caption", "cls": "label"})
     assert reader.files == tars
-    got = st.read_all(reader)
+    got = read_all(reader)
     assert sorted(got.columns) == sorted(df.columns)
     pd.testing.assert_frame_equal(got[["caption", "size", "shop", "label"]], df[["caption", "size", "shop", "label"]])
 
@@ -124,7 +126,7 @@ def test_webdataset_round_trips_to_the_parquet_rows(data, tmp_path):
     # media are extracted once, named by content: 12 distinct images, however many rows use them
     assert len(list((tmp_path / "media").rglob("*.png"))) == 12
     # without a mapping, columns are named by extension and a .cls that is not an int stays text
-    plain = next(st.ShardReader(tars[0], chunk_rows=8, media=tmp_path / "media").chunks())
+    plain = next(ShardReader(tars[0], chunk_rows=8, media=tmp_path / "media").chunks())
     assert list(plain.columns) == ["png", "txt", "size", "shop", "cls"]
 
 
@@ -137,10 +139,10 @@ def test_streaming_statistics_equal_the_in_memory_preprocessor(data, label):
     train = full[~in_valid]
     train.attrs.update(full.attrs)
     ref = Preprocessor.fit(train, schema, {})
-    acc = st.StreamStats(schema)
-    for chunk in st.ShardReader(str(root / "part-*.parquet"), chunk_rows=17).chunks():
+    acc = TableStats(schema)
+    for chunk in ShardReader(str(root / "part-*.parquet"), chunk_rows=17).chunks():
         acc.update(keep_rows(chunk, ~st.valid_mask(st.positions(chunk), seed=3, fraction=0.25)))
-    got = acc.preprocessor({})
+    got = Preprocessor.from_stats(acc, {})
     assert acc.rows == len(train)
     assert got.vocab == ref.vocab and got.classes == ref.classes
     assert got.vocab  # the category column is really there

@@ -23,8 +23,8 @@ from polymodal.data.video import (  # noqa: E402
     load_video,
     load_video_wave,
     read_frames,
-    write_video,
 )
+from polymodal.data.video_write import write_video  # noqa: E402
 from polymodal.encoders import build_encoder  # noqa: E402
 from polymodal.errors import DataError  # noqa: E402
 

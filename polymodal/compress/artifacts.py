@@ -95,6 +95,7 @@ def rebuild_compressed(path: str | Path) -> Rebuilt | OnnxPredictor:
         r.model = quantize_dynamic_torch(r.model, embeddings=comp.get("embeddings", True))
         r.model.load_state_dict(torch.load(path / INT8_TORCH, map_location="cpu", weights_only=False))
     else:
+        artifacts.check_weights(path / artifacts.WEIGHTS, r.model_id)
         state = load_file(str(path / artifacts.WEIGHTS), device="cpu")
         resize_to_state(r.model, state)
         r.model.load_state_dict(state)

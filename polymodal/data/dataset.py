@@ -17,8 +17,11 @@ from torch.utils.data import Dataset
 
 from polymodal.data.preprocess import Preprocessor
 from polymodal.data.readers import is_missing, resolve_path
+from polymodal.data.stats import number_problem, numbers, usable
 from polymodal.data.text import get_tokenizer
+from polymodal.data.timeseries import load_series_input, series_placeholder, series_problems, series_value
 from polymodal.data.transforms import load_audio_features, load_image
+from polymodal.data.video import check_video, load_video, video_placeholder
 from polymodal.errors import DataError
 from polymodal.types import AUDIO, IMAGE, TABULAR, TEXT, TIMESERIES, VIDEO
 
@@ -49,8 +52,6 @@ def check_rows(df: pd.DataFrame, prep: Preprocessor, with_target: bool = True) -
             problems.append(Problem(-1, col, "column is missing from the table"))
             continue
         if spec.modality == TIMESERIES:
-            from polymodal.data.timeseries import series_problems
-
             problems += [Problem(r, col, m) for r, m in series_problems(df[col], base, spec.config)]
             continue
         checked: dict[str, str | None] = {}
@@ -66,10 +67,10 @@ def check_rows(df: pd.DataFrame, prep: Preprocessor, with_target: bool = True) -
         for col in prep.inputs[TABULAR].config["numeric"]:
             if col not in df.columns:
                 continue
-            x = pd.to_numeric(df[col], errors="coerce")
-            for row, v, o in zip(df.index, df[col], x):
-                if not is_missing(v) and not np.isfinite(o):
-                    problems.append(Problem(int(row), col, f"value {v!r} is not a number"))
+            ok = usable(numbers(df[col]))
+            for row, v, o in zip(df.index, df[col], ok):
+                if not is_missing(v) and not o:
+                    problems.append(Problem(int(row), col, number_problem(v)))
     if with_target and prep.schema.problem_type == "multitask":
         # multi-task: a missing label (or an unseen class) only drops the row from that task's loss/metrics
         for label in prep.schema.labels:
@@ -94,8 +95,6 @@ def _check_media(path: str, modality: str, Image, sf) -> str | None:
     if not os.path.exists(path):
         return f"file not found: {path}"
     if modality == VIDEO:
-        from polymodal.data.video import check_video
-
         return check_video(path)
     try:
         if modality == IMAGE:
@@ -163,8 +162,6 @@ class TableDataset(Dataset):
             if spec.modality in (IMAGE, AUDIO, VIDEO):
                 vals = [None if is_missing(v) else resolve_path(v, base) for v in vals]
             elif spec.modality == TIMESERIES:
-                from polymodal.data.timeseries import series_value
-
                 vals = [series_value(v, base) for v in vals]
             else:
                 vals = [None if is_missing(v) else str(v) for v in vals]
@@ -214,12 +211,8 @@ class TableDataset(Dataset):
                         x, item["present"][key] = placeholder(AUDIO, spec.config), False
                     item["inputs"][key] = x
                 elif spec.modality == VIDEO:
-                    from polymodal.data.video import load_video
-
                     item["inputs"][key] = load_video(v, spec.config, self.augment, rng)
                 elif spec.modality == TIMESERIES:
-                    from polymodal.data.timeseries import load_series_input
-
                     item["inputs"][key] = load_series_input(v, spec.config, self.augment, rng)
                 elif spec.modality == TEXT and self.text_augment and v is not None:
                     item["inputs"][key] = augment_text(v, self.text_augment, rng)
@@ -272,12 +265,8 @@ def placeholder(modality: str, cfg: dict) -> np.ndarray:
     if modality == IMAGE:
         return np.zeros((3, cfg["image_size"], cfg["image_size"]), np.float32)
     if modality == VIDEO:
-        from polymodal.data.video import video_placeholder
-
         return video_placeholder(cfg)
     if modality == TIMESERIES:
-        from polymodal.data.timeseries import series_placeholder
-
         return series_placeholder(cfg)
     return np.zeros((cfg["n_mels"], 1), np.float32)
 

@@ -13,6 +13,9 @@ import pandas as pd
 
 from polymodal.data.readers import is_missing
 from polymodal.data.schema import MULTILABEL, MULTILABEL_SEP, MULTITASK, REGRESSION, Schema
+from polymodal.data.stats import TableStats, number_problem, numbers, split_labels, usable
+from polymodal.data.timeseries import fit_series_config
+from polymodal.data.video import AUDIO_TRACK, audio_track_key
 from polymodal.errors import DataError, PolymodalError
 from polymodal.types import AUDIO, CATEGORICAL, ID, IMAGE, NUMERIC, TABULAR, TEXT, TIMESERIES, VIDEO
 
@@ -45,28 +48,34 @@ class Preprocessor:
 
     # ---- fitting -----------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, df: pd.DataFrame, schema: Schema, encoder_configs: dict[str, dict]) -> Preprocessor:
-        """Build specs and fit scalers, vocabularies and the label encoder on the training table."""
+    def fit(cls, df: pd.DataFrame, schema: Schema, encoder_configs: dict[str, dict],
+            fit_label: bool = True) -> Preprocessor:
+        """Build specs and fit scalers, vocabularies and the label encoder on the training table: one chunk of
+        the statistics a streaming fit accumulates (`data/stats.py`). `fit_label=False`: no label encoder (a
+        text generator's label is free text its vocabulary encodes)."""
         def series_config(col: str) -> dict:
-            from polymodal.data.timeseries import fit_series_config
-
             return fit_series_config(df[col], df.attrs.get("base_dir", "."), encoder_configs.get(TIMESERIES, {}),
                                      schema.series_channels.get(col, 1))
 
-        inputs = cls.input_specs(schema, encoder_configs, series_config)
-        tab_num, tab_cat = schema.of(NUMERIC), schema.of(CATEGORICAL)
-        prep = cls(schema=schema, inputs=inputs)
-        for col in tab_num:
-            # bad values are reported (with their rows) by the row checks; statistics skip them
-            x = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
-            finite = x[np.isfinite(x)]
-            prep.numeric_mean[col] = float(finite.mean()) if len(finite) else 0.0
-            std = float(finite.std()) if len(finite) > 1 else 1.0
-            prep.numeric_std[col] = std if std > 1e-12 else 1.0
-        for col in tab_cat:
-            values = df[col][[not is_missing(v) for v in df[col]]].astype(str)
-            prep.vocab[col] = sorted(values.unique().tolist())
-        prep._fit_label(df)
+        stats = TableStats(schema, labels=fit_label).update(df)
+        return cls.from_stats(stats, encoder_configs, df.attrs.get("source"), series_config, fit_label)
+
+    @classmethod
+    def from_stats(cls, stats: TableStats, encoder_configs: dict[str, dict], source: str | None = None,
+                   series_config: Callable[[str], dict] | None = None, fit_label: bool = True) -> Preprocessor:
+        """The Preprocessor the statistics of all training rows seen give."""
+        schema = stats.schema
+        prep = cls(schema=schema, inputs=cls.input_specs(schema, encoder_configs, series_config))
+        prep.numeric_mean, prep.numeric_std = stats.scalers()
+        prep.vocab = stats.vocab()
+        if not fit_label:
+            return prep
+        specs = {lab: stats.label_spec(lab, source) for lab in schema.labels}
+        if schema.problem_type == MULTITASK:
+            prep.label_specs = specs
+        else:
+            spec = specs[schema.label]
+            prep.classes, prep.target_mean, prep.target_std = spec["classes"], spec["target_mean"], spec["target_std"]
         return prep
 
     @staticmethod
@@ -79,8 +88,6 @@ class Preprocessor:
             if mod in (IMAGE, TEXT, AUDIO, VIDEO):
                 inputs[col] = InputSpec(col, mod, [col], dict(encoder_configs.get(mod, {})))
             if mod == VIDEO:
-                from polymodal.data.video import AUDIO_TRACK, audio_track_key
-
                 if AUDIO_TRACK in encoder_configs:  # the clip's sound as its own audio input (data/video.py)
                     key = audio_track_key(col)
                     if key in schema.columns:
@@ -97,35 +104,13 @@ class Preprocessor:
                                         {"numeric": tab_num, "categorical": tab_cat})
         return inputs
 
-    def _fit_label(self, df: pd.DataFrame) -> None:
-        label, ptype = self.schema.label, self.schema.problem_type
-        if ptype == MULTITASK:
-            for lab in self.schema.labels:
-                sub = Preprocessor(Schema({}, lab, self.schema.problem_types[lab]), {})
-                sub._fit_label(df)
-                self.label_specs[lab] = {"problem_type": sub.schema.problem_type, "classes": sub.classes,
-                                         "target_mean": sub.target_mean, "target_std": sub.target_std}
-            return
-        y = df[label][[not is_missing(v) for v in df[label]]]
-        if ptype == REGRESSION:
-            t = self._numeric(y, label)
-            self.target_mean, self.target_std = float(np.nanmean(t)), float(np.nanstd(t) or 1.0)
-        elif ptype == MULTILABEL:
-            self.classes = sorted({c for v in y for c in _split_labels(v)})
-            if len(self.classes) < 2:
-                raise DataError("multi-label column has fewer than two distinct labels", column=label)
-        else:
-            self.classes = sorted(y.astype(str).unique().tolist(), key=_natural_key)
-            if len(self.classes) < 2:
-                raise DataError(f"the label has a single class ({self.classes[0]!r}); a classifier needs two",
-                                column=label, file=df.attrs.get("source"))
-
     # ---- transforms ----------------------------------------------------------------------------------
     def _numeric(self, s: pd.Series, col: str) -> np.ndarray:
-        out = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
-        bad = [i for i, (v, o) in enumerate(zip(s, out)) if not is_missing(v) and not np.isfinite(o)]
+        out = numbers(s)
+        ok = usable(out)
+        bad = [i for i, (v, o) in enumerate(zip(s, ok)) if not is_missing(v) and not o]
         if bad:
-            raise DataError(f"value {s.iloc[bad[0]]!r} is not a number (and {len(bad) - 1} more such rows)",
+            raise DataError(f"{number_problem(s.iloc[bad[0]])} (and {len(bad) - 1} more such rows)",
                             row=int(s.index[bad[0]]), column=col)
         return out
 
@@ -138,7 +123,14 @@ class Preprocessor:
         for j, col in enumerate(spec["numeric"]):
             x = self._numeric(df[col], col) if col in df else np.full(n, np.nan)
             m = ~np.isfinite(x)
-            num[:, j] = np.where(m, 0.0, (x - self.numeric_mean[col]) / self.numeric_std[col])
+            z = np.where(m, 0.0, (x - self.numeric_mean[col]) / self.numeric_std[col])
+            huge = np.flatnonzero(np.abs(z) > np.finfo(np.float32).max)
+            if len(huge):  # finite, but standardised it overflows the float32 network
+                r = huge[0]
+                raise DataError(f"value {df[col].iloc[r]!r} is out of range for this model (column mean "
+                                f"{self.numeric_mean[col]:.4g}, std {self.numeric_std[col]:.4g})",
+                                file=df.attrs.get("source"), row=int(df.index[r]), column=col)
+            num[:, j] = z
             miss[:, j] = m
         cat = np.zeros((n, len(spec["categorical"])), np.int64)
         for j, col in enumerate(spec["categorical"]):
@@ -192,7 +184,7 @@ class Preprocessor:
         if ptype == MULTILABEL:
             out = np.zeros((len(col), len(self.classes)), np.float32)
             for r, v in enumerate(col):
-                for c in _split_labels(v):
+                for c in split_labels(v):
                     if c in index:
                         out[r, index[c]] = 1.0
             return out
@@ -231,16 +223,3 @@ class Preprocessor:
                    numeric_mean=d["numeric_mean"], numeric_std=d["numeric_std"], vocab=d["vocab"],
                    classes=d["classes"], target_mean=d["target_mean"], target_std=d["target_std"],
                    label_specs=d.get("label_specs", {}))
-
-
-def _split_labels(v) -> list[str]:
-    if isinstance(v, (list, tuple, np.ndarray)):
-        return [str(x) for x in v]
-    return [s.strip() for s in str(v).split(MULTILABEL_SEP) if s.strip()]
-
-
-def _natural_key(s: str):
-    try:
-        return (0, float(s), s)
-    except ValueError:
-        return (1, 0.0, s)

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from polymodal.data.readers import column_names, is_missing, resolve_path
+from polymodal.data.timeseries import infer_channels, is_series_cell
 from polymodal.errors import DataError
 from polymodal.types import AUDIO, CATEGORICAL, ID, IMAGE, MODALITIES, NUMERIC, TEXT, TIMESERIES, VIDEO
 
@@ -91,8 +92,6 @@ def infer_column_type(series: pd.Series, base_dir: str, sample: int = 500, seed:
     if len(values) == 0:
         return ID, "every value is missing"
     if any(_nested(v) for v in values):  # every value, not a sample: one would break nunique below
-        from polymodal.data.timeseries import is_series_cell
-
         probe = values if len(values) <= sample else values.sample(sample, random_state=seed)
         if all(is_series_cell(v) for v in probe):
             return TIMESERIES, "arrays of numbers (a time series per row)"
@@ -217,8 +216,6 @@ def infer_schema(df: pd.DataFrame, label: str | list[str], column_types: str | d
     if not any(m != ID for m in columns.values()):
         raise DataError("no usable feature column: every column besides the label is an id, constant or empty",
                         file=source)
-    from polymodal.data.timeseries import infer_channels
-
     channels = {c: infer_channels(df[c], base_dir, c, source) for c, m in columns.items() if m == TIMESERIES}
     return Schema(columns=columns, label=label, problem_type=problem_type, reasons=reasons,
                   series_channels=channels)

@@ -10,10 +10,13 @@ import hashlib
 
 import pandas as pd
 
+from polymodal.data.audio import load_wave
 from polymodal.data.dataset import check_rows
 from polymodal.data.preprocess import Preprocessor
-from polymodal.data.readers import is_missing
+from polymodal.data.readers import is_missing, resolve_path
 from polymodal.data.schema import infer_schema
+from polymodal.data.transforms import load_image
+from polymodal.data.video import decode_all
 from polymodal.errors import DataError
 from polymodal.types import AUDIO, ID, IMAGE, TEXT, VIDEO
 
@@ -84,10 +87,6 @@ def _decode_all(split: str, df: pd.DataFrame, prep: Preprocessor) -> list[dict]:
     """Fully decode every media file (catches truncated files that a header check misses)."""
     import os
 
-    from polymodal.data.audio import load_wave
-    from polymodal.data.readers import resolve_path
-    from polymodal.data.transforms import load_image
-
     out = []
     base = df.attrs.get("base_dir", os.getcwd())
     for spec in prep.inputs.values():
@@ -101,8 +100,6 @@ def _decode_all(split: str, df: pd.DataFrame, prep: Preprocessor) -> list[dict]:
                 if spec.modality == IMAGE:
                     load_image(resolve_path(v, base), 8, [0.0] * 3, [1.0] * 3)
                 elif spec.modality == VIDEO:
-                    from polymodal.data.video import decode_all
-
                     decode_all(resolve_path(v, base))
                 else:
                     load_wave(resolve_path(v, base), 16000)

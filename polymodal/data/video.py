@@ -32,7 +32,6 @@ import math
 import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 
@@ -51,7 +50,7 @@ def audio_track_key(column: str) -> str:
     return column + TRACK_SUFFIX
 
 
-def _av():
+def require_av():
     try:
         import av
     except ImportError:
@@ -79,7 +78,7 @@ def is_frame_folder(src) -> bool:
 
 def _open(src):
     """av.open with the user's errors made DataErrors naming the file."""
-    av = _av()
+    av = require_av()
     if isinstance(src, (str, os.PathLike)) and not os.path.exists(src):
         raise DataError(f"video file not found: {src}")
     try:
@@ -333,7 +332,7 @@ def load_video_wave(src, sample_rate: int, max_seconds: float | None = None, aug
     (a random crop when augmenting, as `audio.load_wave`); None when the clip has no sound."""
     if is_frame_folder(src):
         return None
-    av = _av()
+    av = require_av()
     limit = math.ceil(max_seconds * sample_rate) if max_seconds and not augment else None
     chunks, got = [], 0
     with _open(src) as container:
@@ -373,53 +372,6 @@ def has_audio_track(src) -> bool:
             return frame is not None and frame.samples > 0
     except Exception:  # noqa: BLE001 - any failure means no usable sound; the video input reports the file
         return False
-
-
-# ---- writing -------------------------------------------------------------------------------------------
-
-CODECS = {".mp4": ("libx264", "aac"), ".webm": ("libvpx-vp9", "libopus"), ".avi": ("mpeg4", "mp3"),
-          ".mkv": ("libx264", "aac"), ".mov": ("libx264", "aac")}
-
-
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0, audio: np.ndarray | None = None,
-                sample_rate: int = 16000, gop: int | None = None) -> None:
-    """Encode uint8 RGB frames (n, H, W, 3) (H, W even) and an optional mono float waveform in [-1, 1] to a
-    video file whose codecs follow its extension (H.264 + AAC for .mp4, VP9 + Opus for .webm, MPEG-4 + MP3 for
-    .avi). `gop`: key-frame interval in frames (the encoder's default if None). Written to a temporary name
-    and moved into place."""
-    from fractions import Fraction
-
-    av = _av()
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in CODECS:
-        raise PolymodalError(f"write_video: unsupported extension {suffix!r}; use one of {', '.join(CODECS)}")
-    vcodec, acodec = CODECS[suffix]
-    frames = np.asarray(frames, dtype=np.uint8)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[1] % 2 or frames.shape[2] % 2:
-        raise PolymodalError(f"write_video: frames must be (n, H, W, 3) with even H and W, got {frames.shape}")
-    tmp = path.with_name(f".{path.name}.tmp{suffix}")
-    with av.open(str(tmp), "w") as container:
-        stream = container.add_stream(vcodec, rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        if gop:
-            stream.codec_context.gop_size = int(gop)
-        sound = None
-        if audio is not None:
-            sound = container.add_stream(acodec, rate=sample_rate)
-            sound.layout = "mono"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-        if sound is not None:
-            wave = np.clip(np.asarray(audio, dtype=np.float32), -1, 1)
-            step = sound.codec_context.frame_size or 1024
-            for s in range(0, len(wave), step):
-                chunk = av.AudioFrame.from_ndarray(wave[None, s:s + step], format="flt", layout="mono")
-                chunk.sample_rate, chunk.pts = sample_rate, s
-                container.mux(sound.encode(chunk))
-            container.mux(sound.encode())
-    os.replace(tmp, path)
 
 
 # ---- checks --------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from polymodal.encoders import Encoder
+from polymodal.encoders.base import Encoder
+from polymodal.encoders.whisper import WhisperAudioEncoder
 from polymodal.errors import PolymodalError
 
 
@@ -53,16 +54,10 @@ class LogMelCNN(Encoder):
         return dict(self.config)
 
 
-def _whisper(**opts) -> Encoder:
-    from polymodal.encoders.whisper import WhisperAudioEncoder
-
-    return WhisperAudioEncoder(**opts)
+BUILTIN: dict[str, Callable[..., nn.Module]] = {"logmel-cnn": LogMelCNN, "whisper-tiny.en": WhisperAudioEncoder}
 
 
-BUILTIN: dict[str, Callable[..., Encoder]] = {"logmel-cnn": LogMelCNN, "whisper-tiny.en": _whisper}
-
-
-def build_audio_encoder(name: str, **opts) -> Encoder:
+def build_audio_encoder(name: str, **opts) -> nn.Module:
     if name not in BUILTIN:
         raise PolymodalError(f"unknown audio encoder '{name}': use one of {sorted(BUILTIN)}")
     return BUILTIN[name](**opts)

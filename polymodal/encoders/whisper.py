@@ -4,6 +4,9 @@
 `ModelSpec._serialize`), maps every variable onto the Hugging Face `WhisperForConditionalGeneration`
 state dict, loads it strictly and caches the result as safetensors keyed by the model.bin hash.
 `WhisperAudioEncoder` wraps the converted encoder as a frozen, pretrained polymodal audio encoder.
+
+transformers' Whisper classes, safetensors and the weights package are imported inside the functions that
+use them: they cost seconds to import, and only runs with a Whisper encoder need them.
 """
 
 from __future__ import annotations

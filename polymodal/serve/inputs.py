@@ -27,7 +27,9 @@ import pandas as pd
 from polymodal.data.dataset import placeholder
 from polymodal.data.preprocess import Preprocessor
 from polymodal.data.text import get_tokenizer
+from polymodal.data.timeseries import as_array, load_series, prepare_series
 from polymodal.data.transforms import load_audio_features, load_image
+from polymodal.data.video import load_video, video_size
 from polymodal.errors import DataError
 from polymodal.types import AUDIO, CATEGORICAL, IMAGE, NUMERIC, TABULAR, TEXT, TIMESERIES, VIDEO
 
@@ -226,8 +228,6 @@ class RowBuilder:
     @staticmethod
     def _series_json(name: str, v: Any) -> np.ndarray | None:
         """A JSON array (or its text) of numbers or of per-step rows → float32 (T, C); empty → None (missing)."""
-        from polymodal.data.timeseries import as_array
-
         if isinstance(v, str):
             try:
                 v = json.loads(v)
@@ -280,11 +280,11 @@ class RowBuilder:
             cfg = self.prep.inputs[TABULAR].config
             row = {c: values.get(c, np.nan) for c in cfg["numeric"]}
             row.update({c: values.get(c) for c in cfg["categorical"]})
-            with np.errstate(over="ignore"):
-                arrays = self.prep.tabular_arrays(pd.DataFrame([row]))
-            bad = [c for c, x in zip(cfg["numeric"], arrays["numeric"][0]) if not np.isfinite(x)]
-            if bad:  # finite but so large that standardising overflows float32
-                raise InputError(422, f"column '{bad[0]}' is out of range for this model", bad[0])
+            try:
+                with np.errstate(over="ignore"):
+                    arrays = self.prep.tabular_arrays(pd.DataFrame([row]))
+            except DataError as exc:  # beyond data.stats.MAX_ABS, or overflowing float32 once standardised
+                raise InputError(422, f"column '{exc.column}' is out of range for this model", exc.column) from None
             item["inputs"][TABULAR] = {k: a[0] for k, a in arrays.items()}
             item["present"][TABULAR] = True  # as in training: tabular is always present, NaNs flagged
         return item
@@ -353,8 +353,6 @@ class RowBuilder:
                                   "(WAV/FLAC/OGG expected)", col) from None
 
     def _video(self, col: str, up: Upload, cfg: dict) -> dict:
-        from polymodal.data.video import load_video, video_size
-
         self._check_type(col, up, VIDEO)
         try:  # the header alone gives the frame size: refuse huge frames before decoding them
             w, h = video_size(io.BytesIO(up.data))
@@ -378,8 +376,6 @@ class RowBuilder:
 
     @staticmethod
     def _series(col: str, v: Any, cfg: dict) -> dict:
-        from polymodal.data.timeseries import load_series, prepare_series
-
         try:
             arr = load_series(v.data, v.filename or None) if isinstance(v, Upload) else v
             return prepare_series(arr, cfg, "the series")

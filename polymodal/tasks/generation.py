@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from polymodal.data.text import BUILTIN, resolve
+from polymodal.encoders.tokens import token_mask
 from polymodal.errors import PolymodalError
 from polymodal.model import MultimodalModel
 
@@ -202,8 +204,6 @@ class GenerationModel(MultimodalModel):
 
     def memory(self, batch: dict) -> tuple[Tensor, Tensor]:
         """(B, M, d) memory tokens and (B, M) padding mask (True = ignore)."""
-        from polymodal.encoders.tokens import token_mask
-
         features, present = self.encode(batch)
         n = len(batch["row"])
         parts = [self.kind[0].expand(n, 1, -1)]
@@ -272,8 +272,6 @@ class GenerationTask:
 def init_word_embeddings(decoder: TextDecoder, vocab: Vocabulary, source: str | None) -> bool:
     """Copy the text encoder's word embeddings (rows of the kept tokenizer ids) into the decoder's tied
     embedding, when `source` is a built-in text encoder whose width matches; returns whether it did."""
-    from polymodal.data.text import BUILTIN, resolve
-
     if source not in BUILTIN:
         return False
     from pathlib import Path

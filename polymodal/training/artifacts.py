@@ -71,15 +71,14 @@ def save_weights(model: torch.nn.Module, path: Path) -> str:
     os.close(fd)
     save_file(state, tmp, metadata={"polymodal_version": __version__})
     os.replace(tmp, path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    return file_id(path)
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
-    state = load_file(str(path), device="cpu")
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own SafetensorError (and OSError) for damaged files
+        raise damaged(path, f"{type(exc).__name__}: {exc}") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise PolymodalError(f"{path} does not match the model in config.json "
@@ -110,18 +109,56 @@ def save_run(run_dir: str | os.PathLike, model, prep: Preprocessor, fit_config: 
 
 
 def read_run(run_dir: str | os.PathLike, require_weights: bool = True) -> tuple[dict, Preprocessor]:
-    """config.json and preprocess.json of a run folder; text inputs point at the folder's own tokenizers."""
+    """config.json and preprocess.json of a run folder; text inputs point at the folder's own tokenizers.
+    A damaged file is a clear error naming it (never a JSONDecodeError/KeyError traceback)."""
     run = Path(run_dir)
     for name in (CONFIG, PREPROCESS) + ((WEIGHTS,) if require_weights else ()):
         if not (run / name).exists():
             raise PolymodalError(f"{run} is not a polymodal run folder: {name} is missing")
-    config = json.loads((run / CONFIG).read_text())
-    prep = Preprocessor.from_dict(json.loads((run / PREPROCESS).read_text()))
+    config = read_json(run / CONFIG)
+    if not isinstance(config.get("fit"), dict):
+        raise damaged(run / CONFIG, "it has no 'fit' settings object")
+    try:
+        prep = Preprocessor.from_dict(read_json(run / PREPROCESS))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise damaged(run / PREPROCESS, f"{type(exc).__name__}: {exc}") from None
     for key, spec in prep.inputs.items():
         tok_dir = run / "tokenizers" / key
         if spec.modality == TEXT and tok_dir.exists():
             spec.config["tokenizer"] = str(tok_dir)  # the run's own copy: no hub access needed
     return config, prep
+
+
+def damaged(path: Path, why: str) -> PolymodalError:
+    return PolymodalError(f"{path} is damaged ({why}): restore the run folder from a copy, or train it again")
+
+
+def read_json(path: Path) -> dict:
+    """A run folder's JSON object file, or a clear error naming it."""
+    try:
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise damaged(path, f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise damaged(path, f"a JSON {type(obj).__name__} where an object is expected")
+    return obj
+
+
+def file_id(path: Path) -> str:
+    """The model id of a weights file: the first 16 hex digits of its SHA-256 (what save_weights returns)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def check_weights(path: Path, model_id: str | None) -> None:
+    """model.safetensors must be the file config.json's model_id names: changed bytes would predict silently
+    wrong answers, so they are an error instead."""
+    if model_id and file_id(path) != model_id:
+        raise damaged(path, f"its SHA-256 does not match the model id {model_id} recorded in config.json when "
+                            "it was saved")
 
 
 def is_tabular(key: str) -> bool:

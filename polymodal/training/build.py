@@ -163,7 +163,10 @@ def rebuild(path: str | Path, device: str | None = None, weights: bool = True) -
     config_json, prep = artifacts.read_run(path, require_weights=weights)
     kind = config_json.get("kind", TABLE)
     config_cls = GenerationConfig if kind == GENERATION else FitConfig
-    config = config_cls.from_dict(config_json["fit"])
+    try:
+        config = config_cls.from_dict(config_json["fit"])
+    except (TypeError, ValueError) as exc:  # a value of the wrong type; bad choices are PolymodalErrors already
+        raise artifacts.damaged(path / artifacts.CONFIG, f"{type(exc).__name__}: {exc}") from None
     arch = {k: str(path / "tokenizers" / k) for k in prep.inputs
             if (path / "tokenizers" / k / "config.json").exists()}
     encoders, _ = build_encoders(prep.schema, config, arch)
@@ -185,6 +188,7 @@ def rebuild(path: str | Path, device: str | None = None, weights: bool = True) -
         if hasattr(enc, "cache_id") and saved.startswith(f"{enc.cache_id}:"):
             enc.cache_id = saved
     if weights:
+        artifacts.check_weights(path / artifacts.WEIGHTS, config_json.get("model_id"))
         artifacts.load_weights(model, path / artifacts.WEIGHTS)
     model.eval().to(device or "cpu")
     metrics_path = path / artifacts.METRICS

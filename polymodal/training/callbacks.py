@@ -18,6 +18,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import Sampler
 
+from polymodal.distributed import global_rank, world_size
+
 
 class AtomicCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer, filepath: str) -> None:
@@ -74,8 +76,6 @@ class EpochSampler(Sampler[int]):
 
     def _shard(self) -> tuple[int, int]:
         # read at iteration time: under Lightning's DDP the process group exists only once fit() started
-        from polymodal.training.distributed import global_rank, world_size
-
         return (global_rank(), world_size()) if self.distributed else (0, 1)
 
     def __len__(self) -> int:

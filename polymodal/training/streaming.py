@@ -14,10 +14,13 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from polymodal.data import shards
 from polymodal.data import streaming as st
 from polymodal.data.dataset import Problem, check_rows
+from polymodal.data.preprocess import Preprocessor
 from polymodal.data.readers import keep_rows
 from polymodal.data.schema import MULTILABEL, MULTITASK, infer_schema
+from polymodal.data.stats import TableStats
 from polymodal.encoders.cache import precompute_features
 from polymodal.errors import DataError, PolymodalError
 from polymodal.training.build import build_encoders, build_tabular_encoder, is_frozen, token_inputs
@@ -40,11 +43,11 @@ def fit_stream(train, valid, config: FitConfig, run_dir: str | os.PathLike, log:
     """
     t0 = time.time()
     L.seed_everything(config.seed, workers=True, verbose=False)
-    media = st.media_dir(config.cache_dir)
-    readers = {"train": st.ShardReader(train, config.chunk_rows, media)}
+    media = shards.media_dir(config.cache_dir)
+    readers = {"train": shards.ShardReader(train, config.chunk_rows, media)}
     if valid is not None:
-        readers["valid"] = st.ShardReader(valid, config.chunk_rows, media)
-    head = readers["train"].head(st.SCHEMA_ROWS)
+        readers["valid"] = shards.ShardReader(valid, config.chunk_rows, media)
+    head = readers["train"].head(shards.SCHEMA_ROWS)
     schema = infer_schema(head, config.label, config.column_types, config.problem_type)
     log(f"  streaming {len(readers['train'].files)} {readers['train'].kind} shard(s) in chunks of at most "
         f"{config.chunk_rows} rows; schema inferred from the first {len(head)} rows")
@@ -77,7 +80,7 @@ def fit_stream(train, valid, config: FitConfig, run_dir: str | os.PathLike, log:
                 yield "train", keep_rows(chunk, ~in_valid), problems
                 yield "valid", keep_rows(chunk, in_valid), []
 
-    acc = st.StreamStats(schema)
+    acc = TableStats(schema)
     n_valid = 0
     for name, part, _ in parts():  # pass 1: statistics of the training rows
         if name == "train":
@@ -90,7 +93,7 @@ def fit_stream(train, valid, config: FitConfig, run_dir: str | os.PathLike, log:
     if n_valid == 0 or acc.rows < 2:
         raise DataError(f"{acc.rows} training and {n_valid} validation rows; stream more rows"
                         + (" or give validation shards" if split else ""), file=str(readers["train"].files[0]))
-    prep = acc.preprocessor(pre_cfg, source=str(readers["train"].files[0]))
+    prep = Preprocessor.from_stats(acc, pre_cfg, source=str(readers["train"].files[0]))
     log(f"  preprocessing fitted on {acc.rows} training rows in one pass")
     if TABULAR in prep.inputs:
         encoders[TABULAR] = build_tabular_encoder(prep, config)
