@@ -22,6 +22,7 @@ from polymodal.encoders.whisper import load_whisper
 from polymodal.errors import DataError, PolymodalError, console, user_errors
 from polymodal.fusion import fusion_names
 from polymodal.predictor import MultimodalPredictor
+from polymodal.problem_types import GENERATION
 from polymodal.retrieval.cli import align, evaluate_alignment, index, search, zero_shot
 from polymodal.runs import ALIGNMENT, load_run, run_kind
 from polymodal.serve.cli import serve
@@ -287,7 +288,7 @@ def _prediction_frame(p, df, proba: bool):
     result = df.copy()
     for name, values in (pred.items() if isinstance(pred, pd.DataFrame) else [(p.config.label, pred)]):
         result[f"predicted_{name}"] = values
-    if proba and getattr(p.task, "problem_type", None) != "generation":  # generated text: no probabilities
+    if proba and getattr(p.task, "problem_type", None) != GENERATION:  # generated text: no probabilities
         probs = p.predict_proba(df)
         for c in probs.columns:
             if c not in p.config.labels:  # regression labels' "probabilities" are the predictions above

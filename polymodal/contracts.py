@@ -16,6 +16,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from polymodal.problem_types import REGRESSION
+
 
 class Batch(TypedDict, total=False):
     """What the Collator builds and every model takes (all tensors share the batch dimension B).
@@ -100,7 +102,7 @@ def outputs_to_answers(task: Any, outputs: Tensor | np.ndarray, label: str) -> l
     probs = task.probabilities(logits).float().cpu().numpy()
     cols = task.output_columns(label)
     labels = task.labels(probs)
-    if task.problem_type == "regression":
+    if task.problem_type == REGRESSION:
         return [{"prediction": float(p), "probabilities": None} for p in probs.reshape(len(probs))]
     if isinstance(labels, dict):  # multi-task: one prediction per label; probabilities as "label:class"
         return [{"prediction": {n: labels[n][i] for n in labels},

@@ -23,9 +23,10 @@ from polymodal.contracts import Batch, outputs_to_answers
 from polymodal.data.dataset import check_rows, raise_or_drop
 from polymodal.data.readers import as_table
 from polymodal.errors import PolymodalError
+from polymodal.problem_types import GENERATION
 from polymodal.tasks.generation import GENERATION_TASKS, DecodeConfig
 from polymodal.training import artifacts
-from polymodal.training.build import DECODER_TOKENIZER, GENERATION, TABLE, Rebuilt, frozen_keys, rebuild
+from polymodal.training.build import DECODER_TOKENIZER, GENERATION_RUN, TABLE_RUN, Rebuilt, frozen_keys, rebuild
 from polymodal.training.config import FitConfig, GenerationConfig, replace_config
 from polymodal.training.fit import TABLE_RECIPE, ensure_usable
 from polymodal.training.generation import GENERATION_RECIPE, generate_texts, score_texts
@@ -34,7 +35,7 @@ from polymodal.training.plots import evaluation_plots
 from polymodal.training.report import write_model_card, write_plots
 from polymodal.training.streaming import fit_stream
 
-RECIPES = {TABLE: TABLE_RECIPE, GENERATION: GENERATION_RECIPE}
+RECIPES = {TABLE_RUN: TABLE_RECIPE, GENERATION_RUN: GENERATION_RECIPE}
 
 
 class MultimodalPredictor:
@@ -53,15 +54,15 @@ class MultimodalPredictor:
                  path: str | os.PathLike | None = None, verbose: bool = True, task: str | None = None,
                  **config) -> None:
         if task is None:
-            self.kind = TABLE
+            self.kind = TABLE_RUN
             self.config: FitConfig | GenerationConfig = FitConfig(label=label, problem_type=problem_type, **config)
         else:
             if task not in GENERATION_TASKS:
                 raise PolymodalError(f"task must be one of {', '.join(GENERATION_TASKS)} (or None to classify or "
                                      f"regress), not {task!r}")
-            if problem_type not in (None, "generation"):
+            if problem_type not in (None, GENERATION):
                 raise PolymodalError(f"task {task!r} generates text; problem_type {problem_type!r} does not apply")
-            self.kind = GENERATION
+            self.kind = GENERATION_RUN
             self.config = GenerationConfig.from_options(label, task, config)
         self.path = Path(path) if path else None
         self.verbose = verbose
@@ -85,7 +86,8 @@ class MultimodalPredictor:
         """Train; `valid_data` defaults to a split of `train_data` (stratified; by input for generators);
         `test_data` is only scored. With `resume=True` (and the same data and settings), continue an
         interrupted run in `path` from its last checkpoint; the result equals an uninterrupted run."""
-        what = "a classifier or regressor" if self.kind == TABLE else f"task {self.config.task!r} (a text generator)"
+        what = ("a classifier or regressor" if self.kind == TABLE_RUN
+                else f"task {self.config.task!r} (a text generator)")
         self.config = replace_config(self.config, overrides, what)
         stream = getattr(self.config, "stream", False)
         if stream:  # shard files read chunk by chunk (training/streaming.py), never whole
@@ -99,7 +101,8 @@ class MultimodalPredictor:
         if resume and not self.path:
             raise PolymodalError("resume needs the run folder: MultimodalPredictor(..., path=run_dir)")
         run_dir = self.path or Path(tempfile.mkdtemp(prefix="polymodal-run-"))
-        state_config = self.config.to_dict() if self.kind == TABLE else {"problem_type": None, **self.config.to_dict()}
+        state_config = (self.config.to_dict() if self.kind == TABLE_RUN
+                        else {"problem_type": None, **self.config.to_dict()})
         artifacts.atomic_write_json(Path(run_dir) / artifacts.FIT_STATE, {
             "config": state_config,
             "tables": {k: _table_ref(v) for k, v in (("train", train_data), ("valid", valid_data),
@@ -139,7 +142,7 @@ class MultimodalPredictor:
         """Class probabilities (columns = classes), or predicted values for regression.
 
         Multi-task: one block per label, columns "label:class" (and "label" for a regression label)."""
-        if self.kind == GENERATION:
+        if self.kind == GENERATION_RUN:
             raise PolymodalError(f"a {self.config.task} model generates text and has no class probabilities: use "
                                  "predict (and evaluate for its scores)")
         df, feats = self._prepare(data, with_target=False)
@@ -152,7 +155,7 @@ class MultimodalPredictor:
     def predict(self, data, as_pandas: bool = True, **decode) -> pd.Series | pd.DataFrame | np.ndarray:
         """Predicted labels (a Series; multi-task: a DataFrame with one column per label); generators: the
         generated text, keyword arguments overriding the run's decoding settings (DecodeConfig)."""
-        if self.kind == GENERATION:
+        if self.kind == GENERATION_RUN:
             df, texts = self._generate(data, decode, with_target=False)
             return pd.Series(texts, index=df.index, name=self.config.label) if as_pandas else np.asarray(texts)
         if decode:
@@ -168,7 +171,7 @@ class MultimodalPredictor:
     def evaluate(self, data, plots_dir: str | os.PathLike | None = None, **decode) -> dict[str, float]:
         """All metrics for a labelled table (multi-task: "label/metric" per label plus their mean "score";
         generators: BLEU, ROUGE-L, CIDEr-D, exact match); with `plots_dir`, also a confusion-matrix PNG."""
-        if self.kind == GENERATION:
+        if self.kind == GENERATION_RUN:
             df, texts = self._generate(data, decode, with_target=True)
             return {**score_texts(texts, df, self.prep, self.config), "rows": len(df)}
         df, feats = self._prepare(data, with_target=True)
@@ -191,15 +194,15 @@ class MultimodalPredictor:
         """Per-row answers {"prediction", "probabilities"} for a collated batch (what the server batches),
         through the same inference loop as predict."""
         self.require_model()
-        vocab, decode = getattr(self.task, "vocab", None), self.decode_config() if self.kind == GENERATION else None
+        vocab, decode = getattr(self.task, "vocab", None), self.decode_config() if self.kind == GENERATION_RUN else None
 
         def step(model, b):  # generators decode token ids; other models give logits
-            return model.generate(b, vocab, decode) if self.kind == GENERATION else model(b)
+            return model.generate(b, vocab, decode) if self.kind == GENERATION_RUN else model(b)
 
         rows = len(next(iter(batch["present"].values()))) if batch.get("present") else 1
         outs: list = []
         run_inference(self.model, [batch], self.device, step, rows, lambda out, _: outs.append(out))
-        if self.kind == GENERATION:
+        if self.kind == GENERATION_RUN:
             return [{"prediction": t, "probabilities": None} for t in self.task.vocab.decode(outs[0])]
         return outputs_to_answers(self.task, outs[0], self.config.label)
 
@@ -210,11 +213,11 @@ class MultimodalPredictor:
         path = Path(path)
         res = self._result
         extra = {"kind": self.kind}
-        if self.kind == GENERATION:
+        if self.kind == GENERATION_RUN:
             extra.update(task=self.config.task, vocabulary=self.task.vocab.ids)
         self.model_id = artifacts.save_run(path, self.model, self.prep, self.config.to_dict(), self.metrics,
                                            res.history if res else None, extra=extra)
-        if self.kind == GENERATION:
+        if self.kind == GENERATION_RUN:
             self.task.vocab.tokenizer.save_pretrained(str(path / DECODER_TOKENIZER))
         write_plots(path, res, self.kind)
         write_model_card(path, self)

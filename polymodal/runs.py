@@ -22,10 +22,10 @@ from polymodal.predictor import MultimodalPredictor
 from polymodal.retrieval.aligned import AlignedModel
 from polymodal.retrieval.config import is_alignment_run
 from polymodal.training.artifacts import CONFIG, read_json
-from polymodal.training.build import GENERATION, TABLE
+from polymodal.training.build import GENERATION_RUN, TABLE_RUN
 
 ALIGNMENT, COMPRESSED = "alignment", "compressed"
-RUN_KINDS = (TABLE, GENERATION, COMPRESSED, ALIGNMENT)
+RUN_KINDS = (TABLE_RUN, GENERATION_RUN, COMPRESSED, ALIGNMENT)
 
 
 def run_kind(path: str | os.PathLike) -> str:
@@ -39,7 +39,7 @@ def run_kind(path: str | os.PathLike) -> str:
     if not config.exists():
         raise PolymodalError(f"{path} is not a polymodal run folder: {CONFIG} is missing (train one with "
                              "`polymodal fit`)")
-    kind = read_json(config).get("kind", TABLE)
+    kind = read_json(config).get("kind", TABLE_RUN)
     if kind not in RUN_KINDS:
         raise PolymodalError(f"{config} names an unknown run kind {kind!r} (known: {', '.join(RUN_KINDS)})")
     return kind

@@ -30,9 +30,10 @@ from polymodal.data.audio import load_wave
 from polymodal.data.dataset import check_rows
 from polymodal.data.preprocess import Preprocessor
 from polymodal.data.readers import read_table
-from polymodal.data.schema import PROBLEM_TYPES, infer_column_type, infer_problem_type, infer_schema
+from polymodal.data.schema import infer_column_type, infer_problem_type, infer_schema
 from polymodal.data.transforms import load_audio_features, load_image
 from polymodal.errors import DataError, PolymodalError
+from polymodal.problem_types import PROBLEM_TYPES
 from polymodal.types import MODALITIES
 
 # POLYMODAL_FUZZ_SCALE=10 runs ten times the examples, freshly random each run (default: fixed seed, CI-sized)

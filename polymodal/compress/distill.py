@@ -22,6 +22,7 @@ from polymodal.compress.finetune import cached_features, clean_table, score, tra
 from polymodal.data.preprocess import Preprocessor
 from polymodal.errors import PolymodalError
 from polymodal.model import MultimodalModel, move_batch
+from polymodal.problem_types import MULTILABEL, ONE_CLASS_PER_ROW
 from polymodal.training.build import assemble_model, build_encoders, build_tabular_encoder
 from polymodal.training.config import FitConfig
 from polymodal.training.pipeline import make_loader
@@ -131,10 +132,10 @@ class DistillLoss:
         out = model.head(z).float()
         t = self.teacher_logits[batch["row"]]
         ptype = self.task.problem_type
-        if ptype in ("binary", "multiclass"):
+        if ptype in ONE_CLASS_PER_ROW:
             T = self.temperature
             soft = F.kl_div(F.log_softmax(out / T, -1), F.softmax(t / T, -1), reduction="batchmean") * T * T
-        elif ptype == "multilabel":
+        elif ptype == MULTILABEL:
             soft = F.binary_cross_entropy_with_logits(out, torch.sigmoid(t))
         else:
             soft = F.mse_loss(out, t)

@@ -31,6 +31,7 @@ from polymodal.compress.quantize import Int8Options, quantize_dynamic_torch, qua
 from polymodal.data.readers import as_table
 from polymodal.errors import PolymodalError
 from polymodal.predictor import MultimodalPredictor
+from polymodal.problem_types import REGRESSION
 from polymodal.training import artifacts
 
 
@@ -265,7 +266,7 @@ def report_pair(original, run: str | Path, out: str | Path, table, log=print) ->
     """Measure the original run and the compressed folder on `table` and write out/report.md + .png."""
     df = clean_table(as_table(table), original.prep, "skip")
     compressed = load_compressed(out)
-    metric_name = original.task.monitor[0] if original.task.problem_type != "regression" else "rmse"
+    metric_name = original.task.monitor[0] if original.task.problem_type != REGRESSION else "rmse"
     ms = []
     for name, p, size in (("original", original, R.file_size_mb(Path(run) / artifacts.WEIGHTS)),
                           ("compressed", compressed, R.file_size_mb(Path(out) / read_compression(out)["artefact"]))):

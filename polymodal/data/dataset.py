@@ -23,6 +23,7 @@ from polymodal.data.timeseries import load_series_input, series_placeholder, ser
 from polymodal.data.transforms import load_audio_features, load_image
 from polymodal.data.video import check_video, load_video, video_placeholder
 from polymodal.errors import DataError
+from polymodal.problem_types import MULTILABEL, MULTITASK
 from polymodal.types import AUDIO, IMAGE, TABULAR, TEXT, TIMESERIES, VIDEO
 
 
@@ -71,7 +72,7 @@ def check_rows(df: pd.DataFrame, prep: Preprocessor, with_target: bool = True) -
             for row, v, o in zip(df.index, df[col], ok):
                 if not is_missing(v) and not o:
                     problems.append(Problem(int(row), col, number_problem(v)))
-    if with_target and prep.schema.problem_type == "multitask":
+    if with_target and prep.schema.problem_type == MULTITASK:
         # multi-task: a missing label (or an unseen class) only drops the row from that task's loss/metrics
         for label in prep.schema.labels:
             if label not in df.columns:
@@ -83,7 +84,7 @@ def check_rows(df: pd.DataFrame, prep: Preprocessor, with_target: bool = True) -
         else:
             for row in df.index[[is_missing(v) for v in df[label]]]:
                 problems.append(Problem(int(row), label, "label is missing"))
-            if prep.classes and prep.schema.problem_type != "multilabel":
+            if prep.classes and prep.schema.problem_type != MULTILABEL:
                 known = set(prep.classes)
                 for row, v in zip(df.index, df[label]):
                     if not is_missing(v) and str(v) not in known:

@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 
 from polymodal.data.readers import is_missing
-from polymodal.data.schema import MULTILABEL, MULTILABEL_SEP, MULTITASK, REGRESSION, Schema
+from polymodal.data.schema import MULTILABEL_SEP, Schema
 from polymodal.data.stats import TableStats, number_problem, numbers, split_labels, usable
 from polymodal.data.timeseries import fit_series_config
 from polymodal.data.video import AUDIO_TRACK, audio_track_key
 from polymodal.errors import DataError, PolymodalError
+from polymodal.problem_types import MULTILABEL, MULTITASK, REGRESSION
 from polymodal.types import AUDIO, CATEGORICAL, ID, IMAGE, NUMERIC, TABULAR, TEXT, TIMESERIES, VIDEO
 
 

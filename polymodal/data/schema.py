@@ -15,6 +15,7 @@ import pandas as pd
 from polymodal.data.readers import column_names, is_missing, resolve_path
 from polymodal.data.timeseries import infer_channels, is_series_cell
 from polymodal.errors import DataError
+from polymodal.problem_types import BINARY, MULTICLASS, MULTILABEL, MULTITASK, PROBLEM_TYPES, REGRESSION
 from polymodal.types import AUDIO, CATEGORICAL, ID, IMAGE, MODALITIES, NUMERIC, TEXT, TIMESERIES, VIDEO
 
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -23,9 +24,6 @@ VIDEO_EXT = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v")
 SERIES_EXT = (".npy", ".csv")  # time series stored one per file
 MEDIA_EXT = {IMAGE: IMAGE_EXT, AUDIO: AUDIO_EXT, VIDEO: VIDEO_EXT, TIMESERIES: SERIES_EXT}
 
-BINARY, MULTICLASS, MULTILABEL, REGRESSION = "binary", "multiclass", "multilabel", "regression"
-PROBLEM_TYPES = (BINARY, MULTICLASS, MULTILABEL, REGRESSION)
-MULTITASK = "multitask"  # several label columns; each has its own problem type in Schema.problem_types
 MULTILABEL_SEP = "|"
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
-from polymodal.data.schema import MULTILABEL, REGRESSION
 from polymodal.errors import DataError
+from polymodal.problem_types import MULTILABEL, REGRESSION
 
 
 def split_train_valid(df: pd.DataFrame, label: str, problem_type: str, fraction: float,

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from polymodal.data.readers import is_missing
-from polymodal.data.schema import MULTILABEL, MULTILABEL_SEP, REGRESSION, Schema
+from polymodal.data.schema import MULTILABEL_SEP, Schema
 from polymodal.errors import DataError
+from polymodal.problem_types import MULTILABEL, REGRESSION
 from polymodal.types import CATEGORICAL, NUMERIC
 
 # Values beyond this are refused as inputs: their squares overflow float64, so no scaler fitted on them (nor

@@ -18,6 +18,7 @@ from polymodal.data.schema import infer_schema
 from polymodal.data.transforms import load_image
 from polymodal.data.video import decode_all
 from polymodal.errors import DataError
+from polymodal.problem_types import ONE_CLASS_PER_ROW
 from polymodal.types import AUDIO, ID, IMAGE, TEXT, VIDEO
 
 _PREP_DEFAULTS = {IMAGE: {"image_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3},
@@ -58,7 +59,7 @@ def validate_tables(tables: dict[str, pd.DataFrame], label: str, column_types=No
             add(split, "" if p.row < 0 else p.row, p.column, p.message)
         if decode:
             problems.extend(_decode_all(split, df, prep))
-        if schema.problem_type in ("binary", "multiclass") and label in df.columns and split == first:
+        if schema.problem_type in ONE_CLASS_PER_ROW and label in df.columns and split == first:
             counts = df[label].astype(str).value_counts()
             for cls, n in counts[counts < 2].items():
                 add(split, "", label, f"class {cls!r} has only {n} row (too few to stratify or learn)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from polymodal.problem_types import MULTILABEL, MULTITASK, ONE_CLASS_PER_ROW, REGRESSION
 from polymodal.tasks.classification import ClassificationTask, balanced_class_weights, tune_threshold
 from polymodal.tasks.generation import GENERATION_TASKS, DecodeConfig, GenerationTask, generate
 from polymodal.tasks.multitask import MultiTask
@@ -18,13 +19,13 @@ def build_task(problem_type: str, classes: list[str], target_mean: float = 0.0, 
                label_smoothing: float = 0.0, loss: str = "cross_entropy", focal_gamma: float = 2.0,
                threshold: float | None = None):
     """A single-label task object; class weights come from the training targets when asked."""
-    if problem_type == "regression":
+    if problem_type == REGRESSION:
         return RegressionTask(target_mean=target_mean, target_std=target_std)
     weights = None
     if class_weighting and train_target is not None:
         t = np.asarray(train_target)
-        weights = balanced_class_weights(t if problem_type == "multilabel" else t.astype(np.int64).reshape(-1),
-                                         len(classes), multilabel=problem_type == "multilabel")
+        weights = balanced_class_weights(t if problem_type == MULTILABEL else t.astype(np.int64).reshape(-1),
+                                         len(classes), multilabel=problem_type == MULTILABEL)
     return ClassificationTask(problem_type, list(classes), weights, label_smoothing, threshold or 0.5, loss,
                               focal_gamma)
 
@@ -41,18 +42,18 @@ def task_from_prep(prep, config=None, train_target: np.ndarray | None = None):
     def single(view, target):
         ptype = view.schema.problem_type
         weighting = get("class_weighting", None)
-        if weighting is None and target is not None and ptype in ("binary", "multiclass"):
+        if weighting is None and target is not None and ptype in ONE_CLASS_PER_ROW:
             t = target[~np.isnan(target.astype(np.float64))].astype(np.int64) if target.dtype.kind == "f" \
                 else target
             counts = np.bincount(t.reshape(-1), minlength=len(view.classes))
             weighting = bool(counts.min() == 0 or counts.max() >= 3 * counts.min())
-        if target is not None and target.dtype.kind == "f" and ptype != "regression":
+        if target is not None and target.dtype.kind == "f" and ptype != REGRESSION:
             target = target[~np.isnan(target).any(axis=1)] if target.ndim == 2 else target[~np.isnan(target)]
         return build_task(ptype, view.classes, view.target_mean, view.target_std, target, bool(weighting),
                           get("label_smoothing", 0.0), get("loss", "cross_entropy"), get("focal_gamma", 2.0),
                           thresholds.get(view.schema.label))
 
-    if prep.schema.problem_type != "multitask":
+    if prep.schema.problem_type != MULTITASK:
         return single(prep, train_target)
     tasks, widths = {}, {}
     col = 0
@@ -62,7 +63,7 @@ def task_from_prep(prep, config=None, train_target: np.ndarray | None = None):
         block = None
         if train_target is not None:
             block = train_target[:, col:col + widths[label]]
-            block = block if view.schema.problem_type == "multilabel" else block[:, 0]
+            block = block if view.schema.problem_type == MULTILABEL else block[:, 0]
         col += widths[label]
         tasks[label] = single(view, block)
     return MultiTask(tasks, widths, get("loss_weighting", "uniform"), get("task_weights", None))

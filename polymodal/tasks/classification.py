@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from polymodal.data.schema import MULTILABEL_SEP
+from polymodal.problem_types import BINARY, MULTILABEL
+from polymodal.problem_types import TABLE as PROBLEM_TABLE
 from polymodal.training.metrics import compute_metrics
 
 LOSSES = ("cross_entropy", "focal")
@@ -44,12 +46,13 @@ class ClassificationTask:
     @property
     def monitor(self) -> tuple[str, str]:
         """Validation metric for early stopping and checkpoint selection, and its direction."""
-        return ("f1_macro", "max") if self.problem_type == "multilabel" else ("accuracy", "max")
+        pt = PROBLEM_TABLE[self.problem_type]
+        return pt.metric, pt.mode
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         w = self.class_weights.to(logits.device) if self.class_weights is not None else None
         logits = logits.float()
-        if self.problem_type == "multilabel":
+        if self.problem_type == MULTILABEL:
             if self.loss_kind == "focal":
                 return _sigmoid_focal(logits, target.float(), self.focal_gamma, w)
             return F.binary_cross_entropy_with_logits(logits, target.float(), pos_weight=w)
@@ -65,22 +68,22 @@ class ClassificationTask:
         return F.cross_entropy(logits, target, weight=w, label_smoothing=self.label_smoothing)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.problem_type == "multilabel":
+        if self.problem_type == MULTILABEL:
             return torch.sigmoid(logits.float())
         return torch.softmax(logits.float(), dim=-1)
 
     def decode(self, probs: np.ndarray) -> np.ndarray:
         """Class ids (multi-hot rows for multi-label)."""
-        if self.problem_type == "multilabel":
+        if self.problem_type == MULTILABEL:
             return (probs >= self.threshold).astype(np.int64)
-        if self.problem_type == "binary" and self.threshold != 0.5:
+        if self.problem_type == BINARY and self.threshold != 0.5:
             return (probs[:, 1] >= self.threshold).astype(np.int64)
         return probs.argmax(axis=-1)
 
     def labels(self, probs: np.ndarray) -> list:
         """Predicted labels in the user's terms (class names; "a|b" for multi-label)."""
         ids = self.decode(probs)
-        if self.problem_type == "multilabel":
+        if self.problem_type == MULTILABEL:
             return [MULTILABEL_SEP.join(c for c, on in zip(self.classes, row) if on) for row in ids]
         return [self.classes[int(i)] for i in ids]
 
@@ -90,9 +93,9 @@ class ClassificationTask:
 
     def metrics(self, probs: np.ndarray, target: np.ndarray) -> dict[str, float]:
         """All metrics; threshold-dependent ones use this task's decision threshold."""
-        pred = self.decode(probs) if self.problem_type == "binary" and self.threshold != 0.5 else None
+        pred = self.decode(probs) if self.problem_type == BINARY and self.threshold != 0.5 else None
         return compute_metrics(self.problem_type, probs, np.asarray(target).reshape(len(probs), -1).squeeze(1)
-                               if self.problem_type != "multilabel" else target, pred=pred)
+                               if self.problem_type != MULTILABEL else target, pred=pred)
 
 
 def _sigmoid_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float, pos_weight: torch.Tensor | None):

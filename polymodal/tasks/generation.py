@@ -34,6 +34,7 @@ from polymodal.data.text import BUILTIN, resolve
 from polymodal.encoders.tokens import token_mask
 from polymodal.errors import PolymodalError
 from polymodal.model import MultimodalModel
+from polymodal.problem_types import GENERATION
 
 GENERATION_TASKS = ("caption", "vqa-open")
 DECODE_METHODS = ("greedy", "beam", "sample")
@@ -250,7 +251,7 @@ class GenerationModel(MultimodalModel):
 class GenerationTask:
     """Next-token cross-entropy over a `Vocabulary` (padding ignored); the monitored value is its loss."""
 
-    problem_type = "generation"
+    problem_type = GENERATION
     monitor = ("loss", "min")
 
     def __init__(self, vocab: Vocabulary, label_smoothing: float = 0.0) -> None:

@@ -15,13 +15,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from polymodal.problem_types import MULTILABEL, MULTITASK, REGRESSION
+
 WEIGHTINGS = ("uniform", "fixed", "uncertainty")
 
 
 class MultiTask(nn.Module):
     """Composes single-label tasks; an nn.Module so that learned loss weights train and checkpoint with it."""
 
-    problem_type = "multitask"
+    problem_type = MULTITASK
 
     def __init__(self, tasks: dict[str, object], target_widths: dict[str, int], weighting: str = "uniform",
                  weights: dict[str, float] | None = None) -> None:
@@ -65,7 +67,7 @@ class MultiTask(nn.Module):
             t = target[:, self.target_slices[n]]
             keep = ~torch.isnan(t).any(dim=1)
             if keep.any():
-                t = t[keep] if self.tasks[n].problem_type == "multilabel" else t[keep, 0]
+                t = t[keep] if self.tasks[n].problem_type == MULTILABEL else t[keep, 0]
                 out[n] = self.tasks[n].loss(logits[keep][:, self.out_slices[n]], t)
         return out
 
@@ -93,7 +95,7 @@ class MultiTask(nn.Module):
         for n in self.names:
             w = self.tasks[n].num_outputs
             block = probs[:, o:o + w]
-            out[n] = block[:, 0] if self.tasks[n].problem_type == "regression" else block
+            out[n] = block[:, 0] if self.tasks[n].problem_type == REGRESSION else block
             o += w
         return out
 
@@ -103,7 +105,7 @@ class MultiTask(nn.Module):
     def output_columns(self, label: str | None = None) -> list[str]:
         """predict_proba's columns, one block per label: "label:class" (a regression label: its name)."""
         return [c for name, t in self.tasks.items()
-                for c in ([name] if t.problem_type == "regression" else [f"{name}:{c}" for c in t.classes])]
+                for c in ([name] if t.problem_type == REGRESSION else [f"{name}:{c}" for c in t.classes])]
 
     def metrics(self, probs: np.ndarray, target: np.ndarray) -> dict[str, float]:
         """Each task's metrics as "label/metric" over the rows labelled for it, plus "score": the mean over
@@ -116,10 +118,10 @@ class MultiTask(nn.Module):
             if not keep.any():
                 continue
             task = self.tasks[n]
-            tt = t[keep] if task.problem_type == "multilabel" else t[keep, 0]
-            m = task.metrics(p[keep], tt if task.problem_type == "regression" else tt.astype(np.int64))
+            tt = t[keep] if task.problem_type == MULTILABEL else t[keep, 0]
+            m = task.metrics(p[keep], tt if task.problem_type == REGRESSION else tt.astype(np.int64))
             out.update({f"{n}/{k}": v for k, v in m.items()})
-            key = {"regression": "r2", "multilabel": "f1_macro"}.get(task.problem_type, "accuracy")
+            key = {REGRESSION: "r2", MULTILABEL: "f1_macro"}.get(task.problem_type, "accuracy")
             scores.append(m[key])
         out["score"] = float(np.mean(scores)) if scores else float("nan")
         return out

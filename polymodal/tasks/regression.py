@@ -8,12 +8,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from polymodal.problem_types import REGRESSION, TABLE
 from polymodal.training.metrics import compute_metrics
 
 
 @dataclass
 class RegressionTask:
-    problem_type: str = "regression"
+    problem_type: str = REGRESSION
     target_mean: float = 0.0
     target_std: float = 1.0
     classes: tuple = ()
@@ -22,7 +23,7 @@ class RegressionTask:
 
     @property
     def monitor(self) -> tuple[str, str]:
-        return ("rmse", "min")
+        return TABLE[REGRESSION].metric, TABLE[REGRESSION].mode
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(logits.float().reshape(-1), target.float().reshape(-1))

@@ -27,7 +27,7 @@ from polymodal.training.config import FitConfig, GenerationConfig, RunSettings
 from polymodal.types import TABULAR
 
 DECODER_TOKENIZER = "decoder_tokenizer"  # run-folder subfolder with a text generator's decoder tokenizer
-TABLE, GENERATION = "table", "generation"  # the model kinds a run folder's config.json names ("kind")
+TABLE_RUN, GENERATION_RUN = "table", "generation"  # the model kinds a run folder's config.json names ("kind")
 
 
 def build_encoders(schema: Schema, config: RunSettings, architecture_dirs: dict[str, str] | None = None,
@@ -144,7 +144,7 @@ def embedding_width(config: GenerationConfig) -> int:
 class Rebuilt:
     """A run folder turned back into its parts (weights loaded unless `rebuild(..., weights=False)`)."""
 
-    kind: str  # TABLE | GENERATION
+    kind: str  # TABLE_RUN | GENERATION_RUN
     config: RunSettings
     prep: Preprocessor
     model: nn.Module
@@ -161,8 +161,8 @@ def rebuild(path: str | Path, device: str | None = None, weights: bool = True) -
     compressed folder re-sizes pruned layers or re-applies int8 before loading its own state)."""
     path = Path(path)
     config_json, prep = artifacts.read_run(path, require_weights=weights)
-    kind = config_json.get("kind", TABLE)
-    config_cls = GenerationConfig if kind == GENERATION else FitConfig
+    kind = config_json.get("kind", TABLE_RUN)
+    config_cls = GenerationConfig if kind == GENERATION_RUN else FitConfig
     try:
         config = config_cls.from_dict(config_json["fit"])
     except (TypeError, ValueError) as exc:  # a value of the wrong type; bad choices are PolymodalErrors already
@@ -172,7 +172,7 @@ def rebuild(path: str | Path, device: str | None = None, weights: bool = True) -
     encoders, _ = build_encoders(prep.schema, config, arch)
     if TABULAR in prep.inputs:
         encoders[TABULAR] = build_tabular_encoder(prep, config)
-    if kind == GENERATION:
+    if kind == GENERATION_RUN:
         vocab = Vocabulary(AutoTokenizer.from_pretrained(str(path / DECODER_TOKENIZER)), config_json["vocabulary"])
         task = GenerationTask(vocab, config.label_smoothing)
         model = build_generation_model(encoders, prep, config, vocab, init_embeddings=False)

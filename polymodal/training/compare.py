@@ -20,6 +20,7 @@ from polymodal.data.schema import infer_schema
 from polymodal.data.split import split_train_valid
 from polymodal.encoders.cache import precompute_features
 from polymodal.model import move_batch
+from polymodal.problem_types import MULTILABEL, MULTITASK, ONE_CLASS_PER_ROW, REGRESSION
 from polymodal.training.build import frozen_keys
 from polymodal.training.config import FitConfig
 from polymodal.training.fit import fit
@@ -114,7 +115,7 @@ def compare(train_df: pd.DataFrame, config: FitConfig, fusions: list[str], seeds
         train_df, valid_df = split_train_valid(train_df, config.label, schema.problem_type,
                                                config.valid_fraction, 54321)
     dropped = 0
-    if schema.problem_type in ("binary", "multiclass"):  # a class training never saw cannot be predicted
+    if schema.problem_type in ONE_CLASS_PER_ROW:  # a class training never saw cannot be predicted
         seen = set(train_df[config.label].astype(str))
         known = test_df[config.label].astype(str).isin(seen)
         dropped = int((~known).sum())
@@ -133,7 +134,7 @@ def compare(train_df: pd.DataFrame, config: FitConfig, fusions: list[str], seeds
         if len(groups) < 2 and name != "concat":
             continue
         candidates.append((f"fusion: {name}", dataclasses.replace(config, fusion=name)))
-    metric = {"regression": "rmse", "multilabel": "f1_macro", "multitask": "score"}.get(schema.problem_type,
+    metric = {REGRESSION: "rmse", MULTILABEL: "f1_macro", MULTITASK: "score"}.get(schema.problem_type,
                                                                                        "accuracy")
     rows = []
     unimodal_probs: dict[int, list[np.ndarray]] = {}
@@ -155,7 +156,7 @@ def compare(train_df: pd.DataFrame, config: FitConfig, fusions: list[str], seeds
                         p, t = _probs(res, test_df, (key, how), seed)
                         row[f"{key} {how}"] = res.task.metrics(p, t)[metric]
             rows.append(row)
-            if name.startswith("only") and schema.problem_type not in ("regression", "multitask"):
+            if name.startswith("only") and schema.problem_type not in (REGRESSION, MULTITASK):
                 unimodal_probs.setdefault(seed, []).append(probs)
             log(f"  {name} seed {seed}: {metric} {m[metric]:.4f} ({train_s:.0f} s)")
     for seed, plist in unimodal_probs.items():

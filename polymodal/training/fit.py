@@ -1,4 +1,4 @@
-"""Classifiers, regressors and multi-task models on tables: the `TABLE` recipe of the fit pipeline
+"""Classifiers, regressors and multi-task models on tables: the `TABLE_RUN` recipe of the fit pipeline
 (training/pipeline.py) and `fit`, its in-memory entry point."""
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from torch.utils.data import DataLoader
 
 from polymodal.data.preprocess import Preprocessor
 from polymodal.data.readers import keep_rows
-from polymodal.data.schema import MULTILABEL, MULTITASK, Schema, infer_schema
+from polymodal.data.schema import Schema, infer_schema
 from polymodal.data.split import split_train_valid
 from polymodal.errors import DataError
+from polymodal.problem_types import BINARY, MULTILABEL, MULTITASK
 from polymodal.tasks import MultiTask, task_from_prep, tune_threshold
-from polymodal.training.build import TABLE, assemble_model, freeze_frozen, frozen_keys
+from polymodal.training.build import TABLE_RUN, assemble_model, freeze_frozen, frozen_keys
 from polymodal.training.config import FitConfig
 from polymodal.training.module import FitModule
 from polymodal.training.pipeline import FitResult, Log, fit_in_memory, log_schema, make_loader, predict_probs
@@ -26,7 +27,7 @@ from polymodal.training.pipeline import FitResult, Log, fit_in_memory, log_schem
 class TableRecipe:
     """Classification (binary, multiclass, multi-label), regression and multi-task on one table."""
 
-    kind = TABLE
+    kind = TABLE_RUN
 
     def schema(self, df: pd.DataFrame, config: FitConfig, log: Log) -> Schema:
         schema = infer_schema(df, config.label, config.column_types, config.problem_type)
@@ -104,7 +105,7 @@ def tune_thresholds(task, config: FitConfig, probs: np.ndarray, target: np.ndarr
         parts = {config.labels[0]: (probs, target)}
     tasks = task.tasks if isinstance(task, MultiTask) else {config.labels[0]: task}
     for name, (p, t) in parts.items():
-        if tasks[name].problem_type != "binary":
+        if tasks[name].problem_type != BINARY:
             continue
         keep = ~np.isnan(np.asarray(t, dtype=np.float64))
         th = tune_threshold(p[keep], t[keep], config.tune_threshold)

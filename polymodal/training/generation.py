@@ -1,4 +1,4 @@
-"""Text generators on tables (tasks `caption` and `vqa-open`): the `GENERATION` recipe of the fit pipeline
+"""Text generators on tables (tasks `caption` and `vqa-open`): the `GENERATION_RECIPE` of the fit pipeline
 (training/pipeline.py) — a group split by input, no label encoder, a decoder vocabulary, teacher forcing
 with early stopping on validation loss — plus decoding (`generate_texts`) and text scores (`score_texts`)."""
 
@@ -19,8 +19,9 @@ from polymodal.data.schema import Schema, infer_schema
 from polymodal.data.split import group_split
 from polymodal.data.text import get_tokenizer
 from polymodal.errors import DataError
+from polymodal.problem_types import GENERATION, MULTICLASS
 from polymodal.tasks.generation import DecodeConfig, GenerationModel, GenerationTask, Vocabulary
-from polymodal.training.build import GENERATION, build_generation_model, embedding_width, freeze_frozen
+from polymodal.training.build import GENERATION_RUN, build_generation_model, embedding_width, freeze_frozen
 from polymodal.training.callbacks import EpochSampler
 from polymodal.training.config import GenerationConfig
 from polymodal.training.module import FitModule
@@ -37,8 +38,8 @@ def generation_schema(df: pd.DataFrame, config: GenerationConfig) -> Schema:
     if config.task == "vqa-open" and ANSWER_TYPE in df.columns and ANSWER_TYPE != config.label:
         types.setdefault(ANSWER_TYPE, "id")  # used to split the accuracy, never as an input
     # any class problem type skips label inference: the label is text to generate, not classes
-    s = infer_schema(df, config.label, types, problem_type="multiclass")
-    schema = dataclasses.replace(s, problem_type="generation", problem_types={s.label: "generation"})
+    s = infer_schema(df, config.label, types, problem_type=MULTICLASS)
+    schema = dataclasses.replace(s, problem_type=GENERATION, problem_types={s.label: GENERATION})
     mods = set(schema.columns.values())
     if config.task == "vqa-open" and not {"image", TEXT} <= mods:
         raise DataError(f"task vqa-open needs an image column and a question (text) column; found "
@@ -122,7 +123,7 @@ class GenerationModule(FitModule):
 class GenerationRecipe:
     """A text decoder over the table's inputs; the label column is the text to generate."""
 
-    kind = GENERATION
+    kind = GENERATION_RUN
 
     def schema(self, df: pd.DataFrame, config: GenerationConfig, log: Log) -> Schema:
         schema = generation_schema(df, config)

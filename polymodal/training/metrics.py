@@ -9,6 +9,8 @@ import torch
 import torchmetrics.functional as tmf
 from torchmetrics.functional import classification as tmc
 
+from polymodal.problem_types import MULTILABEL, REGRESSION
+
 
 def compute_metrics(problem_type: str, probs: np.ndarray, target: np.ndarray,
                     pred: np.ndarray | None = None) -> dict[str, float]:
@@ -18,12 +20,12 @@ def compute_metrics(problem_type: str, probs: np.ndarray, target: np.ndarray,
     t = torch.as_tensor(np.asarray(target))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchmetrics warns about absent classes; the numbers are still right
-        if problem_type == "regression":
+        if problem_type == REGRESSION:
             t = t.double()
             return {"rmse": float(tmf.mean_squared_error(p, t).sqrt()),
                     "mae": float(tmf.mean_absolute_error(p, t)),
                     "r2": float(tmf.r2_score(p, t)) if len(t) > 1 else float("nan")}
-        if problem_type == "multilabel":
+        if problem_type == MULTILABEL:
             return _multilabel(p, t.long())
         return _multiclass(p, t.long(), None if pred is None else torch.as_tensor(np.asarray(pred)).long())
 

@@ -30,6 +30,7 @@ from polymodal.data.schema import Schema
 from polymodal.encoders.cache import precompute_features
 from polymodal.errors import PolymodalError
 from polymodal.model import inference_context, move_batch, prepare_for_inference
+from polymodal.problem_types import ONE_CLASS_PER_ROW
 from polymodal.training.build import build_encoders, build_tabular_encoder, frozen_keys
 from polymodal.training.callbacks import EpochSampler
 from polymodal.training.config import FitConfig, RunSettings
@@ -222,7 +223,7 @@ def sample_weights(prep: Preprocessor, target: np.ndarray | None) -> np.ndarray:
     """Per-row sampling weights 1 / (count of the row's class) for the weighted sampler, so that every
     class of the (first) label is drawn equally often; rows without that label get the mean weight."""
     ptype = prep.schema.problem_types.get(prep.schema.labels[0])
-    if target is None or ptype not in ("binary", "multiclass"):
+    if target is None or ptype not in ONE_CLASS_PER_ROW:
         raise PolymodalError("the weighted sampler balances the classes of a binary or multiclass (first) label; "
                              f"'{prep.schema.labels[0]}' is {ptype}")
     y = np.asarray(target, dtype=np.float64)

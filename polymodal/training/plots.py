@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from polymodal.problem_types import ONE_CLASS_PER_ROW
 from polymodal.training.metrics import confusion_matrix
 
 
@@ -45,7 +46,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = 
 def evaluation_plots(task, classes: list[str], probs: np.ndarray, target: np.ndarray,
                      plots_dir: str | Path | None) -> None:
     """What `evaluate(plots_dir=...)` draws: the confusion matrix of a binary or multiclass task."""
-    if plots_dir and task.problem_type in ("binary", "multiclass"):
+    if plots_dir and task.problem_type in ONE_CLASS_PER_ROW:
         plot_confusion(confusion_matrix(probs, target), classes, Path(plots_dir) / "confusion_matrix.png")
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from polymodal.problem_types import ONE_CLASS_PER_ROW
 from polymodal.tasks.generation import DecodeConfig
 from polymodal.training.artifacts import atomic_write_text
-from polymodal.training.build import GENERATION
+from polymodal.training.build import GENERATION_RUN
 from polymodal.training.metrics import confusion_matrix
 from polymodal.training.pipeline import FitResult
 from polymodal.training.plots import plot_confusion, plot_curves
@@ -19,9 +20,9 @@ def write_plots(run: Path, res: FitResult | None, kind: str) -> None:
     if res is None:
         return
     if len(res.history):
-        metric = "token_accuracy" if kind == GENERATION else res.task.monitor[0]
+        metric = "token_accuracy" if kind == GENERATION_RUN else res.task.monitor[0]
         plot_curves(res.history, run / "plots" / "training_curves.png", metric)
-    if res.val_probs is not None and res.task.problem_type in ("binary", "multiclass"):
+    if res.val_probs is not None and res.task.problem_type in ONE_CLASS_PER_ROW:
         plot_confusion(confusion_matrix(res.val_probs, res.val_target), res.prep.classes,
                        run / "plots" / "confusion_matrix.png", "Confusion matrix (validation)")
 
@@ -49,7 +50,7 @@ def write_model_card(run: Path, predictor) -> None:
     """README.md of a run folder: what it predicts, its inputs and encoders, metrics and settings."""
     prep, cfg, model = predictor.prep, predictor.config, predictor.model
     model_id = f"- model id (SHA-256 of model.safetensors, first 16 hex): `{getattr(predictor, 'model_id', '')}`"
-    if predictor.kind == GENERATION:
+    if predictor.kind == GENERATION_RUN:
         dec = model.decoder
         params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("encoders."))
         lines = [f"# polymodal model: generates `{cfg.label}` (task {cfg.task})", "",

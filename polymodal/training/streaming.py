@@ -19,10 +19,11 @@ from polymodal.data import streaming as st
 from polymodal.data.dataset import Problem, check_rows
 from polymodal.data.preprocess import Preprocessor
 from polymodal.data.readers import keep_rows
-from polymodal.data.schema import MULTILABEL, MULTITASK, infer_schema
+from polymodal.data.schema import infer_schema
 from polymodal.data.stats import TableStats
 from polymodal.encoders.cache import precompute_features
 from polymodal.errors import DataError, PolymodalError
+from polymodal.problem_types import MULTILABEL, MULTITASK
 from polymodal.training.build import build_encoders, build_tabular_encoder, is_frozen, token_inputs
 from polymodal.training.config import FitConfig
 from polymodal.training.fit import TABLE_RECIPE
