@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from polymodal.errors import DataError
+from polymodal.recommend.baselines import ease, interaction_matrix, item_knn, popularity
 from polymodal.recommend.data import (
     ITEM,
     NEGATIVES,
@@ -142,3 +143,14 @@ def test_sequences_and_vocab():
     assert [s.tolist() for s in seqs] == [[1, 2, 0], [0, 3], [3, 1, 2]]
     with pytest.raises(DataError, match="unknown item id '99'"):
         items.lookup(["99"], "item")
+
+
+def test_baselines_against_hand_computation():
+    x = interaction_matrix([np.array([0, 1]), np.array([1, 2]), np.array([0])], 3)
+    assert popularity(x)(np.array([0]))[0].tolist() == [2.0, 2.0, 1.0]
+    # cosine(0, 1) = 1 / sqrt(2 * 2), cosine(1, 2) = 1 / sqrt(2 * 1); user 2 has item 0 only
+    assert item_knn(x)(np.array([2]))[0] == pytest.approx([0.0, 0.5, 0.0])
+    lam = 1.0
+    p = np.linalg.inv(x.T @ x + lam * np.eye(3))
+    b = np.eye(3) - p @ np.diag(1 / np.diag(p))  # Steck's closed form, diagonal exactly 0
+    assert ease(x, lam)(np.arange(3)) == pytest.approx(x @ b)
