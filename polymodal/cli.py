@@ -26,6 +26,7 @@ from polymodal.problem_types import GENERATION
 from polymodal.retrieval.cli import align, evaluate_alignment, index, search, zero_shot
 from polymodal.runs import ALIGNMENT, load_run, run_kind
 from polymodal.serve.cli import serve
+from polymodal.speak import speak_command
 from polymodal.tasks.speech import transcribe as run_transcribe
 from polymodal.tasks.speech import word_error_rate
 from polymodal.training.artifacts import FIT_STATE, atomic_open, atomic_write_json, atomic_write_text
@@ -33,6 +34,10 @@ from polymodal.training.compare import compare as run_compare
 from polymodal.training.compare import plot_comparison, summarise
 from polymodal.training.config import FitConfig
 from polymodal.training.report import write_model_card
+
+ALLOW_MISSING_HELP = ("a column the model was trained on that the table lacks: predict with it as a missing input "
+                      "(repeat for several); without it such a table is an error")
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Multimodal deep learning on tables of image, text, audio and tabular columns.")
@@ -236,14 +241,15 @@ def _resume(run: Path) -> None:
 def evaluate(run: Path = typer.Argument(..., help="run folder"),
              data: Path = typer.Argument(..., help="labelled table"),
              out: Path | None = typer.Option(None, help="write metrics JSON (and confusion matrix) here"),
-             pair_id: str | None = typer.Option(None, help="alignment runs: column whose equal values are positives")
+             pair_id: str | None = typer.Option(None, help="alignment runs: column whose equal values are positives"),
+             allow_missing: list[str] = typer.Option([], "--allow-missing", help=ALLOW_MISSING_HELP),
              ) -> None:
     """Score a trained run on a labelled table (an alignment run: Recall@K, median rank, mAP both ways)."""
     if run_kind(run) == ALIGNMENT:
         return evaluate_alignment(run, data, out, pair_id)
     p = load_run(run)
     plots = (out.parent if out else run / "evaluation")
-    metrics = p.evaluate(data, plots_dir=plots)
+    metrics = p.evaluate(data, plots_dir=plots, **missing_inputs(allow_missing))
     print_metrics(metrics, f"evaluation of {run} on {data}")
     if out:
         atomic_write_json(out, metrics)
@@ -260,11 +266,12 @@ def predict(run: Path = typer.Argument(..., help="run folder (or a compressed on
             proba: bool = typer.Option(True, help="add one probability column per class"),
             stream: bool = typer.Option(False, "--stream", help="read DATA chunk by chunk and append each chunk's "
                                                               "predictions (tables past RAM)"),
-            chunk_rows: int = typer.Option(10_000, help="rows per chunk with --stream")) -> None:
+            chunk_rows: int = typer.Option(10_000, help="rows per chunk with --stream"),
+            allow_missing: list[str] = typer.Option([], "--allow-missing", help=ALLOW_MISSING_HELP)) -> None:
     """Write predictions (and class probabilities) for every row of a table."""
     p = load_run(run)
     if not stream:
-        result = _prediction_frame(p, read_table(data), proba)
+        result = _prediction_frame(p, read_table(data), proba, allow_missing)
         atomic_write_text(out, result.to_csv(index=False))
         console.print(f"wrote {len(result)} predictions to {out}")
         return
@@ -275,21 +282,27 @@ def predict(run: Path = typer.Argument(..., help="run folder (or a compressed on
     with atomic_open(out) as f:
         for chunk in reader.chunks():
             if len(chunk):
-                frame = _prediction_frame(p, chunk, proba).assign(shard=Path(chunk.attrs["source"]).name,
+                frame = _prediction_frame(p, chunk, proba, allow_missing).assign(shard=Path(chunk.attrs["source"]).name,
                                                                   shard_row=chunk.index)
                 frame.to_csv(f, index=False, header=rows == 0)
                 rows += len(frame)
     console.print(f"wrote {rows} predictions from {len(reader.files)} {reader.kind} shard(s) to {out}")
 
 
-def _prediction_frame(p, df, proba: bool):
+def missing_inputs(allow_missing: list[str]) -> dict:
+    """predict/evaluate keyword arguments for --allow-missing (given only when used: compressed ONNX runs'
+    predictors take no such argument)."""
+    return {"allow_missing": allow_missing} if allow_missing else {}
+
+
+def _prediction_frame(p, df, proba: bool, allow_missing: list[str]):
     """`df` with predicted_<label> (and proba_<class>) columns added."""
-    pred = p.predict(df)
+    pred = p.predict(df, **missing_inputs(allow_missing))
     result = df.copy()
     for name, values in (pred.items() if isinstance(pred, pd.DataFrame) else [(p.config.label, pred)]):
         result[f"predicted_{name}"] = values
     if proba and getattr(p.task, "problem_type", None) != GENERATION:  # generated text: no probabilities
-        probs = p.predict_proba(df)
+        probs = p.predict_proba(df, **missing_inputs(allow_missing))
         for c in probs.columns:
             if c not in p.config.labels:  # regression labels' "probabilities" are the predictions above
                 result[f"proba_{c}"] = probs[c].round(6)
@@ -418,6 +431,7 @@ app.command()(align)
 app.command()(index)
 app.command()(search)
 app.command(name="zero-shot")(zero_shot)
+app.command(name="speak")(speak_command)
 
 
 def main() -> None:  # pragma: no cover - console entry point

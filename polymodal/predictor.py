@@ -11,6 +11,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from polymodal.errors import PolymodalError
 from polymodal.problem_types import GENERATION
 from polymodal.tasks.generation import GENERATION_TASKS, DecodeConfig
 from polymodal.training import artifacts
-from polymodal.training.build import DECODER_TOKENIZER, GENERATION_RUN, TABLE_RUN, Rebuilt, frozen_keys, rebuild
+from polymodal.training.build import GENERATION_RUN, TABLE_RUN, Rebuilt, frozen_keys, rebuild
 from polymodal.training.config import FitConfig, GenerationConfig, replace_config
 from polymodal.training.fit import TABLE_RECIPE, ensure_usable
 from polymodal.training.generation import GENERATION_RECIPE, generate_texts, score_texts
@@ -129,38 +130,40 @@ class MultimodalPredictor:
         return RECIPES[self.kind]
 
     # ---- inference -----------------------------------------------------------------------------------
-    def _prepare(self, data, with_target: bool):
+    def _prepare(self, data, with_target: bool, allow_missing: Sequence[str] = ()):
         self.require_model()
-        df = as_table(data)
-        ensure_usable(df, self.prep)
-        df, problems = raise_or_drop(df, check_rows(df, self.prep, with_target), "error")
+        df = ensure_usable(as_table(data), self.prep, allow_missing)
+        df, problems = raise_or_drop(df, check_rows(df, self.prep, with_target), "error", can_skip=False)
         keys = frozen_keys(self.model, self.prep, self.config) if len(df) > 64 else []
         df, feats, _, _ = features_for(df, self.prep, self.model, keys, self.config, self.device, self._log, "error")
         return df, feats
 
-    def predict_proba(self, data, as_pandas: bool = True) -> pd.DataFrame | np.ndarray:
+    def predict_proba(self, data, as_pandas: bool = True, allow_missing: Sequence[str] = ()
+                      ) -> pd.DataFrame | np.ndarray:
         """Class probabilities (columns = classes), or predicted values for regression.
 
-        Multi-task: one block per label, columns "label:class" (and "label" for a regression label)."""
+        Multi-task: one block per label, columns "label:class" (and "label" for a regression label). Every
+        input column the model was trained on must be in `data`, except those in `allow_missing` (missing inputs)."""
         if self.kind == GENERATION_RUN:
             raise PolymodalError(f"a {self.config.task} model generates text and has no class probabilities: use "
                                  "predict (and evaluate for its scores)")
-        df, feats = self._prepare(data, with_target=False)
+        df, feats = self._prepare(data, with_target=False, allow_missing=allow_missing)
         probs, _ = predict_probs(self.model, self.task, self.prep, df, self.config, feats, with_target=False)
         if not as_pandas:
             return probs
         return pd.DataFrame(probs.reshape(len(df), -1), columns=self.task.output_columns(self.config.label),
                             index=df.index)
 
-    def predict(self, data, as_pandas: bool = True, **decode) -> pd.Series | pd.DataFrame | np.ndarray:
+    def predict(self, data, as_pandas: bool = True, allow_missing: Sequence[str] = (), **decode
+                ) -> pd.Series | pd.DataFrame | np.ndarray:
         """Predicted labels (a Series; multi-task: a DataFrame with one column per label); generators: the
         generated text, keyword arguments overriding the run's decoding settings (DecodeConfig)."""
         if self.kind == GENERATION_RUN:
-            df, texts = self._generate(data, decode, with_target=False)
+            df, texts = self._generate(data, decode, with_target=False, allow_missing=allow_missing)
             return pd.Series(texts, index=df.index, name=self.config.label) if as_pandas else np.asarray(texts)
         if decode:
             raise PolymodalError(f"{', '.join(decode)}: decoding settings apply to text generators only")
-        probs = self.predict_proba(data, as_pandas=False)
+        probs = self.predict_proba(data, as_pandas=False, allow_missing=allow_missing)
         values = self.task.labels(probs)
         index = as_table(data).index if as_pandas else None
         if isinstance(values, dict):
@@ -168,22 +171,24 @@ class MultimodalPredictor:
             return frame if as_pandas else frame.to_numpy()
         return pd.Series(values, name=self.config.label, index=index) if as_pandas else np.asarray(values)
 
-    def evaluate(self, data, plots_dir: str | os.PathLike | None = None, **decode) -> dict[str, float]:
+    def evaluate(self, data, plots_dir: str | os.PathLike | None = None, allow_missing: Sequence[str] = (),
+                 **decode) -> dict[str, float]:
         """All metrics for a labelled table (multi-task: "label/metric" per label plus their mean "score";
         generators: BLEU, ROUGE-L, CIDEr-D, exact match); with `plots_dir`, also a confusion-matrix PNG."""
         if self.kind == GENERATION_RUN:
-            df, texts = self._generate(data, decode, with_target=True)
+            df, texts = self._generate(data, decode, with_target=True, allow_missing=allow_missing)
             return {**score_texts(texts, df, self.prep, self.config), "rows": len(df)}
-        df, feats = self._prepare(data, with_target=True)
+        df, feats = self._prepare(data, with_target=True, allow_missing=allow_missing)
         probs, target = predict_probs(self.model, self.task, self.prep, df, self.config, feats)
         metrics = self.task.metrics(probs, target)
         metrics["rows"] = len(df)
         evaluation_plots(self.task, self.prep.classes, probs, target, plots_dir)
         return metrics
 
-    def _generate(self, data, decode: dict, with_target: bool) -> tuple[pd.DataFrame, list[str]]:
+    def _generate(self, data, decode: dict, with_target: bool, allow_missing: Sequence[str] = ()
+                  ) -> tuple[pd.DataFrame, list[str]]:
         settings = self.decode_config(decode)
-        df, feats = self._prepare(data, with_target=with_target)
+        df, feats = self._prepare(data, with_target=with_target, allow_missing=allow_missing)
         return df, generate_texts(self.model, self.task.vocab, self.prep, df, self.config, feats, settings)
 
     def decode_config(self, settings: dict | None = None) -> DecodeConfig:
@@ -218,7 +223,8 @@ class MultimodalPredictor:
         self.model_id = artifacts.save_run(path, self.model, self.prep, self.config.to_dict(), self.metrics,
                                            res.history if res else None, extra=extra)
         if self.kind == GENERATION_RUN:
-            self.task.vocab.tokenizer.save_pretrained(str(path / DECODER_TOKENIZER))
+            self.task.vocab.tokenizer.save_pretrained(str(path / artifacts.DECODER_TOKENIZER))
+        artifacts.write_manifest(path)  # after every model file, before the reports
         write_plots(path, res, self.kind)
         write_model_card(path, self)
         if res and res.bad_rows:

@@ -58,6 +58,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     b = json.loads((tmp_path / "b" / "metrics.json").read_text())["valid"]
     for k in a:
         assert b[k] == pytest.approx(a[k], abs=1e-6), k
+    # history.csv keeps the epochs logged before the kill: one row per epoch, as in the uninterrupted run
+    ha, hb = (pd.read_csv(tmp_path / r / "history.csv") for r in "ab")
+    assert hb["epoch"].tolist() == ha["epoch"].tolist()
     from safetensors.torch import load_file
 
     wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")

@@ -7,12 +7,14 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from polymodal.cli import app
 from polymodal.errors import PolymodalError
 from polymodal.runs import load_run
+from polymodal.training.artifacts import write_manifest
 
 GOLDEN_RUN = Path(__file__).resolve().parent / "data" / "golden" / "run"
 
@@ -79,3 +81,99 @@ def test_fit_out_refuses_a_non_empty_folder_unless_overwrite(tmp_path):
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
     assert not list(tmp_path.glob(".out.*"))  # the temporary and the moved-aside folders are gone
     assert load_run(out).predict(str(tmp_path / "table.csv")).notna().all()
+    assert json.loads((out / "manifest.json").read_text())["sha256"].keys() >= {
+        "config.json", "preprocess.json", "model.safetensors"}
+
+
+# ---- the manifest: every model file's SHA-256 ----------------------------------------------------------------
+@pytest.fixture
+def sealed(run) -> Path:
+    """The golden run with the manifest `save` writes (the stored golden folder predates it)."""
+    write_manifest(run)
+    return run
+
+
+def test_reversed_class_order_in_preprocess_json_is_refused(sealed):
+    prep = json.loads((sealed / "preprocess.json").read_text())
+    prep["classes"] = prep["classes"][::-1]  # valid JSON, valid schema: without the manifest every label flips
+    (sealed / "preprocess.json").write_text(json.dumps(prep))
+    with pytest.raises(PolymodalError, match="preprocess.json is damaged .*differs from the one manifest.json"):
+        load_run(sealed)
+
+
+def test_a_listed_file_that_is_gone_is_named(sealed):
+    (sealed / "preprocess.json").unlink()
+    with pytest.raises(PolymodalError, match="preprocess.json is missing"):
+        load_run(sealed)
+
+
+def _mutate(rng: np.random.Generator, data: bytes, name: str) -> bytes:
+    """One random damage: a flipped byte, a truncation, or (for JSON files) a changed, dropped or reordered
+    value in otherwise valid JSON."""
+    kind = rng.integers(0, 3 if name.endswith(".json") else 2)
+    if kind == 0 and data:
+        i = int(rng.integers(0, len(data)))
+        return data[:i] + bytes([data[i] ^ int(rng.integers(1, 256))]) + data[i + 1:]
+    if kind == 1:
+        return data[:int(rng.integers(0, max(1, len(data))))]
+    obj = json.loads(data)
+    node, parent, key = obj, None, None
+    while True:  # walk down to a random leaf (or container) and change it
+        keys = list(node) if isinstance(node, dict) else list(range(len(node))) if isinstance(node, list) else []
+        if not keys or rng.random() < 0.3:
+            break
+        parent, key = node, keys[int(rng.integers(0, len(keys)))]
+        if not isinstance(node[key], (dict, list)) or rng.random() < 0.2:
+            break
+        node = node[key]
+    if parent is None:
+        return b"[]"
+    choice = rng.integers(0, 3)
+    if choice == 0:
+        del parent[key]
+    elif choice == 1:
+        parent[key] = [None, 0, -1.5, 1e308, "x", True, {}, []][int(rng.integers(0, 8))]
+    elif isinstance(parent[key], list):
+        parent[key] = parent[key][::-1]
+    else:
+        parent[key] = str(parent[key]) + "x"
+    return json.dumps(obj).encode()
+
+
+def test_fuzzed_run_folders_give_a_clear_error_or_the_same_prediction(sealed, tmp_path):
+    """1,000 random damages of a saved run's files: each either fails to load with a PolymodalError naming a
+    file, or predicts exactly the undamaged run's probabilities — never a silently different answer."""
+    rows = _golden_rows(tmp_path)
+    expected = load_run(sealed).predict_proba(rows, as_pandas=False)
+    files = ["config.json", "preprocess.json", "model.safetensors", "manifest.json", "metrics.json"]
+    originals = {f: (sealed / f).read_bytes() for f in files}
+    rng = np.random.default_rng(0)
+    outcomes = {"refused": 0, "identical": 0}
+    for i in range(1000):
+        name = files[i % len(files)]
+        (sealed / name).write_bytes(_mutate(rng, originals[name], name))
+        try:
+            got = load_run(sealed).predict_proba(rows, as_pandas=False)
+        except PolymodalError as exc:
+            assert "damaged" in str(exc) or "missing" in str(exc) or "not a polymodal run" in str(exc), str(exc)
+            outcomes["refused"] += 1
+        else:
+            np.testing.assert_array_equal(got, expected, err_msg=f"mutation {i} of {name} changed the prediction")
+            outcomes["identical"] += 1
+        finally:
+            (sealed / name).write_bytes(originals[name])
+    assert outcomes["refused"] > 800, outcomes
+
+
+def _golden_rows(root: Path):
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("mg", GOLDEN_RUN.parent / "make_golden_run.py")
+    mg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mg)
+    mg.make_table(root).to_csv(root / "table.csv", index=False)
+    rows = pd.read_csv(root / "table.csv").head(12)
+    rows["photo"] = [str(root / v) for v in rows["photo"]]
+    return rows

@@ -122,16 +122,19 @@ def unlabeled(df: pd.DataFrame, labels: list[str]) -> list[Problem]:
             if all(is_missing(v) for v in vs)]
 
 
-def raise_or_drop(df: pd.DataFrame, problems: list[Problem], on_bad_rows: str) -> tuple[pd.DataFrame, list]:
-    """With on_bad_rows='error' raise on the first problem (saying how many more); with 'skip' drop the rows."""
+def raise_or_drop(df: pd.DataFrame, problems: list[Problem], on_bad_rows: str, can_skip: bool = True
+                  ) -> tuple[pd.DataFrame, list]:
+    """With on_bad_rows='error' raise on the first problem (saying how many more); with 'skip' drop the rows.
+    `can_skip=False` where the command has no --on-bad-rows (predict, evaluate): the message does not offer it."""
     if not problems:
         return df, []
     source = df.attrs.get("source", "<DataFrame>")
     whole_column = [p for p in problems if p.row < 0]
     if on_bad_rows == "error" or whole_column:
         p = (whole_column or problems)[0]
-        more = f" ({len(problems) - 1} more problems; `polymodal validate` lists them all, " \
-               f"--on-bad-rows skip drops such rows)" if len(problems) > 1 else ""
+        skip = ", --on-bad-rows skip drops such rows" if can_skip else ""
+        more = f" ({len(problems) - 1} more problems; `polymodal validate` lists them all{skip})" \
+            if len(problems) > 1 else ""
         raise DataError(p.message + more, file=source, row=None if p.row < 0 else p.row, column=p.column)
     bad = sorted({p.row for p in problems})
     out = df.drop(index=bad)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from polymodal.data.readers import is_missing
+from polymodal.data.readers import delimiter_hint, is_missing
 from polymodal.data.schema import MULTILABEL_SEP, Schema
 from polymodal.data.stats import TableStats, number_problem, numbers, split_labels, usable
 from polymodal.data.timeseries import fit_series_config
@@ -162,7 +162,7 @@ class Preprocessor:
             parts = []
             for lab in self.schema.labels:
                 if lab not in df.columns:
-                    raise DataError(f"label column '{lab}' not found", file=df.attrs.get("source"))
+                    raise DataError(f"label column '{lab}' not found" + delimiter_hint(df), file=df.attrs.get("source"))
                 view = self.label_view(lab)
                 out = np.full((len(df), self.target_width(lab)), np.nan, np.float32)
                 ok = np.array([not is_missing(v) and (view.schema.problem_type in (REGRESSION, MULTILABEL)
@@ -173,7 +173,7 @@ class Preprocessor:
                 parts.append(out)
             return np.concatenate(parts, axis=1)
         if label not in df.columns:
-            raise DataError(f"label column '{label}' not found", file=df.attrs.get("source"))
+            raise DataError(f"label column '{label}' not found" + delimiter_hint(df), file=df.attrs.get("source"))
         col = df[label]
         missing = [i for i, v in enumerate(col) if is_missing(v)]
         if missing:

@@ -24,11 +24,29 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
     if b"\n" in data and re.search(rb"\r(?!\n)", data):
         data, opts["lineterminator"], line_ends = data.replace(b"\r\n", b"\n"), "\n", b"\n"
     df = pd.read_csv(io.BytesIO(data), **opts)
+    # read_csv renames a repeated header "label" to "label.1", which would then be used as an input (a label
+    # leak): check the header as written, parsed the same way
+    header = pd.read_csv(io.BytesIO(data), header=None, nrows=1, dtype=str, keep_default_na=False, **opts)
+    named = [str(v) for v in header.iloc[0]] if len(header) else []
+    column_names(pd.DataFrame(columns=[n for n in named if n.strip()]), str(path))
     if df.shape[1] == 1:
         # In a one-column file an empty or all-space line is a row whose cell is blank (to_csv writes a space
         # unquoted), but read_csv skips it as a blank line. Keep such lines, except the empty ones ending the file.
         df = pd.read_csv(io.BytesIO(data.rstrip(line_ends) + b"\n"), skip_blank_lines=False, **opts)
     return df
+
+
+def delimiter_hint(df: pd.DataFrame) -> str:
+    """A hint for a table read as one column whose name looks like several joined by ';', tab or '|' (a CSV
+    saved with another delimiter), else ''. Only added to an error: such a name is legal on its own."""
+    if df.shape[1] != 1:
+        return ""
+    name = str(df.columns[0])
+    for d in (";", "\t", "|"):
+        if len([p for p in name.split(d) if p.strip()]) >= 2:
+            return (f"; the table reads as one column named {name[:60]!r}: its fields look separated by {d!r}, "
+                    "but .csv is read with commas (save it comma-separated, or tab-separated as .tsv)")
+    return ""
 
 
 READERS = {
@@ -54,6 +72,8 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         df = reader(path)
     except pd.errors.EmptyDataError:
         raise DataError("the table is empty", file=str(path)) from None
+    except DataError:
+        raise
     except Exception as exc:  # the parsers raise many types; the user needs the file and the reason
         raise DataError(f"could not parse the table: {exc}", file=str(path)) from None
     if len(df) == 0:

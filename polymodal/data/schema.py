@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from polymodal.data.readers import column_names, is_missing, resolve_path
+from polymodal.data.readers import column_names, delimiter_hint, is_missing, resolve_path
 from polymodal.data.timeseries import infer_channels, is_series_cell
 from polymodal.errors import DataError
 from polymodal.problem_types import BINARY, MULTICLASS, MULTILABEL, MULTITASK, PROBLEM_TYPES, REGRESSION
@@ -127,6 +127,21 @@ def infer_column_type(series: pd.Series, base_dir: str, sample: int = 500, seed:
     return TEXT, f"free text ({words:.1f} words on average)"
 
 
+def mixed_numbers(series: pd.Series) -> list[tuple[int, object]]:
+    """(row, value) of the cells that are not numbers in a text column whose cells are mostly (>= 50%, < 100%)
+    numbers; [] for any other column."""
+    if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+        return []
+    values = series[[not is_missing(v) and not _nested(v) for v in series]]
+    if not len(values):
+        return []
+    parsed = pd.to_numeric(values.astype(str), errors="coerce")
+    share = float(parsed.notna().mean())
+    if not 0.5 <= share < 1.0:
+        return []
+    return [(int(r), v) for r, v, x in zip(values.index, values, parsed) if pd.isna(x)]
+
+
 def infer_problem_type(label: pd.Series, column: str = "label") -> str:
     values = label[[not is_missing(v) for v in label]]
     if len(values) == 0:
@@ -177,7 +192,8 @@ def infer_schema(df: pd.DataFrame, label: str | list[str], column_types: str | d
         raise DataError(f"label columns must be given once each, got {labels}", file=source)
     for lab in labels:
         if lab not in df.columns:
-            raise DataError(f"label column '{lab}' not found; columns are: {', '.join(df.columns)}", file=source)
+            raise DataError(f"label column '{lab}' not found; columns are: {', '.join(map(str, df.columns))}"
+                            + delimiter_hint(df), file=source)
     if len(labels) > 1:
         given = problem_type if isinstance(problem_type, dict) else {}
         if problem_type is not None and not isinstance(problem_type, dict):
@@ -214,6 +230,17 @@ def infer_schema(df: pd.DataFrame, label: str | list[str], column_types: str | d
     if not any(m != ID for m in columns.values()):
         raise DataError("no usable feature column: every column besides the label is an id, constant or empty",
                         file=source)
+    for col in columns:
+        odd = None if col in overrides else mixed_numbers(df[col])
+        if not odd:
+            continue
+        shown = ", ".join(f"row {r}: {v!r}" for r, v in odd[:5]) + (" ..." if len(odd) > 5 else "")
+        fix = (f"fix those cells, or say what the column is with --column-types {col}=numeric (those cells are then "
+               f"bad values) or {col}=categorical")
+        if columns[col] != NUMERIC:  # dropped as an id, or read as words: a guess the user must confirm
+            raise DataError(f"the column holds numbers except in {len(odd)} row(s) ({shown}), so its type is "
+                            f"unclear: {fix}", file=source, row=odd[0][0], column=col)
+        reasons[col] += f"; numbers except in {len(odd)} row(s) ({shown}): {fix}"
     channels = {c: infer_channels(df[c], base_dir, c, source) for c, m in columns.items() if m == TIMESERIES}
     return Schema(columns=columns, label=label, problem_type=problem_type, reasons=reasons,
                   series_channels=channels)

@@ -11,7 +11,6 @@ place with ``os.replace``, index first; the checksum makes ``load`` detect a pai
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -23,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from polymodal.errors import PolymodalError
+from polymodal.files import sha256_file
 
 __all__ = ["IndexFormatError", "ModelMismatchError", "VectorIndex"]
 
@@ -57,14 +57,6 @@ def _prepare(vectors: Any, dim: int | None = None) -> np.ndarray:
         raise ValueError(f"vectors have dimension {x.shape[1]}, the index has {dim}")
     _faiss().normalize_L2(x)
     return x
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _atomic_target(path: Path) -> str:
@@ -235,7 +227,7 @@ class VectorIndex:
                 "format_version": FORMAT_VERSION, "model_id": self.model_id, "kind": self.kind,
                 "dim": self.dim,
                 "ntotal": len(self), "metric": "cosine", "params": self.params, "ids": self.ids,
-                "metadata": self.metadata, "source": self.source, "index_sha256": _sha256(Path(tmp_index)),
+                "metadata": self.metadata, "source": self.source, "index_sha256": sha256_file(Path(tmp_index)),
             }
             tmp_sidecar = _atomic_target(path.with_name(path.name + ".json"))
             with open(tmp_sidecar, "w", encoding="utf-8") as f:
@@ -264,7 +256,7 @@ class VectorIndex:
             raise ModelMismatchError(
                 f"index {path} was built with model {meta.get('model_id')!r}, not {expected_model_id!r}: its "
                 "vectors are not comparable with this model's embeddings; rebuild the index with this model")
-        if _sha256(path) != meta.get("index_sha256"):
+        if sha256_file(path) != meta.get("index_sha256"):
             raise IndexFormatError(f"{path} does not match its sidecar {sidecar_path.name} "
                                    "(interrupted save or edited file?)")
         index = faiss.read_index(str(path))

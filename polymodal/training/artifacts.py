@@ -8,7 +8,6 @@ place, so an interrupted save never leaves a half-written model next to a good c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -24,10 +23,13 @@ from safetensors.torch import load_file, save_file
 from polymodal.data.preprocess import Preprocessor
 from polymodal.data.text import get_tokenizer
 from polymodal.errors import PolymodalError
+from polymodal.files import sha256_file
 from polymodal.types import TABULAR, TEXT
 from polymodal.version import __version__
 
 CONFIG, PREPROCESS, WEIGHTS, METRICS = "config.json", "preprocess.json", "model.safetensors", "metrics.json"
+MANIFEST = "manifest.json"  # SHA-256 of every model file (write_manifest)
+DECODER_TOKENIZER = "decoder_tokenizer"  # subfolder with a text generator's decoder tokenizer
 FIT_STATE = "fit_state.json"  # written when training starts: what `fit --resume` needs to continue
 
 
@@ -115,6 +117,7 @@ def read_run(run_dir: str | os.PathLike, require_weights: bool = True) -> tuple[
     for name in (CONFIG, PREPROCESS) + ((WEIGHTS,) if require_weights else ()):
         if not (run / name).exists():
             raise PolymodalError(f"{run} is not a polymodal run folder: {name} is missing")
+    verify_manifest(run)
     config = read_json(run / CONFIG)
     if not isinstance(config.get("fit"), dict):
         raise damaged(run / CONFIG, "it has no 'fit' settings object")
@@ -146,11 +149,41 @@ def read_json(path: Path) -> dict:
 
 def file_id(path: Path) -> str:
     """The model id of a weights file: the first 16 hex digits of its SHA-256 (what save_weights returns)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    return sha256_file(path)[:16]
+
+
+def model_files(run: Path) -> list[Path]:
+    """The files a rebuild reads: config, preprocessing, weights, tokenizers and the decoder's vocabulary
+    files. Reports (metrics, history, model card, plots) and training state are not among them."""
+    files = [run / n for n in (CONFIG, PREPROCESS, WEIGHTS) if (run / n).exists()]
+    for sub in ("tokenizers", DECODER_TOKENIZER):
+        files += sorted(p for p in (run / sub).rglob("*") if p.is_file())
+    return files
+
+
+def write_manifest(run_dir: str | os.PathLike) -> None:
+    """manifest.json: the SHA-256 of every model file, written last when a run is saved."""
+    run = Path(run_dir)
+    atomic_write_json(run / MANIFEST, {"polymodal_version": __version__, "sha256": {
+        p.relative_to(run).as_posix(): sha256_file(p) for p in model_files(run)}})
+
+
+def verify_manifest(run: Path) -> bool:
+    """Every file manifest.json lists must exist with the same SHA-256: a changed byte anywhere (a flipped
+    class order in preprocess.json, edited weights) is an error naming the file, never a silently different
+    prediction. False when the folder has no manifest (runs saved before it existed)."""
+    if not (run / MANIFEST).exists():
+        return False
+    listed = read_json(run / MANIFEST).get("sha256")
+    if not isinstance(listed, dict) or not listed:
+        raise damaged(run / MANIFEST, "it lists no files")
+    for name, digest in listed.items():
+        path = run / str(name)
+        if ".." in Path(str(name)).parts or not path.is_file():
+            raise damaged(path, f"it is listed in {MANIFEST} but missing")
+        if sha256_file(path) != digest:
+            raise damaged(path, f"its SHA-256 differs from the one {MANIFEST} recorded when the run was saved")
+    return True
 
 
 def check_weights(path: Path, model_id: str | None) -> None:

@@ -26,7 +26,6 @@ from polymodal.training import artifacts
 from polymodal.training.config import FitConfig, GenerationConfig, RunSettings
 from polymodal.types import TABULAR
 
-DECODER_TOKENIZER = "decoder_tokenizer"  # run-folder subfolder with a text generator's decoder tokenizer
 TABLE_RUN, GENERATION_RUN = "table", "generation"  # the model kinds a run folder's config.json names ("kind")
 
 
@@ -173,7 +172,8 @@ def rebuild(path: str | Path, device: str | None = None, weights: bool = True) -
     if TABULAR in prep.inputs:
         encoders[TABULAR] = build_tabular_encoder(prep, config)
     if kind == GENERATION_RUN:
-        vocab = Vocabulary(AutoTokenizer.from_pretrained(str(path / DECODER_TOKENIZER)), config_json["vocabulary"])
+        decoder_tokenizer = AutoTokenizer.from_pretrained(str(path / artifacts.DECODER_TOKENIZER))
+        vocab = Vocabulary(decoder_tokenizer, config_json["vocabulary"])
         task = GenerationTask(vocab, config.label_smoothing)
         model = build_generation_model(encoders, prep, config, vocab, init_embeddings=False)
     else:
@@ -192,5 +192,5 @@ def rebuild(path: str | Path, device: str | None = None, weights: bool = True) -
         artifacts.load_weights(model, path / artifacts.WEIGHTS)
     model.eval().to(device or "cpu")
     metrics_path = path / artifacts.METRICS
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    metrics = artifacts.read_json(metrics_path) if metrics_path.exists() else {}
     return Rebuilt(kind, config, prep, model, task, config_json.get("model_id"), metrics, config_json)

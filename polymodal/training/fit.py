@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import lightning as L
 import numpy as np
@@ -114,9 +115,27 @@ def tune_thresholds(task, config: FitConfig, probs: np.ndarray, target: np.ndarr
         log(f"  decision threshold for {name!r}: {th:.4f} (maximises validation {config.tune_threshold})")
 
 
-def ensure_usable(df: pd.DataFrame, prep: Preprocessor) -> None:
-    """A table to predict must hold at least one of the model's input columns."""
-    missing = [c for c in prep.feature_columns() if c not in df.columns]
-    if len(missing) == len(prep.feature_columns()):
-        raise DataError(f"none of the model's input columns ({', '.join(prep.feature_columns())}) are in the "
+def ensure_usable(df: pd.DataFrame, prep: Preprocessor, allow_missing: Sequence[str] = ()) -> pd.DataFrame:
+    """A table to predict must hold every column the model was trained on: one left out would silently
+    predict as if that input were missing. Columns named in `allow_missing` are added empty instead (a missing
+    modality, as for a blank cell)."""
+    columns = prep.feature_columns()
+    unknown = [c for c in allow_missing if c not in columns]
+    if unknown:
+        raise DataError(f"--allow-missing names {', '.join(map(repr, unknown))}, which the model does not take "
+                        f"(its input columns: {', '.join(columns)})", file=df.attrs.get("source"))
+    missing = [c for c in columns if c not in df.columns]
+    if len(missing) == len(columns):
+        raise DataError(f"none of the model's input columns ({', '.join(columns)}) are in the "
                         "table", file=df.attrs.get("source"))
+    refused = [c for c in missing if c not in allow_missing]
+    if refused:
+        raise DataError(f"the model was trained on column(s) {', '.join(map(repr, refused))}, which the table "
+                        f"lacks: add them, or predict without them as missing inputs with "
+                        f"{' '.join(f'--allow-missing {c}' for c in refused)} (Python: allow_missing=[...])",
+                        file=df.attrs.get("source"), column=refused[0])
+    if not missing:
+        return df
+    out = df.assign(**{c: np.nan for c in missing})
+    out.attrs.update(df.attrs)
+    return out

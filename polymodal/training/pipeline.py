@@ -28,7 +28,7 @@ from polymodal.data.dataset import Collator, Problem, TableDataset, check_rows, 
 from polymodal.data.preprocess import Preprocessor
 from polymodal.data.schema import Schema
 from polymodal.encoders.cache import precompute_features
-from polymodal.errors import PolymodalError
+from polymodal.errors import DataError, PolymodalError
 from polymodal.model import inference_context, move_batch, prepare_for_inference
 from polymodal.problem_types import ONE_CLASS_PER_ROW
 from polymodal.training.build import build_encoders, build_tabular_encoder, frozen_keys
@@ -159,12 +159,16 @@ def train_and_score(p: Prepared, recipe: Recipe, run_dir: str | os.PathLike, log
     ckpt_path = last if resume and os.path.exists(last) else None
     if resume:
         log(f"  resuming from {last}" if ckpt_path else "  no checkpoint to resume from: training from the start")
+    metrics_csv = os.path.join(run_dir, "logs", "metrics.csv")
+    # Lightning's CSVLogger deletes the log it finds when the resumed Trainer starts: keep the epochs logged
+    # before the interruption
+    earlier = read_history(metrics_csv) if ckpt_path else pd.DataFrame()
     with threads_for(model, p.device):
         trainer.fit(module, train_loader, valid_loader, ckpt_path=ckpt_path)
     best = ckpt.best_model_path
     if best and os.path.exists(best):
         module.load_trained_state(best)
-    history = read_history(os.path.join(run_dir, "logs", "metrics.csv"))
+    history = join_history(earlier, read_history(metrics_csv))
     val_metrics, probs, target = recipe.score(model, task, p.prep, p.data["valid"], config, p.feats["valid"], log)
     return FitResult(model.cpu().eval(), p.prep, task, config, history, val_metrics, p.bad, p.cache_stats,
                      time.time() - p.t0, best, probs, target)
@@ -268,7 +272,20 @@ def predict_probs(model: nn.Module, task, prep: Preprocessor, df: pd.DataFrame, 
             targets.append(batch["target"].cpu().numpy())
 
     run_inference(model, loader, device, lambda m, b: task.probabilities(m(b)), len(df), collect)
-    return np.concatenate(probs), (np.concatenate(targets) if with_target else None)
+    out = np.concatenate(probs)
+    check_finite(out, df)
+    return out, (np.concatenate(targets) if with_target else None)
+
+
+def check_finite(outputs: np.ndarray, df: pd.DataFrame) -> None:
+    """NaN or infinite outputs are an error naming the rows, never a prediction (a NaN probability would
+    otherwise become the first class)."""
+    bad = np.flatnonzero(~np.isfinite(outputs.reshape(len(outputs), -1)).all(axis=1))
+    if len(bad):
+        rows = [int(r) for r in df.index[bad[:5]]]
+        raise DataError(f"the model gives non-finite outputs for {len(bad)} row(s) (rows {rows}"
+                        f"{' ...' if len(bad) > 5 else ''}): its weights or these rows' inputs are out of range",
+                        file=df.attrs.get("source"), row=rows[0])
 
 
 @contextmanager
@@ -297,6 +314,13 @@ def one_thread(active: bool = True):
         yield
     finally:
         torch.set_num_threads(n)
+
+
+def join_history(earlier: pd.DataFrame, later: pd.DataFrame) -> pd.DataFrame:
+    """The epochs logged before a resume followed by those after it (a re-run epoch counts once, the later)."""
+    if earlier.empty or "epoch" not in earlier or later.empty or "epoch" not in later:
+        return later if not later.empty else earlier
+    return pd.concat([earlier[earlier["epoch"] < later["epoch"].min()], later], ignore_index=True)
 
 
 def read_history(path: str) -> pd.DataFrame:

@@ -47,7 +47,9 @@ def build_trainer(run_dir: str | os.PathLike, monitor: str, mode: str, max_epoch
     trainer = L.Trainer(
         default_root_dir=str(run_dir), max_epochs=max_epochs, accelerator=accelerator, devices=devices,
         strategy=strategy, num_nodes=num_nodes, precision=precision or default_precision(),
-        callbacks=[ckpt, stop, EpochSeed(seed)], logger=CSVLogger(str(run_dir), name="", version="logs"),
+        callbacks=[ckpt, stop, EpochSeed(seed)],
+        # flushed at every logging step: a killed fit loses no logged epoch for `fit --resume` to keep
+        logger=CSVLogger(str(run_dir), name="", version="logs", flush_logs_every_n_steps=1),
         enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=10,
         deterministic=deterministic, gradient_clip_val=gradient_clip_val,
         max_time={"seconds": int(max_time)} if max_time else None,
