@@ -37,6 +37,9 @@ from polymodal.training.report import write_model_card
 
 ALLOW_MISSING_HELP = ("a column the model was trained on that the table lacks: predict with it as a missing input "
                       "(repeat for several); without it such a table is an error")
+GROUP_HELP = ("rows sharing a value of COL stay on one side of the validation split (a patient, an image with "
+              "several questions); default: group by an image/audio/video column whose values repeat across rows "
+              "(the log says so); 'none': split by row. A numeric/categorical COL is not used as a feature")
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -90,6 +93,7 @@ def fit(
                                    "has finished (until then the old one stays as it was)"),
     resume: Path | None = typer.Option(None, help="continue an interrupted run folder (same data and settings)"),
     valid: Path | None = typer.Option(None, help="validation table (default: stratified split)"),
+    group_column: str | None = typer.Option(None, help=GROUP_HELP),
     test: Path | None = typer.Option(None, help="test table, scored after training"),
     problem_type: str | None = typer.Option(None, help="binary|multiclass|multilabel|regression "
                                                        "(multi-task: label=type,...)"),
@@ -192,7 +196,7 @@ def fit(
         class_weighting={"auto": None, "on": True, "off": False}[class_weighting], sampler=sampler,
         tune_threshold=tune_threshold, loss_weighting=loss_weighting, task_weights=weights, mixup=mixup,
         text_augment=text_augment, length_bucketing=length_bucketing, l1=l1, label_smoothing=label_smoothing,
-        tokens=tokens,
+        tokens=tokens, group_column=group_column,
         task=None if task == "auto" else task,  # caption / vqa-open: a text generator (training.generation)
         **({"stream": True, "chunk_rows": chunk_rows} if stream else {}))
     p.fit(train, valid, test)
@@ -319,6 +323,7 @@ def compare(
     seeds: str = typer.Option("0,1,2", help="comma list of seeds (≥3 for mean ± std)"),
     valid: Path | None = typer.Option(None),
     test: Path | None = typer.Option(None, help="test table (default: 20% held out, same for every model)"),
+    group_column: str | None = typer.Option(None, help=GROUP_HELP),
     robustness: bool = typer.Option(False, help="also score each model with each input removed / noised"),
     column_types: str | None = typer.Option(None),
     problem_type: str | None = typer.Option(None),
@@ -342,7 +347,7 @@ def compare(
                                               timeseries_encoder, image_size)
     cfg = FitConfig(label=label, problem_type=problem_type, column_types=_parse_kv(column_types),
                     encoders=encoders, encoder_opts=encoder_opts,
-                    max_epochs=epochs, batch_size=batch_size, lr=lr, patience=patience)
+                    max_epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, group_column=group_column)
     results = run_compare(read_table(train), cfg, names, [int(s) for s in seeds.split(",")],
                           read_table(valid) if valid else None, read_table(test) if test else None,
                           robustness, log=lambda m: console.print(m, highlight=False))

@@ -10,6 +10,7 @@ from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
 from polymodal.errors import DataError
 from polymodal.problem_types import MULTILABEL, REGRESSION
+from polymodal.types import MEDIA
 
 
 def split_train_valid(df: pd.DataFrame, label: str, problem_type: str, fraction: float,
@@ -48,3 +49,63 @@ def group_split(df: pd.DataFrame, groups: pd.Series | np.ndarray, fraction: floa
     for part in out:
         part.attrs.update(df.attrs)
     return out
+
+
+NO_GROUPS = "none"  # group_column value that turns grouping off (split by row)
+
+
+def _group_keys(values: pd.Series) -> np.ndarray:
+    """One string per row; a missing value is a group of its own (rows with no image share nothing)."""
+    keys = values.astype(str).to_numpy(dtype=object)
+    missing = values.isna().to_numpy()
+    keys[missing] = [f"\x00row{i}" for i in np.flatnonzero(missing)]
+    return keys
+
+
+def repeated_media(df: pd.DataFrame, columns: dict[str, str]) -> tuple[str, int, int] | None:
+    """(column, rows with a value, distinct values) of the first image/audio/video column whose values repeat
+    across rows (an image with several questions), or None."""
+    for col, modality in columns.items():
+        if modality in MEDIA and col in df.columns:
+            values = df[col].dropna().astype(str)
+            distinct = values.nunique()
+            if 0 < distinct < len(values):
+                return col, len(values), distinct
+    return None
+
+
+def row_groups(df: pd.DataFrame, columns: dict[str, str],
+               group_column: str | None) -> tuple[np.ndarray | None, str]:
+    """Group keys for the validation split, and one sentence saying how rows are grouped.
+
+    `group_column` names the column whose equal values must stay on one side; None (the default) groups by
+    the first image/audio/video column whose values repeat across rows, since a split that puts one image's
+    questions on both sides scores memorised images, not generalisation; "none" splits by row."""
+    if group_column == NO_GROUPS:
+        return None, "split by row (--group-column none)"
+    if group_column is not None:
+        if group_column not in df.columns:
+            raise DataError(f"group column '{group_column}' not found; columns are: "
+                            f"{', '.join(map(str, df.columns))}", file=df.attrs.get("source"),
+                            column=group_column)
+        keys = _group_keys(df[group_column])
+        return keys, f"validation keeps the rows of each '{group_column}' value together " \
+                     f"({len(pd.unique(keys))} groups)"
+    found = repeated_media(df, columns)
+    if found is None:
+        return None, ""
+    col, rows, distinct = found
+    keys = _group_keys(df[col])
+    if len(pd.unique(keys)) < 4:
+        return None, f"{rows} rows share {distinct} distinct values of '{col}': too few groups to split by, " \
+                     "split by row"
+    return keys, f"{rows} rows share {distinct} distinct values of '{col}': validation keeps each one's rows " \
+                 f"together (--group-column COL to group by another column, --group-column none to split by row)"
+
+
+def split_rows(df: pd.DataFrame, label: str, problem_type: str, fraction: float, seed: int,
+               groups: np.ndarray | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`group_split` when groups are given, else `split_train_valid` (stratified by class)."""
+    if groups is None:
+        return split_train_valid(df, label, problem_type, fraction, seed)
+    return group_split(df, groups, fraction, seed, what="groups")

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from polymodal.data.schema import infer_schema
-from polymodal.data.split import split_train_valid
+from polymodal.data.split import row_groups, split_rows
 from polymodal.encoders.cache import precompute_features
 from polymodal.model import move_batch
 from polymodal.problem_types import MULTILABEL, MULTITASK, ONE_CLASS_PER_ROW, REGRESSION
@@ -108,12 +108,16 @@ def compare(train_df: pd.DataFrame, config: FitConfig, fusions: list[str], seeds
     schema = infer_schema(train_df, config.label, config.column_types, config.problem_type)
     config = dataclasses.replace(config, column_types=dict(schema.columns), problem_type=schema.problem_type,
                                  progress=False)
+    groups, note = row_groups(train_df, schema.columns, config.group_column)
+    if note and (test_df is None or valid_df is None):
+        log(f"  groups: {note}")
     if test_df is None:  # one held-out split shared by every model and seed
-        train_df, test_df = split_train_valid(train_df, config.label, schema.problem_type, 0.2, 12345)
+        train_df, test_df = split_rows(train_df, config.label, schema.problem_type, 0.2, 12345, groups)
         log(f"  test split: {len(test_df)} rows held out of the training table")
+        groups = row_groups(train_df, schema.columns, config.group_column)[0]
     if valid_df is None:
-        train_df, valid_df = split_train_valid(train_df, config.label, schema.problem_type,
-                                               config.valid_fraction, 54321)
+        train_df, valid_df = split_rows(train_df, config.label, schema.problem_type, config.valid_fraction, 54321,
+                                        groups)
     dropped = 0
     if schema.problem_type in ONE_CLASS_PER_ROW:  # a class training never saw cannot be predicted
         seen = set(train_df[config.label].astype(str))

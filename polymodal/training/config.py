@@ -91,6 +91,8 @@ class FitConfig(RunSettings):
     head_hidden: int = 256
     dropout: float = 0.2
     valid_fraction: float = 0.2
+    group_column: str | None = None  # rows sharing a value stay on one side of the validation split; None: group
+    # by an image/audio/video column whose values repeat across rows; "none": split by row (data/split.row_groups)
     class_weighting: bool | None = None  # None: on when the largest class is ≥ 3× the smallest
     label_smoothing: float = 0.0
     loss: str = "cross_entropy"  # classification loss: cross_entropy | focal

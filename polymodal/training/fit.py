@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from polymodal.data.preprocess import Preprocessor
 from polymodal.data.readers import keep_rows
 from polymodal.data.schema import Schema, infer_schema
-from polymodal.data.split import split_train_valid
+from polymodal.data.split import row_groups, split_rows
 from polymodal.errors import DataError
 from polymodal.problem_types import BINARY, MULTILABEL, MULTITASK
 from polymodal.tasks import MultiTask, task_from_prep, tune_threshold
@@ -23,6 +23,7 @@ from polymodal.training.build import TABLE_RUN, assemble_model, freeze_frozen, f
 from polymodal.training.config import FitConfig
 from polymodal.training.module import FitModule
 from polymodal.training.pipeline import FitResult, Log, fit_in_memory, log_schema, make_loader, predict_probs
+from polymodal.types import CATEGORICAL, ID, NUMERIC
 
 
 class TableRecipe:
@@ -32,13 +33,22 @@ class TableRecipe:
 
     def schema(self, df: pd.DataFrame, config: FitConfig, log: Log) -> Schema:
         schema = infer_schema(df, config.label, config.column_types, config.problem_type)
+        group = config.group_column
+        if group in schema.columns and schema.columns[group] in (NUMERIC, CATEGORICAL) \
+                and group not in config.column_types:
+            # a group identifier (patient, image id) never generalises across a grouped split: not a feature
+            schema = infer_schema(df, config.label, {**config.column_types, group: ID}, config.problem_type)
         log_schema(schema, log)
         log(f"  problem type: {schema.problem_type}")
+        note = row_groups(df, schema.columns, group)[1]
+        if note:
+            log(f"  groups: {note}")
         return schema
 
     def split(self, df: pd.DataFrame, schema: Schema, config: FitConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         first = schema.labels[0]
-        return split_train_valid(df, first, schema.problem_types[first], config.valid_fraction, config.seed)
+        groups = row_groups(df, schema.columns, config.group_column)[0]
+        return split_rows(df, first, schema.problem_types[first], config.valid_fraction, config.seed, groups)
 
     def fit_prep(self, df: pd.DataFrame, schema: Schema, pre_cfg: dict) -> Preprocessor:
         return Preprocessor.fit(df, schema, pre_cfg)
