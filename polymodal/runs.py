@@ -6,6 +6,7 @@
 | generation | `polymodal fit --task caption / vqa-open` | MultimodalPredictor (kind "generation") |
 | compressed | `polymodal compress` | MultimodalPredictor, or OnnxPredictor for an ONNX artefact |
 | alignment | `polymodal align` | retrieval.AlignedModel |
+| recommendation | `polymodal recommend fit` | recommend.Recommender |
 
 Model kinds are rebuilt by `training.build.rebuild` (compressed ones by `compress.artifacts.rebuild_compressed`,
 which calls it), so there is one rebuild path. The CLI and `serve/` load through here.
@@ -19,13 +20,15 @@ from pathlib import Path
 from polymodal.compress.artifacts import is_compressed
 from polymodal.errors import PolymodalError
 from polymodal.predictor import MultimodalPredictor
+from polymodal.recommend.recommender import Recommender
+from polymodal.recommend.run_folder import RECOMMENDATION_RUN
 from polymodal.retrieval.aligned import AlignedModel
 from polymodal.retrieval.config import is_alignment_run
 from polymodal.training.artifacts import CONFIG, read_json
 from polymodal.training.build import GENERATION_RUN, TABLE_RUN
 
 ALIGNMENT, COMPRESSED = "alignment", "compressed"
-RUN_KINDS = (TABLE_RUN, GENERATION_RUN, COMPRESSED, ALIGNMENT)
+RUN_KINDS = (TABLE_RUN, GENERATION_RUN, COMPRESSED, ALIGNMENT, RECOMMENDATION_RUN)
 
 
 def run_kind(path: str | os.PathLike) -> str:
@@ -47,7 +50,11 @@ def run_kind(path: str | os.PathLike) -> str:
 
 def load_run(path: str | os.PathLike, device: str | None = None):
     """The front for any run folder: a `contracts.Predictor` for model kinds, an AlignedModel for alignment
-    runs. Loads offline; GPU-trained runs load on CPU unless `device` says otherwise."""
-    if run_kind(path) == ALIGNMENT:
+    runs, a Recommender for recommendation runs. Loads offline; GPU-trained runs load on CPU unless `device`
+    says otherwise."""
+    kind = run_kind(path)
+    if kind == ALIGNMENT:
         return AlignedModel.load(path)
+    if kind == RECOMMENDATION_RUN:
+        return Recommender.load(path)
     return MultimodalPredictor.load(path, device)

@@ -1,2 +1,3 @@
-"""Cross-modal recommendation (issue 17): interactions, side-table features through the frozen-encoder cache,
-a two-tower model, ranking metrics. Work in progress: no front (Recommender, CLI, server) yet."""
+"""Cross-modal recommendation (issue 17): interactions and splits (data), side-table columns through the
+frozen-encoder cache (features), the two-tower model (model, train), ranking metrics, baselines, and the
+front: `Recommender` (recommender; run folder in run_folder), `polymodal recommend` (cli)."""
