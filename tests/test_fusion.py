@@ -49,7 +49,7 @@ def with_garbage(x: dict, present: dict, fill: float | None) -> dict:
 
 def test_names_and_builder_errors():
     assert fusion_names() == ["concat", "sum", "weighted", "product", "attention", "gated", "tensor", "lmf",
-                              "film", "transformer", "late"]
+                              "film", "transformer", "ban", "coattention", "late"]
     assert all(FUSIONS[n].produces_logits == (n == "late") for n in fusion_names())
     with pytest.raises(PolymodalError, match="unknown fusion"):
         build_fusion("nope", DIMS3)
@@ -158,6 +158,8 @@ def test_every_parameter_gets_a_gradient(name, n):
     dims = dict(list(DIMS3.items())[:n])
     f = make(name, dims, modality_dropout=0.0).train()
     x, p = inputs(dims), presence(dims)
+    if name in ("ban", "coattention"):  # attention over one token per input is constantly 1: give sequences
+        x = {k: v.unsqueeze(1) * torch.linspace(-1.5, 1.5, 4).view(1, 4, 1) for k, v in x.items()}
     y = f(with_garbage(x, p, float("nan")), p)
     # a random read-out: a plain sum would hide gradients (e.g. through a final LayerNorm)
     (y * torch.randn_like(y)).sum().backward()

@@ -365,7 +365,7 @@ def test_every_fusion_takes_video_and_sound_inputs(tmp_path):
         p = MultimodalPredictor(label="label", fusion=fusion, encoder_opts=opts, **{**FAST, "max_epochs": 1})
         p.fit(tmp_path / "train.csv")
         assert set(p.model.encoders) == {"clip", "clip:audio", "tabular"}, fusion
-        assert ("clip:audio" in p.model.token_inputs) == (fusion in ("transformer", "film"))
+        assert ("clip:audio" in p.model.token_inputs) == FUSIONS[fusion].accepts_tokens
 
 
 def test_frozen_sound_encoder_caches_only_clips_with_sound(tmp_path):

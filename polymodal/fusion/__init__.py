@@ -13,7 +13,9 @@ from torch import nn
 
 from polymodal.errors import PolymodalError
 from polymodal.fusion.attention import AttentionFusion
+from polymodal.fusion.ban import BANFusion
 from polymodal.fusion.base import Fusion, MissingEmbeddings, drop_modalities, fill_missing, masked_mean
+from polymodal.fusion.coattention import CoAttentionFusion
 from polymodal.fusion.concat import ConcatFusion
 from polymodal.fusion.film import FiLMFusion
 from polymodal.fusion.gating import GatedFusion
@@ -23,7 +25,8 @@ from polymodal.fusion.tensor import LowRankFusion, TensorFusion
 from polymodal.fusion.transformer import TransformerFusion
 from polymodal.fusion.weighted import SumFusion, WeightedSumFusion
 
-__all__ = ["FUSIONS", "AttentionFusion", "ConcatFusion", "FiLMFusion", "Fusion", "GatedFusion", "LateFusion",
+__all__ = ["FUSIONS", "AttentionFusion", "BANFusion", "CoAttentionFusion",
+           "ConcatFusion", "FiLMFusion", "Fusion", "GatedFusion", "LateFusion",
            "LowRankFusion", "MissingEmbeddings", "ProductFusion", "SumFusion", "TensorFusion",
            "TransformerFusion", "WeightedSumFusion", "build_fusion", "drop_modalities", "fill_missing",
            "fusion_names", "masked_mean"]
@@ -39,6 +42,8 @@ FUSIONS: dict[str, type[Fusion]] = {
     "lmf": LowRankFusion,
     "film": FiLMFusion,
     "transformer": TransformerFusion,
+    "ban": BANFusion,
+    "coattention": CoAttentionFusion,
     "late": LateFusion,
 }
 
