@@ -486,11 +486,11 @@ def external_refs(page: str) -> list[str]:
 
 
 def test_docs_are_served_offline(client, trained, monkeypatch):
-    pytest.importorskip("swagger_ui_bundle")
+    pytest.importorskip("fastapi_offline")
     page = client.get("/docs")
     assert page.status_code == 200 and "SwaggerUIBundle" in page.text and "/openapi.json" in page.text
     assert external_refs(page.text) == [] and "http" not in page.text
-    for name in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"):
+    for name in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"):
         asset = client.get(f"/docs/assets/{name}")
         assert asset.status_code == 200 and len(asset.content) > 500, name
     assert client.get("/docs/assets/index.html").status_code == 404  # a fixed list of files
@@ -498,10 +498,10 @@ def test_docs_are_served_offline(client, trained, monkeypatch):
     assert client.get("/redoc").status_code == 404  # FastAPI's CDN page is off
     import polymodal.serve.docs as docs
 
-    monkeypatch.setattr(docs, "swagger_ui_dir", lambda: None)  # without swagger-ui-bundle: a plain page
+    monkeypatch.setattr(docs, "swagger_ui_dir", lambda: None)  # without fastapi-offline: a plain page
     with TestClient(create_app(trained[0])) as c:
         page = c.get("/docs").text
-    assert "POST /predict" in page and "/openapi.json" in page and "swagger-ui-bundle" in page
+    assert "POST /predict" in page and "/openapi.json" in page and "fastapi-offline" in page
     assert external_refs(page) == [] and "http" not in page and "<script" not in page
 
 

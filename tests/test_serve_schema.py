@@ -159,3 +159,26 @@ def test_text_prefix_tokenises_like_the_whole_text(trained, text):
     got, ref = collate([item])["inputs"][key], collate([whole])["inputs"][key]
     assert got["input_ids"].tolist() == ref["input_ids"].tolist()
     assert len(item["inputs"][key]) <= len(text)
+
+
+# ---- /docs in a browser without a network ----------------------------------------------------------------------
+def test_docs_render_in_a_browser_without_network(trained, tmp_path):
+    """Swagger UI renders every operation in headless Chromium while all requests off the server are refused."""
+    import json
+    import os
+    import subprocess
+
+    pytest.importorskip("fastapi_offline")
+    from test_serve_browser import BROWSER_DIR, CHROMIUM, _requirements, running
+
+    if _requirements() is not None:
+        pytest.skip(_requirements())
+    with running(create_app(trained[0], searcher=TinySearcher())) as url:
+        proc = subprocess.run(["node", str(BROWSER_DIR / "docs.mjs"), url, str(tmp_path / "docs.png")],
+                              capture_output=True, text=True, timeout=120, cwd=BROWSER_DIR,
+                              env={**os.environ, "CHROMIUM": CHROMIUM})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["external"] == []
+    assert {"POST /predict", "POST /search", "GET /schema", "GET /ready"} <= set(out["operations"]), out
+    assert out["title"] and out["title"].startswith("polymodal")

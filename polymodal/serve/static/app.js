@@ -1,4 +1,5 @@
-// polymodal web page: builds the form from GET /schema, posts multipart to /predict and /search.
+// polymodal web page: builds the form from GET /schema, posts multipart to /predict and /search,
+// and voices generated captions through POST /speak.
 // Plain JS, no build step. Untrusted strings are only ever set through textContent.
 "use strict";
 
@@ -82,6 +83,9 @@ function showPrediction(out) {
   $("prediction").textContent = pred !== null && typeof pred === "object"
     ? Object.entries(pred).map(([k, v]) => `${k}: ${v}`).join(" · ") : String(pred);
   $("latency").textContent = `(${out.latency_ms.toFixed(1)} ms)`;
+  // A generated text (caption / vqa-open run) can be voiced by POST /speak when a TTS engine is installed.
+  $("speak").hidden = !(speakReady && typeof pred === "string" && pred.trim() !== "");
+  $("speech").hidden = true;
   const list = $("probabilities");
   list.replaceChildren();
   const probs = Object.entries(out.probabilities || {}).sort((a, b) => b[1] - a[1]);
@@ -91,6 +95,30 @@ function showPrediction(out) {
       el("span", { text: `${(100 * p).toFixed(1)}%` })]));
   }
   $("result").hidden = false;
+}
+
+let speakReady = false;
+
+async function speakPrediction() {
+  showError($("error"), "");
+  $("speak").disabled = true;
+  try {
+    const r = await fetch("/speak", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ text: $("prediction").textContent }) });
+    if (!r.ok) {
+      showError($("error"), await errorText(r));
+      return;
+    }
+    const audio = $("speech");
+    if (audio.src) URL.revokeObjectURL(audio.src);
+    audio.src = URL.createObjectURL(await r.blob());
+    audio.hidden = false;
+    audio.play().catch(() => {});  // autoplay may be refused; the controls are there
+  } catch (e) {
+    showError($("error"), `request failed: ${e}`);
+  } finally {
+    $("speak").disabled = false;
+  }
 }
 
 function safeImageSrc(src) {
@@ -122,6 +150,11 @@ async function init() {
     $("model-info").textContent = `Predicts “${schema.label}” (${schema.problem_type})${classes}. ` +
       "Fill in any inputs you have; missing ones are allowed.";
     $("fields").replaceChildren(...schema.inputs.map(fieldFor));
+    if (schema.problem_type === "generation") {  // caption runs: a "Speak" button once an engine is there
+      const s = await fetch("/speak").catch(() => null);
+      speakReady = Boolean(s && s.ok && (await s.json()).default);
+      $("speak").addEventListener("click", speakPrediction);
+    }
     $("predict").disabled = false;
 
     $("predict-form").addEventListener("submit", async (ev) => {
