@@ -18,6 +18,7 @@ import copy
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -322,27 +323,42 @@ class RowBuilder:
         if not up.data:
             raise InputError(422, f"the uploaded file for column '{col}' is empty", col)
 
+    def _checked_decode(self, col: str, up: Upload, modality: str, size_of: Callable, decode: Callable,
+                        not_this: str):
+        """Check the upload's type and pixel size from its header alone (a decompression bomb is refused before
+        any pixel is decoded), then decode it. Any decoder error on client bytes is the client's file (422),
+        never a 5xx."""
+        self._check_type(col, up, modality)
+        try:
+            w, h = size_of(io.BytesIO(up.data))
+        except InputError:
+            raise
+        except Exception:
+            raise InputError(422, f"cannot decode the uploaded {modality} for column '{col}' ({not_this})",
+                             col) from None
+        if w * h > self.max_pixels:
+            what = f"video frames for column '{col}' are" if modality == VIDEO else f"image for column '{col}' is"
+            raise InputError(413, f"{what} {w}x{h} pixels; the limit is {self.max_pixels:,} pixels", col)
+        try:
+            return decode(io.BytesIO(up.data))
+        except Exception:
+            raise InputError(422, f"cannot decode the uploaded {modality} for column '{col}' (corrupt file)", col) \
+                from None
+
     def _image(self, col: str, up: Upload, cfg: dict) -> np.ndarray:
         from PIL import Image
 
-        self._check_type(col, up, IMAGE)
-        try:  # the header alone gives the size: refuse decompression bombs before decoding pixels
-            with Image.open(io.BytesIO(up.data)) as im:
-                w, h = im.size
-        except Image.DecompressionBombError as exc:  # PIL's own limit, checked while reading the header
-            raise InputError(413, f"image for column '{col}' has too many pixels; the limit is "
-                                  f"{self.max_pixels:,} pixels ({exc})", col) from None
-        except Exception:
-            raise InputError(422, f"cannot decode the uploaded image for column '{col}' "
-                                  "(not a PNG/JPEG/... image)", col) from None
-        if w * h > self.max_pixels:
-            raise InputError(413, f"image for column '{col}' is {w}x{h} pixels; the limit is "
-                                  f"{self.max_pixels:,} pixels", col)
-        try:
-            return load_image(io.BytesIO(up.data), cfg["image_size"], cfg["mean"], cfg["std"])
-        except (DataError, Exception):  # any decoder error on client bytes is the client's file, not a 5xx
-            raise InputError(422, f"cannot decode the uploaded image for column '{col}' (corrupt file)", col) \
-                from None
+        def size_of(f) -> tuple[int, int]:
+            try:
+                with Image.open(f) as im:
+                    return im.size
+            except Image.DecompressionBombError as exc:  # PIL's own limit, checked while reading the header
+                raise InputError(413, f"image for column '{col}' has too many pixels; the limit is "
+                                      f"{self.max_pixels:,} pixels ({exc})", col) from None
+
+        return self._checked_decode(col, up, IMAGE, size_of,
+                                    lambda f: load_image(f, cfg["image_size"], cfg["mean"], cfg["std"]),
+                                    "not a PNG/JPEG/... image")
 
     def _audio(self, col: str, up: Upload, cfg: dict) -> np.ndarray:
         self._check_type(col, up, AUDIO)
@@ -353,20 +369,8 @@ class RowBuilder:
                                   "(WAV/FLAC/OGG expected)", col) from None
 
     def _video(self, col: str, up: Upload, cfg: dict) -> dict:
-        self._check_type(col, up, VIDEO)
-        try:  # the header alone gives the frame size: refuse huge frames before decoding them
-            w, h = video_size(io.BytesIO(up.data))
-        except Exception:
-            raise InputError(422, f"cannot decode the uploaded video for column '{col}' "
-                                  "(not an MP4/WebM/AVI/... video)", col) from None
-        if w * h > self.max_pixels:
-            raise InputError(413, f"video frames for column '{col}' are {w}x{h} pixels; the limit is "
-                                  f"{self.max_pixels:,} pixels", col)
-        try:
-            return load_video(io.BytesIO(up.data), cfg)
-        except Exception:  # any decoder error on client bytes is the client's file, not a 5xx
-            raise InputError(422, f"cannot decode the uploaded video for column '{col}' (corrupt file)", col) \
-                from None
+        return self._checked_decode(col, up, VIDEO, video_size, lambda f: load_video(f, cfg),
+                                    "not an MP4/WebM/AVI/... video")
 
     def _sound_track(self, col: str, up: Upload, cfg: dict) -> np.ndarray | None:
         try:
