@@ -19,6 +19,7 @@ from polymodal.data.shards import ShardReader, media_dir
 from polymodal.data.validate import validate_tables
 from polymodal.demo import run_demo
 from polymodal.encoders.whisper import load_whisper
+from polymodal.ensemble.cli import leaderboard
 from polymodal.errors import DataError, PolymodalError, console, user_errors
 from polymodal.fusion import fusion_names
 from polymodal.predictor import MultimodalPredictor
@@ -129,7 +130,9 @@ def fit(
     devices: str = typer.Option("auto"),
     strategy: str = typer.Option("auto", help="Lightning strategy: auto, ddp, fsdp"),
     num_nodes: int = typer.Option(1),
-    time_limit: float | None = typer.Option(None, help="stop training after this many seconds"),
+    time_limit: float | None = typer.Option(None, help="seconds for the whole fit (--preset fast: stop training then)"),
+    preset: str = typer.Option("fast", help="fast (one fusion network) | balanced | best (bagged, ensembled models)"),
+    eval_metric: str | None = typer.Option(None, help="ensembles: metric for selection and the leaderboard"),
     dropout: float = typer.Option(0.2, help="dropout in the fusion and head"),
     loss: str = typer.Option("cross_entropy", help="classification loss: cross_entropy | focal"),
     focal_gamma: float = typer.Option(2.0, help="focal loss focusing parameter"),
@@ -196,7 +199,7 @@ def fit(
         class_weighting={"auto": None, "on": True, "off": False}[class_weighting], sampler=sampler,
         tune_threshold=tune_threshold, loss_weighting=loss_weighting, task_weights=weights, mixup=mixup,
         text_augment=text_augment, length_bucketing=length_bucketing, l1=l1, label_smoothing=label_smoothing,
-        tokens=tokens, group_column=group_column,
+        tokens=tokens, group_column=group_column, preset=preset, eval_metric=eval_metric,
         task=None if task == "auto" else task,  # caption / vqa-open: a text generator (training.generation)
         **({"stream": True, "chunk_rows": chunk_rows} if stream else {}))
     p.fit(train, valid, test)
@@ -432,6 +435,7 @@ def transcribe(audio: list[Path] = typer.Argument(..., help="audio files (wav, f
 app.command(name="serve")(serve)
 app.command()(compress)
 app.command()(export)
+app.command()(leaderboard)
 app.command()(align)
 app.command()(index)
 app.command()(search)

@@ -23,6 +23,7 @@ from polymodal.compress.onnx_export import OnnxPredictor
 from polymodal.contracts import Batch, outputs_to_answers
 from polymodal.data.dataset import check_rows, raise_or_drop
 from polymodal.data.readers import as_table
+from polymodal.ensemble import FAST, EnsemblePredictor, EnsembleSettings, check_preset, is_ensemble
 from polymodal.errors import PolymodalError
 from polymodal.problem_types import GENERATION
 from polymodal.tasks.generation import GENERATION_TASKS, DecodeConfig
@@ -53,7 +54,13 @@ class MultimodalPredictor:
 
     def __init__(self, label: str | list[str], problem_type: str | dict | None = None,
                  path: str | os.PathLike | None = None, verbose: bool = True, task: str | None = None,
-                 **config) -> None:
+                 preset: str = FAST, eval_metric: str | None = None, **config) -> None:
+        # preset balanced/best: fit trains an ensemble (polymodal/ensemble) and the calls below go to it
+        self.preset, self._ensemble = check_preset(preset), None
+        self._ensemble_options = {"eval_metric": eval_metric}
+        if preset != FAST and task is not None:
+            raise PolymodalError(f"--preset {preset} ensembles classifiers and regressors; task {task!r} takes "
+                                 "--preset fast")
         if task is None:
             self.kind = TABLE_RUN
             self.config: FitConfig | GenerationConfig = FitConfig(label=label, problem_type=problem_type, **config)
@@ -79,6 +86,7 @@ class MultimodalPredictor:
         self.kind, self.config, self.prep, self.model, self.task = r.kind, r.config, r.prep, r.model, r.task
         self.path = Path(path) if path else None
         self.verbose, self._result, self.model_id, self.metrics = False, None, r.model_id, dict(r.metrics)
+        self.preset, self._ensemble = FAST, None
         return self
 
     # ---- training ------------------------------------------------------------------------------------
@@ -90,6 +98,8 @@ class MultimodalPredictor:
         what = ("a classifier or regressor" if self.kind == TABLE_RUN
                 else f"task {self.config.task!r} (a text generator)")
         self.config = replace_config(self.config, overrides, what)
+        if self.preset != FAST:
+            return self._fit_ensemble(train_data, valid_data, test_data, resume)
         stream = getattr(self.config, "stream", False)
         if stream:  # shard files read chunk by chunk (training/streaming.py), never whole
             if any(isinstance(d, pd.DataFrame) for d in (train_data, valid_data)):
@@ -144,6 +154,8 @@ class MultimodalPredictor:
 
         Multi-task: one block per label, columns "label:class" (and "label" for a regression label). Every
         input column the model was trained on must be in `data`, except those in `allow_missing` (missing inputs)."""
+        if self._ensemble:
+            return self._ensemble.predict_proba(data, as_pandas, allow_missing)
         if self.kind == GENERATION_RUN:
             raise PolymodalError(f"a {self.config.task} model generates text and has no class probabilities: use "
                                  "predict (and evaluate for its scores)")
@@ -158,6 +170,8 @@ class MultimodalPredictor:
                 ) -> pd.Series | pd.DataFrame | np.ndarray:
         """Predicted labels (a Series; multi-task: a DataFrame with one column per label); generators: the
         generated text, keyword arguments overriding the run's decoding settings (DecodeConfig)."""
+        if self._ensemble:
+            return self._ensemble.predict(data, as_pandas, allow_missing)
         if self.kind == GENERATION_RUN:
             df, texts = self._generate(data, decode, with_target=False, allow_missing=allow_missing)
             return pd.Series(texts, index=df.index, name=self.config.label) if as_pandas else np.asarray(texts)
@@ -175,6 +189,8 @@ class MultimodalPredictor:
                  **decode) -> dict[str, float]:
         """All metrics for a labelled table (multi-task: "label/metric" per label plus their mean "score";
         generators: BLEU, ROUGE-L, CIDEr-D, exact match); with `plots_dir`, also a confusion-matrix PNG."""
+        if self._ensemble:
+            return self._ensemble.evaluate(data, plots_dir, allow_missing)
         if self.kind == GENERATION_RUN:
             df, texts = self._generate(data, decode, with_target=True, allow_missing=allow_missing)
             return {**score_texts(texts, df, self.prep, self.config), "rows": len(df)}
@@ -214,6 +230,8 @@ class MultimodalPredictor:
     # ---- persistence ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write the run folder (config, preprocessing, weights, tokenizers, metrics, plots, model card)."""
+        if self._ensemble:
+            return self._ensemble.save(path)
         self.require_model()
         path = Path(path)
         res = self._result
@@ -237,10 +255,34 @@ class MultimodalPredictor:
         compress` loads as what it holds: a MultimodalPredictor (student, pruned, PyTorch int8) or an
         onnxruntime `OnnxPredictor` (int8 ONNX), which predicts, evaluates and serves alike.
         (`polymodal.runs.load_run` loads every kind of run folder, alignment runs included.)"""
+        if is_ensemble(path):
+            return EnsemblePredictor.load(path)
         if is_compressed(path):
             r = rebuild_compressed(path)
             return r if isinstance(r, OnnxPredictor) else cls.from_rebuilt(r, path)
         return cls.from_rebuilt(rebuild(path, device), path)
+
+    # ---- ensembles (preset balanced / best) -----------------------------------------------------------
+    def _fit_ensemble(self, train_data, valid_data, test_data, resume: bool) -> MultimodalPredictor:
+        if resume or self.kind != TABLE_RUN or getattr(self.config, "stream", False):
+            raise PolymodalError(f"--preset {self.preset} trains in memory from the start (no --resume or --stream)")
+        settings = EnsembleSettings(preset=self.preset, time_limit=self.config.time_limit, **self._ensemble_options)
+        self._ensemble = EnsemblePredictor.train(train_data, valid_data, test_data, self.config, settings,
+                                                 self.path, self._log)
+        self.prep, self.task, self.metrics = self._ensemble.prep, self._ensemble.task, self._ensemble.metrics
+        return self
+
+    def leaderboard(self, test_data=None) -> pd.DataFrame:
+        """Each model's validation score (and test score with `test_data`), weight, fit and predict seconds:
+        every member of an ensemble, or the one network of a --preset fast run."""
+        if self._ensemble:
+            return self._ensemble.leaderboard(test_data)
+        self.require_model()
+        row = {"model": f"fusion:{self.config.fusion}",
+               **{f"val_{k}": v for k, v in self.metrics.get("valid", {}).items()}}
+        if test_data is not None:
+            row.update({f"test_{k}": v for k, v in self.evaluate(test_data).items()})
+        return pd.DataFrame([{**row, "weight": 1.0, "fit_time_s": self.metrics.get("fit_seconds")}])
 
     # ---- helpers -------------------------------------------------------------------------------------
     def require_model(self) -> None:

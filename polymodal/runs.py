@@ -6,6 +6,7 @@
 | generation | `polymodal fit --task caption / vqa-open` | MultimodalPredictor (kind "generation") |
 | compressed | `polymodal compress` | MultimodalPredictor, or OnnxPredictor for an ONNX artefact |
 | alignment | `polymodal align` | retrieval.AlignedModel |
+| ensemble | `polymodal fit --preset balanced/best` | ensemble.EnsemblePredictor |
 | recommendation | `polymodal recommend fit` | recommend.Recommender |
 
 Model kinds are rebuilt by `training.build.rebuild` (compressed ones by `compress.artifacts.rebuild_compressed`,
@@ -18,6 +19,7 @@ import os
 from pathlib import Path
 
 from polymodal.compress.artifacts import is_compressed
+from polymodal.ensemble import ENSEMBLE_RUN, EnsemblePredictor
 from polymodal.errors import PolymodalError
 from polymodal.predictor import MultimodalPredictor
 from polymodal.recommend.recommender import Recommender
@@ -28,7 +30,7 @@ from polymodal.training.artifacts import CONFIG, read_json
 from polymodal.training.build import GENERATION_RUN, TABLE_RUN
 
 ALIGNMENT, COMPRESSED = "alignment", "compressed"
-RUN_KINDS = (TABLE_RUN, GENERATION_RUN, COMPRESSED, ALIGNMENT, RECOMMENDATION_RUN)
+RUN_KINDS = (TABLE_RUN, GENERATION_RUN, COMPRESSED, ALIGNMENT, RECOMMENDATION_RUN, ENSEMBLE_RUN)
 
 
 def run_kind(path: str | os.PathLike) -> str:
@@ -50,11 +52,13 @@ def run_kind(path: str | os.PathLike) -> str:
 
 def load_run(path: str | os.PathLike, device: str | None = None):
     """The front for any run folder: a `contracts.Predictor` for model kinds, an AlignedModel for alignment
-    runs, a Recommender for recommendation runs. Loads offline; GPU-trained runs load on CPU unless `device`
-    says otherwise."""
+    runs, a Recommender for recommendation runs, an EnsemblePredictor for ensembles. Loads offline; GPU-trained
+    runs load on CPU unless `device` says otherwise."""
     kind = run_kind(path)
     if kind == ALIGNMENT:
         return AlignedModel.load(path)
     if kind == RECOMMENDATION_RUN:
         return Recommender.load(path)
+    if kind == ENSEMBLE_RUN:
+        return EnsemblePredictor.load(path)
     return MultimodalPredictor.load(path, device)

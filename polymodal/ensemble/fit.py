@@ -1,0 +1,183 @@
+"""`fit_ensemble`: features from the fit pipeline's prepare stage → every member bagged over k folds (repeated
+with new folds while time remains) → out-of-fold predictions → ensemble selection → temperature scaling.
+
+A member that raises, or would overrun its share of `--time-limit`, is dropped with a line in the log; the
+fit goes on with the others (and fails only when none is left)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from polymodal.data.readers import keep_rows
+from polymodal.ensemble.bagging import Budget, fold_groups, make_folds
+from polymodal.ensemble.config import EnsembleSettings
+from polymodal.ensemble.features import Featurizer, featurize
+from polymodal.ensemble.members import Member, Problem, Rows, build_member
+from polymodal.ensemble.scoring import check_metric, metric_value
+from polymodal.ensemble.selection import apply_temperature, blend, caruana, fit_temperature
+from polymodal.errors import PolymodalError
+from polymodal.problem_types import MULTILABEL, MULTITASK, REGRESSION
+from polymodal.training.config import FitConfig
+from polymodal.training.fit import TABLE_RECIPE
+from polymodal.training.pipeline import Log
+
+
+@dataclass
+class MemberResult:
+    """A member's bagged fold models (one list per completed repeat) and its out-of-fold record."""
+
+    member: Member
+    folds: list[list] = field(default_factory=list)  # repeat → fold → fitted state
+    oof_sum: np.ndarray | None = None
+    fit_seconds: float = 0.0
+    predict_seconds: float = 0.0  # predicting the held-out rows, all folds of all repeats
+    status: str = "ok"
+
+    @property
+    def oof(self) -> np.ndarray:
+        return self.oof_sum / len(self.folds)
+
+
+@dataclass
+class Ensemble:
+    """A trained ensemble in memory (ensemble/run_folder.py writes and reads it)."""
+
+    config: FitConfig
+    settings: EnsembleSettings
+    featurizer: Featurizer
+    problem: Problem
+    metric: str
+    results: dict[str, MemberResult]
+    weights: dict[str, float]
+    temperature: float
+    scores: dict[str, float]  # member (and "ensemble") → out-of-fold metric value
+    fit_seconds: float = 0.0
+    y: np.ndarray | None = None  # the training targets the scores were computed on
+    log: list[str] = field(default_factory=list)
+
+
+def refuse_unsupported(df: pd.DataFrame, config: FitConfig) -> None:
+    """Multi-label and multi-task labels are not ensembled (yet): say so before any time is spent."""
+    schema = TABLE_RECIPE.schema(df, config, lambda m: None)
+    if schema.problem_type in (MULTILABEL, MULTITASK):
+        raise PolymodalError(f"--preset balanced/best ensembles binary, multiclass and regression labels; this "
+                             f"label is {schema.problem_type}: train it with --preset fast")
+
+
+def targets(df: pd.DataFrame, featurizer: Featurizer) -> np.ndarray:
+    """Class ids, or values in the label's units."""
+    prep = featurizer.prep
+    y = prep.encode_target(df)
+    if prep.schema.problem_type == REGRESSION:
+        return y.astype(np.float64) * prep.target_std + prep.target_mean
+    return y.astype(np.int64)
+
+
+def fit_ensemble(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: FitConfig,
+                 settings: EnsembleSettings, scratch: str | Path, log: Log = print,
+                 members: list[Member] | None = None) -> Ensemble:
+    """Train the portfolio on `train_df` (+ `valid_df`: with out-of-fold predictions every row validates, so
+    a separate validation table joins the training rows). `members` overrides the preset's."""
+    budget = Budget(settings.time_limit)
+    scratch = Path(scratch)
+    refuse_unsupported(train_df, config)
+    if valid_df is not None:
+        log(f"  {len(valid_df)} validation rows join the {len(train_df)} training rows (out-of-fold predictions "
+            "validate every row)")
+        train_df = pd.concat([train_df, valid_df], ignore_index=True).set_axis(range(len(train_df) + len(valid_df)))
+    log(f"[{budget.status()}] features: preprocessing and the feature cache")
+    featurizer, df, matrix = featurize(train_df, config, log)
+    for key in featurizer.skipped():
+        log(f"  input {key!r} has no frozen encoder: only the fusion networks read it")
+    y = targets(df, featurizer)
+    prep = featurizer.prep
+    problem = Problem(prep.schema.problem_type, list(prep.classes or []), config.seed)
+    metric = check_metric(settings.eval_metric, problem.problem_type)
+    groups = fold_groups(df, prep.schema, config.group_column, log)
+    rows = Rows(df, matrix, y)
+    members = members if members is not None else [build_member(n, config) for n in settings.members]
+    results = {m.name: MemberResult(m) for m in members}
+    for rep in range(settings.repeats):
+        live = [r for r in results.values() if r.status == "ok"]
+        if not live:
+            break
+        folds = make_folds(y, not problem.regression, settings.folds, config.seed + rep, groups)
+        if rep:
+            if budget.train_left() <= 0:
+                break
+            log(f"[{budget.status()}] bagging repeat {rep + 1}/{settings.repeats} (new folds)")
+        pending = sum(r.member.share for r in live)
+        for res in live:
+            share = budget.train_left() * res.member.share / pending
+            pending -= res.member.share
+            if rep and res.fit_seconds / rep > budget.train_left():
+                log(f"  {res.member.name}: no time left for repeat {rep + 1}; keeps {rep} repeat(s)")
+                continue
+            bag(res, rows, folds, problem, share if rep == 0 else budget.train_left(), budget, scratch, rep, log)
+    done = {n: r for n, r in results.items() if r.status == "ok" and r.folds}
+    if not done:
+        raise PolymodalError("no ensemble member finished: " + "; ".join(f"{n}: {r.status}"
+                                                                        for n, r in results.items()))
+    oof = {n: r.oof for n, r in done.items()}
+    weights, _ = caruana(oof, y, metric, settings.selection_rounds)
+    blended = blend(oof, weights)
+    temperature = 1.0 if problem.regression else fit_temperature(blended, y)
+    blended = blended if problem.regression else apply_temperature(blended, temperature)
+    scores = {n: metric_value(metric, p, y) for n, p in oof.items()}
+    scores["ensemble"] = metric_value(metric, blended, y)
+    used = ", ".join(f"{n} {w:.2f}" for n, w in sorted(weights.items(), key=lambda kv: -kv[1]) if w > 0)
+    log(f"[{budget.status()}] ensemble: {used}; out-of-fold {metric} {scores['ensemble']:.4f}"
+        + (f", temperature {temperature:.3f}" if not problem.regression else ""))
+    return Ensemble(config, settings, featurizer, problem, metric, results, weights, temperature, scores,
+                    budget.elapsed(), y)
+
+
+def bag(res: MemberResult, rows: Rows, folds: list, problem: Problem, seconds: float, budget: Budget,
+        scratch: Path, rep: int, log: Log) -> None:
+    """One bagging repeat of one member within `seconds`: every fold or none (a partial repeat would leave
+    rows without an out-of-fold prediction). Errors and overruns drop the member."""
+    name, k = res.member.name, len(folds)
+    start, fitted, oof = time.time(), [], None
+    for i, (tr, va) in enumerate(folds):
+        spent = time.time() - start
+        if i and (spent / i * (i + 1) > 2 * seconds or budget.train_left() < spent / i):
+            why = f"would overrun its {seconds:.0f}s share of the time limit ({spent:.0f}s for {i}/{k} folds)"
+            return drop(res, why, rep, log)
+        log(f"[{budget.status()}] {name}: fold {i + 1}/{k}" + (f", repeat {rep + 1}" if rep else ""))
+        tr, va = np.sort(tr), np.sort(va)
+        folder = scratch / "members" / name.replace(":", "-") / f"r{rep}f{i}"
+        try:
+            model = res.member.fit(rows.take(tr), rows.take(va), problem,
+                                   max(1.0, (seconds - spent) / (k - i)), folder, log)
+            t = time.time()
+            pred = res.member.predict(model, rows.take(va), problem)
+            res.predict_seconds += time.time() - t
+        except Exception as exc:  # any member failure drops that member, never the whole fit
+            return drop(res, f"raised {type(exc).__name__}: {exc}", rep, log)
+        if oof is None:
+            oof = np.zeros((len(rows.y),) + pred.shape[1:], np.float64)
+        oof[va] = pred
+        fitted.append(model)
+    res.folds.append(fitted)
+    res.oof_sum = oof if res.oof_sum is None else res.oof_sum + oof
+    res.fit_seconds += time.time() - start
+
+
+def drop(res: MemberResult, why: str, rep: int, log: Log) -> None:
+    if rep and res.folds:  # earlier repeats stand: only this repeat is lost
+        log(f"  {res.member.name}: repeat {rep + 1} stopped ({why}); keeps {len(res.folds)} repeat(s)")
+        return
+    res.status = f"dropped: {why}"
+    log(f"  {res.member.name} dropped: {why}")
+
+
+def keep_known(df: pd.DataFrame, prep) -> pd.DataFrame:
+    """Rows whose class the ensemble knows (a test row with an unseen class cannot be scored)."""
+    if not prep.classes:
+        return df
+    return keep_rows(df, df[prep.schema.label].astype(str).isin(set(prep.classes)))

@@ -1,0 +1,170 @@
+"""An ensemble run folder — an ordinary run (`runs.load_run` loads it, offline):
+
+config.json (kind "ensemble", fit settings, ensemble settings, members, weights, temperature),
+featurizer/ (a table run folder: preprocessing + frozen encoders), members/<member>/r<repeat>f<fold>/ (a
+table run folder per fusion-network fold, model.joblib per other fold), leaderboard.csv, metrics.json,
+README.md (model card with the leaderboard) and manifest.json (SHA-256 of every model file, checked before
+anything is unpickled)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from polymodal.ensemble.config import EnsembleSettings
+from polymodal.ensemble.features import Featurizer
+from polymodal.ensemble.fit import Ensemble, MemberResult
+from polymodal.ensemble.members import Problem, Rows, build_member
+from polymodal.ensemble.scoring import metric_value
+from polymodal.ensemble.selection import apply_temperature, blend
+from polymodal.errors import PolymodalError
+from polymodal.files import sha256_file
+from polymodal.training import artifacts
+from polymodal.training.config import FitConfig
+from polymodal.version import __version__
+
+ENSEMBLE_RUN = "ensemble"
+LEADERBOARD = "leaderboard.csv"
+
+
+def is_ensemble(path: str | os.PathLike) -> bool:
+    config = Path(path) / artifacts.CONFIG
+    return config.exists() and artifacts.read_json(config).get("kind") == ENSEMBLE_RUN
+
+
+def member_dir(root: Path, name: str, rep: int, fold: int) -> Path:
+    return root / "members" / name.replace(":", "-") / f"r{rep}f{fold}"
+
+
+def fitted(ens: Ensemble, name: str) -> list:
+    """A member's fold models, every repeat; those of a loaded run are read on first use."""
+    res = ens.results[name]
+    for folds in res.folds:
+        for i, m in enumerate(folds):
+            if isinstance(m, Path):
+                folds[i] = res.member.load(m)
+    return [m for folds in res.folds for m in folds]
+
+
+def member_predictions(ens: Ensemble, rows: Rows, names: list[str]) -> dict[str, np.ndarray]:
+    """Each member's prediction: the mean over its fold models (bagging)."""
+    out = {}
+    for name in names:
+        models = fitted(ens, name)
+        out[name] = sum(ens.results[name].member.predict(m, rows, ens.problem) for m in models) / len(models)
+    return out
+
+
+def leaderboard(ens: Ensemble, test: dict[str, float] | None = None, test_seconds: dict | None = None
+                ) -> pd.DataFrame:
+    """Every member's out-of-fold score (and test score), ensemble weight, fit and predict time, status."""
+    rows = [{"model": "ensemble", "score_val": ens.scores.get("ensemble"), "weight": 1.0,
+             "fit_time_s": round(ens.fit_seconds, 2), "pred_time_val_s": None, "repeats": None,
+             "folds": ens.settings.folds, "status": f"temperature {ens.temperature:.3f}"
+             if not ens.problem.regression else "ok"}]
+    for name, res in ens.results.items():
+        rows.append({"model": name, "score_val": ens.scores.get(name), "weight": ens.weights.get(name, 0.0),
+                     "fit_time_s": round(res.fit_seconds, 2), "pred_time_val_s": round(res.predict_seconds, 3),
+                     "repeats": len(res.folds), "folds": ens.settings.folds, "status": res.status})
+    board = pd.DataFrame(rows)
+    board.insert(2, "eval_metric", ens.metric)
+    if test is not None:
+        board.insert(3, "score_test", board["model"].map(test))
+        board.insert(7, "pred_time_test_s", board["model"].map(test_seconds or {}))
+    return board
+
+
+def test_scores(ens: Ensemble, rows: Rows, timer) -> tuple[dict[str, float], dict[str, float]]:
+    """(member → test metric, member → predict seconds) for every member that finished, and the ensemble."""
+    names = [n for n, r in ens.results.items() if r.folds and r.status == "ok"]
+    preds, seconds = {}, {}
+    for name in names:
+        t = timer()
+        preds.update(member_predictions(ens, rows, [name]))
+        seconds[name] = round(timer() - t, 3)
+    scores = {n: metric_value(ens.metric, p, rows.y) for n, p in preds.items()}
+    scores["ensemble"] = metric_value(ens.metric, ensemble_output(ens, preds), rows.y)
+    return scores, seconds
+
+
+def ensemble_output(ens: Ensemble, preds: dict[str, np.ndarray]) -> np.ndarray:
+    out = blend(preds, ens.weights)
+    return out if ens.problem.regression else apply_temperature(out, ens.temperature)
+
+
+def save_ensemble(ens: Ensemble, path: str | os.PathLike, metrics: dict) -> Path:
+    """Write the run folder (see the module docstring); model files first, manifest, then reports."""
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    ens.featurizer.save(root / "featurizer")
+    members = {}
+    for name, res in ens.results.items():
+        if res.status == "ok" and res.folds:
+            for rep, folds in enumerate(res.folds):
+                for i, _ in enumerate(folds):
+                    res.member.save(fitted(ens, name)[rep * len(folds) + i], member_dir(root, name, rep, i))
+        members[name] = {"repeats": len(res.folds) if res.status == "ok" else 0,
+                         "folds": [len(f) for f in res.folds], "status": res.status,
+                         "fit_seconds": res.fit_seconds, "predict_seconds": res.predict_seconds}
+    artifacts.atomic_write_json(root / artifacts.CONFIG, {
+        "polymodal_version": __version__, "kind": ENSEMBLE_RUN, "fit": ens.config.to_dict(),
+        "ensemble": ens.settings.to_dict(), "problem_type": ens.problem.problem_type, "classes": ens.problem.classes,
+        "eval_metric": ens.metric, "members": members, "weights": ens.weights, "temperature": ens.temperature,
+        "scores": ens.scores, "fit_seconds": ens.fit_seconds})
+    files = sorted(p for p in root.rglob("*") if p.is_file() and (p.parent != root or p.name == artifacts.CONFIG))
+    artifacts.atomic_write_json(root / artifacts.MANIFEST, {"polymodal_version": __version__, "sha256": {
+        p.relative_to(root).as_posix(): sha256_file(p) for p in files if p.name != artifacts.MANIFEST}})
+    artifacts.atomic_write_json(root / artifacts.METRICS, metrics)
+    board = leaderboard(ens)
+    artifacts.atomic_write_text(root / LEADERBOARD, board.to_csv(index=False))
+    write_card(root, ens, board, metrics)
+    return root
+
+
+def load_ensemble(path: str | os.PathLike) -> tuple[Ensemble, dict]:
+    """(the ensemble, metrics.json); fold models are read when first used."""
+    root = Path(path)
+    if not artifacts.verify_manifest(root):
+        raise PolymodalError(f"{root} is an ensemble run without {artifacts.MANIFEST}: it cannot be checked before "
+                             "its pickled members are read")
+    c = artifacts.read_json(root / artifacts.CONFIG)
+    try:
+        config, settings = FitConfig.from_dict(c["fit"]), EnsembleSettings.from_dict(c["ensemble"])
+        problem = Problem(c["problem_type"], list(c["classes"]), config.seed)
+        results = {}
+        for name, m in c["members"].items():
+            res = MemberResult(build_member(name, config), status=m["status"], fit_seconds=m["fit_seconds"],
+                               predict_seconds=m["predict_seconds"])
+            if m["status"] == "ok":
+                res.folds = [[member_dir(root, name, r, i) for i in range(n)] for r, n in enumerate(m["folds"])]
+            results[name] = res
+    except (KeyError, TypeError, ValueError) as exc:
+        raise artifacts.damaged(root / artifacts.CONFIG, f"{type(exc).__name__}: {exc}") from None
+    ens = Ensemble(config, settings, Featurizer.load(root / "featurizer"), problem, c["eval_metric"], results,
+                   {k: float(v) for k, v in c["weights"].items()}, float(c["temperature"]), dict(c["scores"]),
+                   float(c.get("fit_seconds", 0.0)))
+    metrics_path = root / artifacts.METRICS
+    return ens, (artifacts.read_json(metrics_path) if metrics_path.exists() else {})
+
+
+def write_card(root: Path, ens: Ensemble, board: pd.DataFrame, metrics: dict) -> None:
+    prep = ens.featurizer.prep
+    lines = [f"# polymodal ensemble: predicts `{ens.config.label}`", "",
+             f"- problem type: **{ens.problem.problem_type}**; eval metric: {ens.metric}",
+             f"- preset `{ens.settings.preset}`: {ens.settings.folds}-fold bagging, up to {ens.settings.repeats} "
+             f"repeat(s), ensemble selection (Caruana et al. 2004)"
+             + (f", temperature {ens.temperature:.3f}" if not ens.problem.regression else ""),
+             f"- inputs: {', '.join(prep.feature_columns())}",
+             f"- fit time: {ens.fit_seconds:.1f} s", "", "## Leaderboard (out-of-fold scores)", "",
+             board.to_markdown(index=False), "",
+             "## Use", "", "```python", "from polymodal.runs import load_run",
+             f"p = load_run({str(root)!r})", "p.predict(df)  # or p.predict_proba(df), p.evaluate(df), "
+             "p.leaderboard(test_df)", "```"]
+    if metrics.get("test"):
+        lines[6:6] = ["- test: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items()
+                                             if isinstance(v, float))]
+    artifacts.atomic_write_text(root / "README.md", "\n".join(lines) + "\n")
+
