@@ -1,0 +1,92 @@
+"""Quality presets from Python and the CLI: MultimodalPredictor(preset=...), time limit, leaderboard, reload
+with identical predictions, and single-model tools refusing an ensemble with a clear message."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_wine
+from typer.testing import CliRunner
+
+from polymodal.cli import app
+from polymodal.ensemble import EnsemblePredictor
+from polymodal.errors import PolymodalError
+from polymodal.predictor import MultimodalPredictor
+from polymodal.runs import load_run
+
+
+def wine() -> tuple[pd.DataFrame, pd.DataFrame]:
+    df = load_wine(as_frame=True).frame.rename(columns={"target": "cultivar"})
+    df["cultivar"] = df["cultivar"].map({0: "a", 1: "b", 2: "c"})
+    df = df.sample(frac=1, random_state=1).reset_index(drop=True)
+    return df.iloc[:140], df.iloc[140:]
+
+
+def test_preset_best_from_python(tmp_path):
+    train, test = wine()
+    t0 = time.time()
+    p = MultimodalPredictor(label="cultivar", preset="best", time_limit=30, path=tmp_path / "run", verbose=False,
+                            max_epochs=15).fit(train, test_data=test)
+    assert time.time() - t0 <= 33  # within 10% of the limit
+    board = p.leaderboard(test)
+    assert board.loc[0, "model"] == "ensemble" and "score_test" in board
+    ok = board[(board["model"] != "ensemble") & (board["status"] == "ok")]
+    assert len(ok) >= 3 and ok["weight"].sum() == pytest.approx(1.0)
+    assert board.loc[0, "score_val"] >= ok["score_val"].max() - 1e-12  # accuracy: never below the best member
+    probs = p.predict_proba(test)
+    assert list(probs.columns) == ["a", "b", "c"]
+    np.testing.assert_allclose(probs.to_numpy().sum(1), 1.0, rtol=1e-6)
+    q = load_run(tmp_path / "run")
+    assert isinstance(q, EnsemblePredictor) and isinstance(MultimodalPredictor.load(tmp_path / "run"),
+                                                           EnsemblePredictor)
+    assert np.array_equal(q.predict_proba(test, as_pandas=False), probs.to_numpy())
+    assert (q.predict(test) == p.predict(test)).all()
+    assert q.evaluate(test) == p.evaluate(test)
+    assert p.metrics["test"]["accuracy"] == pytest.approx(np.mean(p.predict(test) == test["cultivar"]))
+
+
+def test_preset_choices_are_checked():
+    with pytest.raises(PolymodalError, match="--preset must be one of fast, balanced, best"):
+        MultimodalPredictor(label="y", preset="fastest")
+    with pytest.raises(PolymodalError, match="task 'caption' takes --preset fast"):
+        MultimodalPredictor(label="y", preset="best", task="caption")
+    with pytest.raises(PolymodalError, match="--eval-metric rmse does not apply to a multiclass label"):
+        MultimodalPredictor(label="cultivar", preset="balanced", eval_metric="rmse", verbose=False).fit(wine()[0])
+
+
+def test_fast_preset_leaderboard_is_its_one_network():
+    train, test = wine()
+    p = MultimodalPredictor(label="cultivar", verbose=False, max_epochs=2, progress=False).fit(train)
+    board = p.leaderboard(test)
+    assert list(board["model"]) == ["fusion:concat"]
+    assert board.loc[0, "test_accuracy"] == pytest.approx(p.evaluate(test)["accuracy"])
+
+
+def test_cli_fit_leaderboard_predict_and_refusals(tmp_path):
+    train, test = wine()
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["fit", str(tmp_path / "train.csv"), "--label", "cultivar", "--out", str(run),
+                                 "--preset", "balanced", "--time-limit", "25", "--eval-metric", "log_loss",
+                                 "--epochs", "10"])
+    assert r.exit_code == 0, r.output
+    assert "ensemble:" in r.output and "out-of-fold log_loss" in r.output
+    assert (run / "leaderboard.csv").exists() and "## Leaderboard" in (run / "README.md").read_text()
+    r = CliRunner().invoke(app, ["leaderboard", str(run), str(tmp_path / "test.csv")])
+    assert r.exit_code == 0, r.output
+    assert "ensemble" in r.output and "lightgbm" in r.output and "score_test" in r.output
+    r = CliRunner().invoke(app, ["predict", str(run), str(tmp_path / "test.csv"), "--out", str(tmp_path / "p.csv"),
+                                 "--proba"])
+    assert r.exit_code == 0, r.output
+    pred = pd.read_csv(tmp_path / "p.csv")
+    expected = load_run(run).predict(test)
+    assert (pred["predicted_cultivar"].to_numpy() == expected.to_numpy()).all()
+    r = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 2 and "is an ensemble" in r.output
+    r = CliRunner().invoke(app, ["fit", str(tmp_path / "train.csv"), "--label", "cultivar", "--out",
+                                 str(tmp_path / "x"), "--preset", "huge"])
+    assert r.exit_code == 2 and "--preset must be one of" in r.output
