@@ -26,7 +26,7 @@ from polymodal.predictor import MultimodalPredictor
 from polymodal.problem_types import GENERATION
 from polymodal.retrieval.cli import align, evaluate_alignment, index, search, zero_shot
 from polymodal.runs import ALIGNMENT, load_run, run_kind
-from polymodal.serve.cli import serve
+from polymodal.serve.cli import ENGINE_HELP, serve
 from polymodal.speak import speak_command
 from polymodal.tasks.speech import transcribe as run_transcribe
 from polymodal.tasks.speech import word_error_rate
@@ -256,7 +256,7 @@ def evaluate(run: Path = typer.Argument(..., help="run folder"),
         return evaluate_alignment(run, data, out, pair_id)
     p = load_run(run)
     plots = (out.parent if out else run / "evaluation")
-    metrics = p.evaluate(data, plots_dir=plots, **missing_inputs(allow_missing))
+    metrics = p.evaluate(data, plots_dir=plots, **missing_inputs(allow_missing, engine))
     print_metrics(metrics, f"evaluation of {run} on {data}")
     if out:
         atomic_write_json(out, metrics)
@@ -273,12 +273,14 @@ def predict(run: Path = typer.Argument(..., help="run folder (or a compressed on
             proba: bool = typer.Option(True, help="add one probability column per class"),
             stream: bool = typer.Option(False, "--stream", help="read DATA chunk by chunk and append each chunk's "
                                                               "predictions (tables past RAM)"),
+             engine: str | None = typer.Option(None, help=ENGINE_HELP),
             chunk_rows: int = typer.Option(10_000, help="rows per chunk with --stream"),
-            allow_missing: list[str] = typer.Option([], "--allow-missing", help=ALLOW_MISSING_HELP)) -> None:
+            allow_missing: list[str] = typer.Option([], "--allow-missing", help=ALLOW_MISSING_HELP),
+            engine: str | None = typer.Option(None, help=ENGINE_HELP)) -> None:
     """Write predictions (and class probabilities) for every row of a table."""
     p = load_run(run)
     if not stream:
-        result = _prediction_frame(p, read_table(data), proba, allow_missing)
+        result = _prediction_frame(p, read_table(data), proba, kwargs)
         atomic_write_text(out, result.to_csv(index=False))
         console.print(f"wrote {len(result)} predictions to {out}")
         return
@@ -289,27 +291,27 @@ def predict(run: Path = typer.Argument(..., help="run folder (or a compressed on
     with atomic_open(out) as f:
         for chunk in reader.chunks():
             if len(chunk):
-                frame = _prediction_frame(p, chunk, proba, allow_missing).assign(shard=Path(chunk.attrs["source"]).name,
+                frame = _prediction_frame(p, chunk, proba, kwargs).assign(shard=Path(chunk.attrs["source"]).name,
                                                                   shard_row=chunk.index)
                 frame.to_csv(f, index=False, header=rows == 0)
                 rows += len(frame)
     console.print(f"wrote {rows} predictions from {len(reader.files)} {reader.kind} shard(s) to {out}")
 
 
-def missing_inputs(allow_missing: list[str]) -> dict:
-    """predict/evaluate keyword arguments for --allow-missing (given only when used: compressed ONNX runs'
-    predictors take no such argument)."""
-    return {"allow_missing": allow_missing} if allow_missing else {}
+def missing_inputs(allow_missing: list[str], engine: str | None = None) -> dict:
+    """predict/evaluate keyword arguments for --allow-missing and --engine, given only when used."""
+    return {k: v for k, v in (("allow_missing", allow_missing), ("engine", engine)) if v}
+    kwargs = missing_inputs(allow_missing, engine)  # predict's keyword arguments
 
 
-def _prediction_frame(p, df, proba: bool, allow_missing: list[str]):
-    """`df` with predicted_<label> (and proba_<class>) columns added."""
-    pred = p.predict(df, **missing_inputs(allow_missing))
+def _prediction_frame(p, df, proba: bool, kwargs: dict):
+    """`df` with predicted_<label> (and proba_<class>) columns added; `kwargs`: predict's keyword arguments."""
+    pred = p.predict(df, **kwargs)
     result = df.copy()
     for name, values in (pred.items() if isinstance(pred, pd.DataFrame) else [(p.config.label, pred)]):
         result[f"predicted_{name}"] = values
     if proba and getattr(p.task, "problem_type", None) != GENERATION:  # generated text: no probabilities
-        probs = p.predict_proba(df, **missing_inputs(allow_missing))
+        probs = p.predict_proba(df, **kwargs)
         for c in probs.columns:
             if c not in p.config.labels:  # regression labels' "probabilities" are the predictions above
                 result[f"proba_{c}"] = probs[c].round(6)

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from polymodal.compress.artifacts import is_compressed, rebuild_compressed
+from polymodal.compress.engine import EngineChoice
 from polymodal.compress.onnx_export import OnnxPredictor
 from polymodal.contracts import Batch, outputs_to_answers
 from polymodal.data.dataset import check_rows, raise_or_drop
@@ -78,6 +79,7 @@ class MultimodalPredictor:
         self.model = self.prep = self.task = None
         self.model_id: str | None = None
         self.metrics: dict = {}
+        self.engines = EngineChoice()
 
     @classmethod
     def from_rebuilt(cls, r: Rebuilt, path: str | os.PathLike | None = None) -> MultimodalPredictor:
@@ -87,6 +89,7 @@ class MultimodalPredictor:
         self.path = Path(path) if path else None
         self.verbose, self._result, self.model_id, self.metrics = False, None, r.model_id, dict(r.metrics)
         self.preset, self._ensemble = FAST, None
+        self.engines = EngineChoice()
         return self
 
     # ---- training ------------------------------------------------------------------------------------
@@ -128,6 +131,7 @@ class MultimodalPredictor:
                 shutil.rmtree(run_dir, ignore_errors=True)
         self._result, self.config = res, res.config
         self.model, self.prep, self.task = res.model, res.prep, res.task
+        self.model_id = None  # new weights: their id comes with save (an ONNX graph cached for the old id is stale)
         self.metrics = fit_summary(res)
         if test_data is not None:
             self.metrics["test"] = self.evaluate(test_data)
@@ -140,34 +144,44 @@ class MultimodalPredictor:
         return RECIPES[self.kind]
 
     # ---- inference -----------------------------------------------------------------------------------
-    def _prepare(self, data, with_target: bool, allow_missing: Sequence[str] = ()):
+    def _prepare(self, data, with_target: bool, allow_missing: Sequence[str] = (), engine: str | None = None):
+        """Checked rows, cached features of frozen inputs (PyTorch engine, > 64 rows) and the module that
+        runs them: the model, or its verified ONNX graph (compress/engine.py; the whole graph: no feature cache)."""
         self.require_model()
         df = ensure_usable(as_table(data), self.prep, allow_missing)
         df, problems = raise_or_drop(df, check_rows(df, self.prep, with_target), "error", can_skip=False)
-        keys = frozen_keys(self.model, self.prep, self.config) if len(df) > 64 else []
+        module = self.inference_module(engine, df)
+        keys = frozen_keys(self.model, self.prep, self.config) if len(df) > 64 and module is self.model else []
         df, feats, _, _ = features_for(df, self.prep, self.model, keys, self.config, self.device, self._log, "error")
-        return df, feats
+        return df, feats, module
 
-    def predict_proba(self, data, as_pandas: bool = True, allow_missing: Sequence[str] = ()
-                      ) -> pd.DataFrame | np.ndarray:
+    def inference_module(self, engine: str | None = None, rows: pd.DataFrame | None = None) -> torch.nn.Module:
+        """What predicts for `engine` ("auto" | "torch" | "onnx"; None: POLYMODAL_ENGINE, else "auto"): the
+        PyTorch model or its ONNX graph, exported on first use and checked against PyTorch on `rows`."""
+        return self.engines.module(engine, self.model, self.task, self.prep, self.path, self.model_id, rows,
+                                   onnx_able=self.kind == TABLE_RUN)
+
+    def predict_proba(self, data, as_pandas: bool = True, allow_missing: Sequence[str] = (),
+                      engine: str | None = None) -> pd.DataFrame | np.ndarray:
         """Class probabilities (columns = classes), or predicted values for regression.
 
         Multi-task: one block per label, columns "label:class" (and "label" for a regression label). Every
-        input column the model was trained on must be in `data`, except those in `allow_missing` (missing inputs)."""
+        input column the model was trained on must be in `data`, except those in `allow_missing` (missing inputs).
+        `engine`: "auto" (default: onnxruntime when the run's ONNX graph passes its parity check), "torch", "onnx"."""
         if self._ensemble:
             return self._ensemble.predict_proba(data, as_pandas, allow_missing)
         if self.kind == GENERATION_RUN:
             raise PolymodalError(f"a {self.config.task} model generates text and has no class probabilities: use "
                                  "predict (and evaluate for its scores)")
-        df, feats = self._prepare(data, with_target=False, allow_missing=allow_missing)
-        probs, _ = predict_probs(self.model, self.task, self.prep, df, self.config, feats, with_target=False)
+        df, feats, module = self._prepare(data, with_target=False, allow_missing=allow_missing, engine=engine)
+        probs, _ = predict_probs(module, self.task, self.prep, df, self.config, feats, with_target=False)
         if not as_pandas:
             return probs
         return pd.DataFrame(probs.reshape(len(df), -1), columns=self.task.output_columns(self.config.label),
                             index=df.index)
 
-    def predict(self, data, as_pandas: bool = True, allow_missing: Sequence[str] = (), **decode
-                ) -> pd.Series | pd.DataFrame | np.ndarray:
+    def predict(self, data, as_pandas: bool = True, allow_missing: Sequence[str] = (), engine: str | None = None,
+                **decode) -> pd.Series | pd.DataFrame | np.ndarray:
         """Predicted labels (a Series; multi-task: a DataFrame with one column per label); generators: the
         generated text, keyword arguments overriding the run's decoding settings (DecodeConfig)."""
         if self._ensemble:
@@ -177,7 +191,7 @@ class MultimodalPredictor:
             return pd.Series(texts, index=df.index, name=self.config.label) if as_pandas else np.asarray(texts)
         if decode:
             raise PolymodalError(f"{', '.join(decode)}: decoding settings apply to text generators only")
-        probs = self.predict_proba(data, as_pandas=False, allow_missing=allow_missing)
+        probs = self.predict_proba(data, as_pandas=False, allow_missing=allow_missing, engine=engine)
         values = self.task.labels(probs)
         index = as_table(data).index if as_pandas else None
         if isinstance(values, dict):
@@ -186,7 +200,7 @@ class MultimodalPredictor:
         return pd.Series(values, name=self.config.label, index=index) if as_pandas else np.asarray(values)
 
     def evaluate(self, data, plots_dir: str | os.PathLike | None = None, allow_missing: Sequence[str] = (),
-                 **decode) -> dict[str, float]:
+                 engine: str | None = None, **decode) -> dict[str, float]:
         """All metrics for a labelled table (multi-task: "label/metric" per label plus their mean "score";
         generators: BLEU, ROUGE-L, CIDEr-D, exact match); with `plots_dir`, also a confusion-matrix PNG."""
         if self._ensemble:
@@ -194,8 +208,8 @@ class MultimodalPredictor:
         if self.kind == GENERATION_RUN:
             df, texts = self._generate(data, decode, with_target=True, allow_missing=allow_missing)
             return {**score_texts(texts, df, self.prep, self.config), "rows": len(df)}
-        df, feats = self._prepare(data, with_target=True, allow_missing=allow_missing)
-        probs, target = predict_probs(self.model, self.task, self.prep, df, self.config, feats)
+        df, feats, module = self._prepare(data, with_target=True, allow_missing=allow_missing, engine=engine)
+        probs, target = predict_probs(module, self.task, self.prep, df, self.config, feats)
         metrics = self.task.metrics(probs, target)
         metrics["rows"] = len(df)
         evaluation_plots(self.task, self.prep.classes, probs, target, plots_dir)
@@ -204,7 +218,7 @@ class MultimodalPredictor:
     def _generate(self, data, decode: dict, with_target: bool, allow_missing: Sequence[str] = ()
                   ) -> tuple[pd.DataFrame, list[str]]:
         settings = self.decode_config(decode)
-        df, feats = self._prepare(data, with_target=with_target, allow_missing=allow_missing)
+        df, feats, _ = self._prepare(data, with_target=with_target, allow_missing=allow_missing, engine="torch")
         return df, generate_texts(self.model, self.task.vocab, self.prep, df, self.config, feats, settings)
 
     def decode_config(self, settings: dict | None = None) -> DecodeConfig:
@@ -222,7 +236,8 @@ class MultimodalPredictor:
 
         rows = len(next(iter(batch["present"].values()))) if batch.get("present") else 1
         outs: list = []
-        run_inference(self.model, [batch], self.device, step, rows, lambda out, _: outs.append(out))
+        module = self.inference_module()  # the default engine ("auto": ONNX once the run's graph is verified)
+        run_inference(module, [batch], self.device, step, rows, lambda out, _: outs.append(out))
         if self.kind == GENERATION_RUN:
             return [{"prediction": t, "probabilities": None} for t in self.task.vocab.decode(outs[0])]
         return outputs_to_answers(self.task, outs[0], self.config.label)

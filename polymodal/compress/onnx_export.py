@@ -287,6 +287,13 @@ def export_predictor(predictor, out: str | Path, check_table=None, opset: int = 
     return check_parity(predictor.model, predictor.prep, out, df)
 
 
+def _only_onnx(engine: str | None) -> None:
+    """An exported (compressed) model has only its ONNX graph: engine "auto" or "onnx" (or None)."""
+    if engine is not None and str(engine).strip().lower() not in ("auto", "onnx"):
+        raise PolymodalError(f"this model is an ONNX file run by onnxruntime: engine {engine!r} does not apply "
+                             "(use auto or onnx)")
+
+
 class OnnxPredictor:
     """Predict with an exported model in onnxruntime, reusing polymodal's table reading and preprocessing.
 
@@ -323,7 +330,8 @@ class OnnxPredictor:
             out.append(self.session.run(["logits"], to_numpy_feeds(self.spec, batch))[0])
         return np.concatenate(out) if out else np.zeros((0, self.task.num_outputs), np.float32)
 
-    def predict_proba(self, data, as_pandas: bool = True) -> pd.DataFrame | np.ndarray:
+    def predict_proba(self, data, as_pandas: bool = True, engine: str | None = None) -> pd.DataFrame | np.ndarray:
+        _only_onnx(engine)
         df = as_table(data)
         probs = self.task.probabilities(torch.from_numpy(self.logits(df))).numpy()
         if not as_pandas:
@@ -331,7 +339,9 @@ class OnnxPredictor:
         return pd.DataFrame(probs.reshape(len(df), -1), columns=self.task.output_columns(self.config.label),
                             index=df.index)
 
-    def predict(self, data, as_pandas: bool = True) -> pd.Series | pd.DataFrame | np.ndarray:
+    def predict(self, data, as_pandas: bool = True, engine: str | None = None
+                ) -> pd.Series | pd.DataFrame | np.ndarray:
+        _only_onnx(engine)
         df = as_table(data)
         values = self.task.labels(self.predict_proba(df, as_pandas=False))
         if isinstance(values, dict):  # multi-task
@@ -339,9 +349,10 @@ class OnnxPredictor:
             return frame if as_pandas else frame.to_numpy()
         return pd.Series(values, name=self.meta["label"], index=df.index) if as_pandas else np.asarray(values)
 
-    def evaluate(self, data, plots_dir: str | Path | None = None) -> dict[str, float]:
+    def evaluate(self, data, plots_dir: str | Path | None = None, engine: str | None = None) -> dict[str, float]:
         """The task's metrics on a labelled table (as MultimodalPredictor.evaluate, with its confusion-matrix
         PNG under `plots_dir`)."""
+        _only_onnx(engine)
         df = as_table(data)
         probs = self.predict_proba(df, as_pandas=False)
         target = self.prep.encode_target(df)
