@@ -156,3 +156,13 @@ def test_multilabel_is_refused_clearly(tmp_path):
     with pytest.raises(PolymodalError, match="multilabel: train it with --preset fast"):
         fit_ensemble(df, None, FitConfig(label="tags", problem_type="multilabel"), EnsembleSettings(), tmp_path,
                      lambda m: None)
+
+
+def test_tiny_time_limit_still_ends_with_a_model(tmp_path):
+    log: list[str] = []
+    t0 = time.time()
+    ens = fit_ensemble(cancer(120, 5), None, FitConfig(label="y"), EnsembleSettings(preset="best", time_limit=0.5),
+                       tmp_path, log.append)
+    assert time.time() - t0 < 15  # the networks and later repeats are skipped, not run past the limit
+    assert ens.results["linear"].status == "ok" and ens.weights["linear"] > 0
+    assert any("dropped" in r.status or not r.folds for r in ens.results.values() if r.member.name != "linear")

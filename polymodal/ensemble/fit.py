@@ -89,7 +89,9 @@ def fit_ensemble(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: 
     if valid_df is not None:
         log(f"  {len(valid_df)} validation rows join the {len(train_df)} training rows (out-of-fold predictions "
             "validate every row)")
-        train_df = pd.concat([train_df, valid_df], ignore_index=True).set_axis(range(len(train_df) + len(valid_df)))
+        attrs = dict(train_df.attrs)  # source file and base folder (relative media paths)
+        train_df = pd.concat([train_df, valid_df], ignore_index=True)
+        train_df.attrs.update(attrs)
     log(f"[{budget.status()}] features: preprocessing and the feature cache")
     featurizer, df, matrix = featurize(train_df, config, log)
     for key in featurizer.skipped():
@@ -101,6 +103,10 @@ def fit_ensemble(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: 
     groups = fold_groups(df, prep.schema, config.group_column, log)
     rows = Rows(df, matrix, y)
     members = members if members is not None else [build_member(n, config) for n in settings.members]
+    if budget.train_left() <= 0:  # the cache was cold and encoding took the whole budget
+        log(f"  the time limit went on computing features ({budget.elapsed():.0f}s): only {members[0].name} trains, "
+            "past the limit (the feature cache makes the next fit faster; or raise --time-limit)")
+        members = members[:1]
     results = {m.name: MemberResult(m) for m in members}
     for rep in range(settings.repeats):
         live = [r for r in results.values() if r.status == "ok"]
@@ -118,7 +124,9 @@ def fit_ensemble(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: 
             if rep and res.fit_seconds / rep > budget.train_left():
                 log(f"  {res.member.name}: no time left for repeat {rep + 1}; keeps {rep} repeat(s)")
                 continue
-            bag(res, rows, folds, problem, share if rep == 0 else budget.train_left(), budget, scratch, rep, log)
+            first = not any(r.folds for r in results.values())  # the first member finishes whatever the clock says
+            bag(res, rows, folds, problem, share if rep == 0 else budget.train_left(), budget, scratch, rep, log,
+                must_finish=first)
     done = {n: r for n, r in results.items() if r.status == "ok" and r.folds}
     if not done:
         raise PolymodalError("no ensemble member finished: " + "; ".join(f"{n}: {r.status}"
@@ -138,14 +146,15 @@ def fit_ensemble(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: 
 
 
 def bag(res: MemberResult, rows: Rows, folds: list, problem: Problem, seconds: float, budget: Budget,
-        scratch: Path, rep: int, log: Log) -> None:
+        scratch: Path, rep: int, log: Log, must_finish: bool = False) -> None:
     """One bagging repeat of one member within `seconds`: every fold or none (a partial repeat would leave
-    rows without an out-of-fold prediction). Errors and overruns drop the member."""
+    rows without an out-of-fold prediction). Errors and overruns drop the member; `must_finish` (the first
+    member, so that a fit always ends with a model) only drops it on errors."""
     name, k = res.member.name, len(folds)
     start, fitted, oof = time.time(), [], None
     for i, (tr, va) in enumerate(folds):
         spent = time.time() - start
-        if i and (spent / i * (i + 1) > 2 * seconds or budget.train_left() < spent / i):
+        if i and not must_finish and (spent / i * (i + 1) > 2 * seconds or budget.train_left() < spent / i):
             why = f"would overrun its {seconds:.0f}s share of the time limit ({spent:.0f}s for {i}/{k} folds)"
             return drop(res, why, rep, log)
         log(f"[{budget.status()}] {name}: fold {i + 1}/{k}" + (f", repeat {rep + 1}" if rep else ""))
