@@ -35,12 +35,13 @@ def _lin(w, b, x):
 
 def _known_ban() -> BANFusion:
     f = BANFusion(DIMS, hidden=2, dropout=0.0, glimpses=1, k=1).eval()
+    _set(f.v_in, [[1.0, 0.0, 0.5], [0.0, 1.0, -1.0]], [0.0, 0.2])
     _set(f.q_in, [[1.0, 0.5], [-0.5, 1.0]], [0.1, 0.0])
-    _set(f.att_v, [[1.0, 0.0, 0.5], [0.0, 1.0, -1.0]], [0.0, 0.2])
+    _set(f.att_v, [[1.0, -0.5], [0.3, 1.0]], [0.1, 0.0])
     _set(f.att_q, [[0.5, 0.0], [0.0, 1.0]], [0.1, 0.1])
     with torch.no_grad():
         f.att_p.copy_(torch.tensor([[1.5, -0.5]]))
-    _set(f.b_v[0], [[0.2, 1.0, 0.0], [1.0, 0.0, 0.3]], [0.0, 0.1])
+    _set(f.b_v[0], [[0.2, 1.0], [1.0, 0.3]], [0.0, 0.1])
     _set(f.b_q[0], [[1.0, -1.0], [0.5, 0.5]], [0.2, 0.0])
     _set(f.q_prj[0], [[1.0, 2.0], [0.0, -1.0]], [0.5, 0.0])
     return f
@@ -48,8 +49,9 @@ def _known_ban() -> BANFusion:
 
 def _ban_by_hand(f: BANFusion, V: list[list[float]], Y: list[list[float]]) -> list[float]:
     """BAN with one glimpse and k = 1, written out as loops over tokens and hidden units."""
-    w = {n: (getattr(f, n).weight.tolist(), getattr(f, n).bias.tolist()) for n in ("q_in", "att_v", "att_q")}
+    w = {n: (getattr(f, n).weight.tolist(), getattr(f, n).bias.tolist()) for n in ("v_in", "q_in", "att_v", "att_q")}
     p = f.att_p[0].tolist()
+    V = [_lin(*w["v_in"], x) for x in V]
     q0 = [_lin(*w["q_in"], y) for y in Y]
     av = [_relu(_lin(*w["att_v"], x)) for x in V]
     aq = [_relu(_lin(*w["att_q"], q)) for q in q0]

@@ -98,10 +98,11 @@ class PairFusion(Fusion):
 class BANFusion(PairFusion):
     """Bilinear attention over visual tokens x_i (i ≤ N) and query tokens y_j (j ≤ M), as in BAN's code:
 
-    - query tokens are projected to `hidden`: q⁰_j = W_q y_j (BAN's GRU states; here the encoder's tokens);
+    - both are projected to `hidden`: v_i = W_v x_i, q⁰_j = W_q y_j (BAN's GRU states; here the encoder's
+      tokens);
     - G attention maps from the first query, one low-rank bilinear form each, softmax over all valid (i, j):
-      A_g[i, j] ∝ exp(p_gᵀ (relu(U x_i) ∘ relu(V q⁰_j)));
-    - glimpse g pools f_g[k] = Σ_ij A_g[i, j] relu(U_g x_i)_k relu(V_g q^g_j)_k (rank `k` per hidden unit,
+      A_g[i, j] ∝ exp(p_gᵀ (relu(U v_i) ∘ relu(V q⁰_j)));
+    - glimpse g pools f_g[k] = Σ_ij A_g[i, j] relu(U_g v_i)_k relu(V_g q^g_j)_k (rank `k` per hidden unit,
       sum-pooled in groups of `k`) and updates the query residually: q^{g+1}_j = q^g_j + P_g f_g;
     - output: the mean of the valid tokens of q^G (BAN sums them; the mean keeps the scale independent of the
       question's length), plus the projected other inputs.
@@ -118,8 +119,11 @@ class BANFusion(PairFusion):
             raise PolymodalError(f"glimpses and k must be ≥ 1, got glimpses={glimpses}, k={k}")
         self.glimpses, self.k = int(glimpses), int(k)
         rank = hidden * self.k
-        dv = self.in_dims[self.visual]
+        # visual tokens are projected once to `hidden` and the maps' projections act on that: U_g W_v is a
+        # rank-`hidden` factorisation of BAN's U_g, three times cheaper on 1280-d image grid tokens
+        self.v_in = nn.Linear(self.in_dims[self.visual], hidden)
         self.q_in = nn.Linear(self.in_dims[self.query], hidden)
+        dv = hidden
         self.att_v, self.att_q = nn.Linear(dv, rank), nn.Linear(hidden, rank)
         # no bias on the map logits: a softmax over all (i, j) ignores a shared shift, it would never train
         self.att_p = nn.Parameter(torch.randn(self.glimpses, rank) / rank ** 0.5)
@@ -136,8 +140,8 @@ class BANFusion(PairFusion):
         return masked_softmax(logits, valid, (2, 3))
 
     def fuse(self, x: dict[str, Tensor], present: dict[str, Tensor], masks: dict[str, Tensor]) -> Tensor:
-        v, vm, y, qm = self.pair_tokens(x, present, masks)
-        q = self.q_in(y)
+        x_v, vm, y, qm = self.pair_tokens(x, present, masks)
+        v, q = self.v_in(x_v), self.q_in(y)
         att = self.attention(v, vm, q, qm)
         for g in range(self.glimpses):
             bv = self.drop(torch.relu(self.b_v[g](v)))
