@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from polymodal.cli_options import encoder_settings, finetune_settings, parse_kv, print_metrics
 from polymodal.compress.cli import compress, export
 from polymodal.data.readers import read_table
 from polymodal.data.shards import ShardReader, media_dir
@@ -47,42 +48,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Multimodal deep learning on tables of image, text, audio and tabular columns.")
 
 
-def _parse_kv(spec: str | None) -> dict[str, str]:
-    if not spec:
-        return {}
-    try:
-        return dict(p.split("=", 1) for p in spec.split(",") if p.strip())
-    except ValueError:
-        raise PolymodalError(f"expected name=value[,name=value...], got {spec!r}") from None
-
-
-def encoder_settings(image: str | None = None, text: str | None = None, audio: str | None = None,
-                     video: str | None = None, timeseries: str | None = None, image_size: int | None = None,
-                     video_opts: dict | None = None) -> tuple[dict[str, str], dict[str, dict]]:
-    """(modality → encoder name, modality → builder options) from the CLI's encoder flags."""
-    names = {k: v for k, v in {"image": image, "text": text, "audio": audio, "video": video,
-                               "timeseries": timeseries}.items() if v}
-    opts: dict[str, dict] = {"image": {"image_size": image_size}} if image_size else {}
-    video = {k: v for k, v in (video_opts or {}).items() if v is not None}
-    if image_size and video:
-        video.setdefault("image_size", image_size)
-    if video:
-        opts["video"] = video
-    return names, opts
-
-
-def print_metrics(metrics: dict, title: str) -> None:
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in metrics.items():
-        if isinstance(v, float):
-            table.add_row(k, f"{v:.4f}")
-        elif isinstance(v, (int, str)):
-            table.add_row(k, str(v))
-    Console().print(table)
-
-
 @app.command()
 @user_errors
 def fit(
@@ -113,8 +78,9 @@ def fit(
                                      help="a video's sound track as the extra input '<col>:audio'"),
     timeseries_encoder: str | None = typer.Option(None, help="ts-cnn (default), ts-gru, ts-transformer"),
     image_size: int | None = typer.Option(None, help="image side in pixels (default 224)"),
-    finetune: str | None = typer.Option(None, help="modalities whose pretrained encoder is fine-tuned: "
-                                           "image,text,video"),
+    finetune: str | None = typer.Option(None, help="pretrained encoders to fine-tune: whole (image,text,video) "
+                                           "or only their last k blocks/layers over a cached prefix "
+                                           "(image:top=3,text:top=2)"),
     fusion: str = typer.Option("concat", help="fusion strategy: concat, late, ..."),
     tokens: bool | None = typer.Option(None, "--tokens/--no-tokens",
                                        help="token sequences into the fusion (default: for transformer, film)"),
@@ -182,15 +148,17 @@ def fit(
         out = out.parent / f".{out.name}.new"  # trained beside it; swapped in only when complete
         shutil.rmtree(out, ignore_errors=True)
     labels = label if len(label) > 1 else label[0]
-    ptype = _parse_kv(problem_type) if problem_type and "=" in problem_type else problem_type
-    weights = {k: float(v) for k, v in _parse_kv(task_weights).items()} if task_weights else None
+    ptype = parse_kv(problem_type) if problem_type and "=" in problem_type else problem_type
+    weights = {k: float(v) for k, v in parse_kv(task_weights).items()} if task_weights else None
     encoders, encoder_opts = encoder_settings(
         image_encoder, text_encoder, audio_encoder, video_encoder, timeseries_encoder, image_size,
         {"backbone": video_backbone, "num_frames": video_frames, "sampling": video_sampling, "fps": video_fps,
          "audio": None if video_audio else False})
-    frozen = {m.strip(): False for m in (finetune or "").split(",") if m.strip()}
+    frozen, tops = finetune_settings(finetune)
+    for mod, k in tops.items():
+        encoder_opts.setdefault(mod, {})["train_top"] = k
     p = MultimodalPredictor(
-        label=labels, problem_type=ptype, path=out, column_types=_parse_kv(column_types),
+        label=labels, problem_type=ptype, path=out, column_types=parse_kv(column_types),
         encoders=encoders, encoder_opts=encoder_opts, frozen=frozen, fusion=fusion, max_epochs=epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
         on_bad_rows=on_bad_rows, num_workers=num_workers, precision=precision,
@@ -250,6 +218,7 @@ def evaluate(run: Path = typer.Argument(..., help="run folder"),
              out: Path | None = typer.Option(None, help="write metrics JSON (and confusion matrix) here"),
              pair_id: str | None = typer.Option(None, help="alignment runs: column whose equal values are positives"),
              allow_missing: list[str] = typer.Option([], "--allow-missing", help=ALLOW_MISSING_HELP),
+             engine: str | None = typer.Option(None, help=ENGINE_HELP),
              ) -> None:
     """Score a trained run on a labelled table (an alignment run: Recall@K, median rank, mAP both ways)."""
     if run_kind(run) == ALIGNMENT:
@@ -273,12 +242,12 @@ def predict(run: Path = typer.Argument(..., help="run folder (or a compressed on
             proba: bool = typer.Option(True, help="add one probability column per class"),
             stream: bool = typer.Option(False, "--stream", help="read DATA chunk by chunk and append each chunk's "
                                                               "predictions (tables past RAM)"),
-             engine: str | None = typer.Option(None, help=ENGINE_HELP),
             chunk_rows: int = typer.Option(10_000, help="rows per chunk with --stream"),
             allow_missing: list[str] = typer.Option([], "--allow-missing", help=ALLOW_MISSING_HELP),
             engine: str | None = typer.Option(None, help=ENGINE_HELP)) -> None:
     """Write predictions (and class probabilities) for every row of a table."""
     p = load_run(run)
+    kwargs = missing_inputs(allow_missing, engine)  # predict's keyword arguments
     if not stream:
         result = _prediction_frame(p, read_table(data), proba, kwargs)
         atomic_write_text(out, result.to_csv(index=False))
@@ -301,7 +270,6 @@ def predict(run: Path = typer.Argument(..., help="run folder (or a compressed on
 def missing_inputs(allow_missing: list[str], engine: str | None = None) -> dict:
     """predict/evaluate keyword arguments for --allow-missing and --engine, given only when used."""
     return {k: v for k, v in (("allow_missing", allow_missing), ("engine", engine)) if v}
-    kwargs = missing_inputs(allow_missing, engine)  # predict's keyword arguments
 
 
 def _prediction_frame(p, df, proba: bool, kwargs: dict):
@@ -350,7 +318,7 @@ def compare(
         raise PolymodalError(f"unknown fusions {sorted(unknown)}; choose from {', '.join(fusion_names())}")
     encoders, encoder_opts = encoder_settings(image_encoder, text_encoder, audio_encoder, video_encoder,
                                               timeseries_encoder, image_size)
-    cfg = FitConfig(label=label, problem_type=problem_type, column_types=_parse_kv(column_types),
+    cfg = FitConfig(label=label, problem_type=problem_type, column_types=parse_kv(column_types),
                     encoders=encoders, encoder_opts=encoder_opts,
                     max_epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, group_column=group_column)
     results = run_compare(read_table(train), cfg, names, [int(s) for s in seeds.split(",")],
@@ -380,7 +348,7 @@ def validate(data: Path = typer.Argument(..., help="table to check (the training
         tables["valid"] = read_table(valid)
     if test:
         tables["test"] = read_table(test)
-    problems, schema = validate_tables(tables, label, _parse_kv(column_types), decode=decode)
+    problems, schema = validate_tables(tables, label, parse_kv(column_types), decode=decode)
     if schema:
         Console().print("columns: " + ", ".join(f"{c}={m}" for c, m in schema["columns"].items())
                         + f"; problem type: {schema['problem_type']}")

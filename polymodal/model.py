@@ -41,7 +41,8 @@ class MultiHead(nn.Module):
 class MultimodalModel(nn.Module):
     """`encoders[key](inputs[key])` → `fusion(features, present, masks)` → `head`.
 
-    Inputs whose frozen encoder output was precomputed arrive in `batch["features"]` and skip the encoder.
+    Inputs whose frozen encoder output was precomputed arrive in `batch["features"]` and skip the encoder
+    (for an encoder with `train_top`, the features are its frozen prefix's output and only its top runs).
     `token_inputs` (key → modality) are fed to the fusion as token sequences (B, T, D) from
     `encoders.tokens.token_features` instead of pooled vectors; their token masks come from the zero padding.
     """
@@ -59,7 +60,9 @@ class MultimodalModel(nn.Module):
         features: Features = {}
         for key in sorted(self.encoders.keys()):
             if key in batch.get("features", {}):
-                features[key] = batch["features"][key].float()
+                f, enc = batch["features"][key].float(), self.encoders[key]
+                # a partly fine-tuned encoder's cache holds its frozen prefix's output: its top runs here
+                features[key] = enc.from_prefix(f, key in self.token_inputs) if getattr(enc, "train_top", 0) else f
             elif key in self.token_inputs:
                 features[key] = token_features(self.encoders[key], batch["inputs"][key], self.token_inputs[key],
                                                self.token_configs.get(key, {}))

@@ -4,6 +4,12 @@ An encoder is an `Encoder`: `forward(x) -> (B, out_dim)` float32, `tokens(x) -> 
 `cache_id` (feature-cache key: weights + preprocessing), `pretrained`, `freeze()` and
 `preprocess_config()` (JSON settings for the data layer). `polymodal.contracts.Encoder` states the same
 contract as a Protocol.
+
+Partial fine-tuning (`train_top = k`, e.g. `--finetune image:top=3`): the encoder is a frozen prefix and a
+trainable top (its last k blocks or layers). The prefix's output is what the feature cache stores, so training
+runs only the top: `prefix(x)` → cached activations, `from_prefix(h, tokens)` → the pooled vector or the token
+sequence, equal to `forward(x)` / `tokens(x)`. Encoders that can be split implement `prefix`, `top_map` and
+`top_modules`.
 """
 
 from __future__ import annotations
@@ -29,17 +35,51 @@ class Encoder(nn.Module):
         super().__init__()
         self.frozen = False
 
+    train_top: int = 0  # > 0: only the last train_top blocks/layers train; the prefix below is frozen and cached
+
     def freeze(self) -> Encoder:
-        """No trainable parameters, and eval mode (BatchNorm statistics, dropout) that `.train()` keeps."""
+        """No trainable parameters, and eval mode (BatchNorm statistics, dropout) that `.train()` keeps.
+        With `train_top`, the top's parameters stay trainable."""
         for p in self.parameters():
             p.requires_grad_(False)
         self.frozen = True
+        for m in self.top_modules() if self.train_top else ():
+            for p in m.parameters():
+                p.requires_grad_(True)
         return self.train(False)
 
     def train(self, mode: bool = True) -> Encoder:
         # A parent's .train() recurses into children; a frozen feature extractor must not switch
         # BatchNorm back to batch statistics or its features would drift from the cached ones.
-        return super().train(mode and not getattr(self, "frozen", False))
+        frozen = getattr(self, "frozen", False)
+        super().train(mode and not frozen)
+        if mode and frozen and self.train_top:
+            # the top trains (dropout on) but keeps the pretrained BatchNorm statistics: a fine-tuning batch is
+            # too small and too narrow a domain to re-estimate them
+            for m in self.top_modules():
+                m.train(True)
+                for b in m.modules():
+                    if isinstance(b, nn.modules.batchnorm._BatchNorm):
+                        b.train(False)
+        return self
+
+    # ---- partial fine-tuning (see the module docstring) -------------------------------------------------
+    def prefix(self, x) -> Tensor:
+        """The frozen prefix's output for `x`: what the feature cache stores for a `train_top` encoder."""
+        raise PolymodalError(f"{self.cache_id}: this encoder cannot be split for partial fine-tuning (top=k); "
+                             "fine-tune it whole (--finetune MODALITY) or choose a built-in pretrained one")
+
+    def prefix_shape(self) -> tuple[int, ...]:  # pragma: no cover - split encoders override
+        """The shape of one row's prefix output (for a batch in which every value is missing)."""
+        raise NotImplementedError
+
+    def from_prefix(self, h: Tensor, tokens: bool = False) -> Tensor:  # pragma: no cover - split encoders override
+        raise NotImplementedError
+
+    def top_modules(self) -> list[nn.Module]:
+        """The modules holding the trainable top's parameters."""
+        self.prefix(None)  # raises the clear error for encoders that cannot be split
+        return []
 
     def tokens(self, x) -> Tensor:  # pragma: no cover - every concrete encoder overrides it
         raise NotImplementedError

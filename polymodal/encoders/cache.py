@@ -205,7 +205,10 @@ def _collate(items) -> tuple[list[int], torch.Tensor | dict | None, dict[int, st
 
 
 def namespace(encoder: torch.nn.Module, spec: InputSpec, tokens: bool = False) -> str:
-    return encoder.cache_id + "|" + json.dumps(spec.config, sort_keys=True) + ("|tokens" if tokens else "")
+    top = getattr(encoder, "train_top", 0)
+    # a partly fine-tuned encoder caches its prefix's output (the same for pooled and token use)
+    what = f"|prefix-top{top}" if top else ("|tokens" if tokens else "")
+    return encoder.cache_id + "|" + json.dumps(spec.config, sort_keys=True) + what
 
 
 @torch.inference_mode()
@@ -214,9 +217,13 @@ def encode_values(encoder: torch.nn.Module, spec: InputSpec, values: list[str], 
                   progress: Callable[[int], None] | None = None,
                   tokens: bool = False) -> tuple[np.ndarray, dict[int, str]]:
     """Run a frozen encoder over unique values; returns (features, {index: error}) for undecodable ones.
-    `tokens`: token sequences (N, T, D) as `encoders.tokens.token_features` makes them, as float16."""
+    `tokens`: token sequences (N, T, D) as `encoders.tokens.token_features` makes them, as float16. An encoder
+    with `train_top` gives its frozen prefix's output (float16) instead."""
     encoder.eval().to(device)
-    if tokens:
+    if getattr(encoder, "train_top", 0):  # the frozen prefix's activations, as float16 like token sequences
+        def run(x):
+            return encoder.prefix(x).half()
+    elif tokens:
         def run(x):
             return token_features(encoder, x, spec.modality, spec.config).half()
     else:
@@ -368,8 +375,10 @@ def precompute_features(df: pd.DataFrame, prep: Preprocessor, encoders: dict[str
             if ckeys[v] in failed:
                 problems.extend(Problem(int(r), col, failed[ckeys[v]]) for r, x in zip(df.index, vals) if x == v)
                 ckeys[v] = None
-        dim = next(iter(found.values())).shape if found else (enc.out_dim,)
-        out = _row_array((len(df), *dim), np.float16 if as_tokens else np.float32, cache_dir)
+        half = as_tokens or getattr(enc, "train_top", 0)
+        dim = next(iter(found.values())).shape if found else (enc.prefix_shape() if half and not as_tokens
+                                                               else (enc.out_dim,))
+        out = _row_array((len(df), *dim), np.float16 if half else np.float32, cache_dir)
         present = np.zeros(len(df), bool)
         for r, v in enumerate(vals):
             k = ckeys.get(v) if v is not None else None

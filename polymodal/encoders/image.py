@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,6 +28,10 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 # flower.jpg, ImageNet top-1 is "daisy" for 7 crops with this normalisation and 3 with ImageNet's.
 LITE_MEAN = [0.5, 0.5, 0.5]
 LITE_STD = [0.5, 0.5, 0.5]
+
+
+# One step of a CNN trunk: the function, and the modules holding its parameters (for freezing the prefix)
+Stage = tuple[Callable[[Tensor], Tensor], tuple[nn.Module, ...]]
 
 
 def _grid_tokens(fmap: Tensor) -> Tensor:
@@ -47,13 +52,59 @@ class ImageEncoder(Encoder):
         self.pretrained = pretrained
 
     def feature_map(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        for step, _ in self.stages():
+            x = step(x)
+        return x
+
+    def stages(self) -> list[Stage]:
+        """The trunk as steps (stem, blocks, head conv) whose composition is `feature_map`; [] when the
+        encoder cannot be split for partial fine-tuning."""
+        return []
 
     def forward(self, x: Tensor) -> Tensor:
         return self.feature_map(x).mean(dim=(2, 3)).float()
 
     def tokens(self, x: Tensor) -> Tensor:
         return _grid_tokens(self.feature_map(x)).float()
+
+    # ---- partial fine-tuning: the last `train_top` blocks and the head conv train ----------------------
+    def _split(self) -> tuple[list[Stage], list[Stage]]:
+        steps = self.stages()
+        if not steps:
+            super().prefix(None)  # the clear "cannot be split" error
+        blocks = len(steps) - 2  # stem and head conv aside
+        if not 1 <= self.train_top <= blocks:
+            raise PolymodalError(f"{self.cache_id}: top={self.train_top} must be between 1 and {blocks} "
+                                 "(the number of blocks of the trunk)")
+        cut = len(steps) - self.train_top - 1
+        return steps[:cut], steps[cut:]
+
+    def prefix(self, x: Tensor) -> Tensor:
+        for step, _ in self._split()[0]:
+            x = step(x)
+        return x
+
+    @torch.no_grad()
+    def prefix_shape(self) -> tuple[int, ...]:
+        x = torch.zeros(1, 3, self.image_size, self.image_size, device=next(self.parameters()).device)
+        training = self.training
+        self.eval()  # BatchNorm must not learn from this probe
+        try:
+            return tuple(self.prefix(x).shape[1:])
+        finally:
+            self.train(training)
+
+    def top_map(self, h: Tensor) -> Tensor:
+        for step, _ in self._split()[1]:
+            h = step(h)
+        return h
+
+    def from_prefix(self, h: Tensor, tokens: bool = False) -> Tensor:
+        fmap = self.top_map(h)
+        return _grid_tokens(fmap).float() if tokens else fmap.mean(dim=(2, 3)).float()
+
+    def top_modules(self) -> list[nn.Module]:
+        return [m for _, mods in self._split()[1] for m in mods]
 
     def preprocess_config(self) -> dict:
         return {"image_size": self.image_size, "mean": self.mean, "std": self.std}
@@ -79,16 +130,26 @@ def load_efficientnet_lite0(image_size: int = 224, weights_path: str | None = No
 class EfficientNetLite0(ImageEncoder):
     """EfficientNet-Lite0 trunk (ImageNet), global average pooled → 1280."""
 
-    def __init__(self, image_size: int = 224, weights_path: str | None = None) -> None:
+    def __init__(self, image_size: int = 224, weights_path: str | None = None, train_top: int = 0) -> None:
         source = "" if weights_path is None else "@" + _path_tag(weights_path)
         super().__init__(f"image:efficientnet-lite0{source}:{image_size}", 1280, image_size, LITE_MEAN,
                          LITE_STD, pretrained=True)
         self.net = load_efficientnet_lite0(image_size, weights_path)
         # Only the trunk is used; dropping the 1000-way classifier keeps it out of state dicts/optimisers.
         self.net._fc = nn.Identity()
+        self.train_top = int(train_top)
+        if self.train_top:
+            self._split()  # a clear error now for a top beyond the trunk
 
-    def feature_map(self, x: Tensor) -> Tensor:
-        return self.net.extract_features(x)
+    def stages(self) -> list[Stage]:
+        """`EfficientNet.extract_features` step by step (drop-connect rate scaled by block index as there)."""
+        net = self.net
+        rate, n = net._global_params.drop_connect_rate, len(net._blocks)
+        steps: list[Stage] = [(lambda x: net._swish(net._bn0(net._conv_stem(x))), (net._conv_stem, net._bn0))]
+        for idx, block in enumerate(net._blocks):
+            steps.append((partial(block, drop_connect_rate=rate * float(idx) / n if rate else rate), (block,)))
+        steps.append((lambda x: net._swish(net._bn1(net._conv_head(x))), (net._conv_head, net._bn1)))
+        return steps
 
 
 def _path_tag(path: str) -> str:
@@ -158,13 +219,16 @@ def load_mobilenet_v2() -> MobileNetV2:
 class MobileNetV2Encoder(ImageEncoder):
     """MobileNetV2 trunk (ImageNet, torchvision weights), global average pooled → 1280."""
 
-    def __init__(self, image_size: int = 224) -> None:
+    def __init__(self, image_size: int = 224, train_top: int = 0) -> None:
         super().__init__(f"image:mobilenet_v2:{image_size}", 1280, image_size, IMAGENET_MEAN, IMAGENET_STD,
                          pretrained=True)
         self.features = load_mobilenet_v2().features
+        self.train_top = int(train_top)
+        if self.train_top:
+            self._split()
 
-    def feature_map(self, x: Tensor) -> Tensor:
-        return self.features(x)
+    def stages(self) -> list[Stage]:
+        return [(layer, (layer,)) for layer in self.features]
 
 
 # --- small CNN from scratch ---------------------------------------------------------------------------
@@ -264,7 +328,14 @@ BUILTIN: dict[str, Callable[..., ImageEncoder]] = {
 }
 
 
+SPLITTABLE = ("efficientnet-lite0", "mobilenet_v2")  # encoders whose trunk `stages()` describes
+
+
 def build_image_encoder(name: str, **opts) -> ImageEncoder:
+    if opts.get("train_top") and name not in SPLITTABLE:
+        raise PolymodalError(f"image encoder '{name}' cannot be fine-tuned in part (top=k); that works for "
+                             f"{', '.join(SPLITTABLE)} (or fine-tune it whole: --finetune image)")
+    opts = {k: v for k, v in opts.items() if k != "train_top" or v}
     if name in BUILTIN:
         return BUILTIN[name](**opts)
     if name.startswith("timm:"):

@@ -6,10 +6,14 @@ name is passed to `AutoModel.from_pretrained` (hub id or local directory).
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polymodal.data.text import DEFAULT_TEXT, resolve
 from polymodal.encoders.base import Encoder
+from polymodal.encoders.tokens import token_mask
+from polymodal.errors import PolymodalError
 
 
 def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
@@ -18,27 +22,33 @@ def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
+def _layer_stack(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
+    """(parent, attribute, ModuleList) of the transformer's layer stack: the ModuleList as long as the config
+    says (BertModel.encoder.layer, etc.), found by length so the same code serves BERT, RoBERTa, DistilBERT
+    (transformer.layer) and others."""
+    total = model.config.num_hidden_layers
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.ModuleList) and len(child) == total:
+                return parent, child_name, child
+    raise ValueError(f"cannot find the {total}-layer stack of {type(model).__name__}")
+
+
 def _keep_first_layers(model: nn.Module, n: int) -> None:
     """Cut the transformer stack to its first `n` layers (e.g. the start of a distilled student)."""
     total = model.config.num_hidden_layers
     if not 1 <= n <= total:
         raise ValueError(f"num_layers must be in 1..{total}, got {n}")
-    # The layer stack is the ModuleList as long as the config says (BertModel.encoder.layer, etc.);
-    # found by length so the same code serves BERT, RoBERTa, DistilBERT (transformer.layer) and others.
-    for parent in model.modules():
-        for child_name, child in parent.named_children():
-            if isinstance(child, nn.ModuleList) and len(child) == total:
-                setattr(parent, child_name, child[:n])
-                model.config.num_hidden_layers = n
-                return
-    raise ValueError(f"cannot find the {total}-layer stack of {type(model).__name__} to truncate")
+    parent, name, stack = _layer_stack(model)
+    setattr(parent, name, stack[:n])
+    model.config.num_hidden_layers = n
 
 
 class HFTextEncoder(Encoder):
     """A transformers encoder; pooled output = attention-masked mean of the last hidden state."""
 
     def __init__(self, name: str = DEFAULT_TEXT, num_layers: int | None = None, max_length: int = 64,
-                 weights: bool = True) -> None:
+                 weights: bool = True, train_top: int = 0) -> None:
         super().__init__()
         from transformers import AutoConfig, AutoModel  # heavy (seconds to import): only when a text encoder is built
 
@@ -55,6 +65,10 @@ class HFTextEncoder(Encoder):
         self.pretrained = True
         # Weights (name + kept layers) and preprocessing (truncation length) both change the features.
         self.cache_id = f"text:{name}:L{self.num_layers}:len{max_length}"
+        self.train_top = int(train_top)
+        if self.train_top and not 1 <= self.train_top <= self.num_layers:
+            raise PolymodalError(f"text encoder {name}: top={self.train_top} must be between 1 and "
+                                 f"{self.num_layers} (its number of layers)")
 
     def tokens(self, x: dict[str, Tensor]) -> Tensor:
         """Last hidden states (B, L, D), padded positions included (the caller holds the mask)."""
@@ -66,6 +80,32 @@ class HFTextEncoder(Encoder):
 
     def preprocess_config(self) -> dict:
         return {"tokenizer": self.name, "max_length": self.max_length}
+
+    # ---- partial fine-tuning: the last `train_top` layers train ------------------------------------------
+    def prefix(self, x: dict[str, Tensor]) -> Tensor:
+        """Hidden states below the top layers, padded to max_length with padded positions exactly zero (so
+        the cached array has one shape, and the attention mask is recovered as `token_mask`)."""
+        out = self.model(input_ids=x["input_ids"], attention_mask=x["attention_mask"], output_hidden_states=True)
+        h = out.hidden_states[self.num_layers - self.train_top].float()
+        h = h * x["attention_mask"].unsqueeze(-1).to(h.dtype)
+        return F.pad(h, (0, 0, 0, max(0, self.max_length - h.shape[1])))[:, :self.max_length]
+
+    def prefix_shape(self) -> tuple[int, ...]:
+        return (self.max_length, self.out_dim)
+
+    def top_modules(self) -> list[nn.Module]:
+        return list(_layer_stack(self.model)[2][self.num_layers - self.train_top:])
+
+    def from_prefix(self, h: Tensor, tokens: bool = False) -> Tensor:
+        mask = token_mask(h)
+        # the additive mask BERT-style layers take (0 where attended, the dtype's minimum elsewhere); the
+        # same layers are called in order, so the output equals the uncut model's (tests/test_finetune.py)
+        extended = (~mask)[:, None, None, :].to(h.dtype) * torch.finfo(h.dtype).min
+        for layer in self.top_modules():
+            out = layer(h, attention_mask=extended)
+            h = out[0] if isinstance(out, tuple) else out
+        h = h * mask.unsqueeze(-1).to(h.dtype)
+        return h if tokens else masked_mean(h, mask)
 
 
 def build_text_encoder(name: str, **opts) -> HFTextEncoder:

@@ -1,0 +1,65 @@
+"""Option strings of the CLI turned into settings: name=value lists, the encoder flags, `--finetune`; and the
+metrics table every command prints. Kept apart so `cli.py` stays a list of commands."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from polymodal.errors import PolymodalError
+
+
+def parse_kv(spec: str | None) -> dict[str, str]:
+    if not spec:
+        return {}
+    try:
+        return dict(p.split("=", 1) for p in spec.split(",") if p.strip())
+    except ValueError:
+        raise PolymodalError(f"expected name=value[,name=value...], got {spec!r}") from None
+
+
+def encoder_settings(image: str | None = None, text: str | None = None, audio: str | None = None,
+                     video: str | None = None, timeseries: str | None = None, image_size: int | None = None,
+                     video_opts: dict | None = None) -> tuple[dict[str, str], dict[str, dict]]:
+    """(modality → encoder name, modality → builder options) from the CLI's encoder flags."""
+    names = {k: v for k, v in {"image": image, "text": text, "audio": audio, "video": video,
+                               "timeseries": timeseries}.items() if v}
+    opts: dict[str, dict] = {"image": {"image_size": image_size}} if image_size else {}
+    video = {k: v for k, v in (video_opts or {}).items() if v is not None}
+    if image_size and video:
+        video.setdefault("image_size", image_size)
+    if video:
+        opts["video"] = video
+    return names, opts
+
+
+def finetune_settings(spec: str | None) -> tuple[dict[str, bool], dict[str, int]]:
+    """`--finetune image,text:top=2` → ({"image": False}: fine-tuned whole, {"text": 2}: its last 2 layers)."""
+    frozen, tops = {}, {}
+    for item in (m.strip() for m in (spec or "").split(",")):
+        mod, _, opt = item.partition(":")
+        if not opt:
+            if mod:
+                frozen[mod] = False
+            continue
+        key, _, value = opt.partition("=")
+        if key != "top" or not value.isdigit() or int(value) < 1:
+            raise PolymodalError(f"--finetune {item!r}: write MODALITY (the whole encoder) or MODALITY:top=K "
+                                 "(its last K blocks or layers, K >= 1)")
+        if mod not in ("image", "text"):
+            raise PolymodalError(f"--finetune {item!r}: top=K splits image and text encoders only; fine-tune "
+                                 f"{mod} whole with --finetune {mod}")
+        tops[mod] = int(value)
+    return frozen, tops
+
+
+def print_metrics(metrics: dict, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            table.add_row(k, f"{v:.4f}")
+        elif isinstance(v, (int, str)):
+            table.add_row(k, str(v))
+    Console().print(table)
