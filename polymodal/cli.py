@@ -31,6 +31,7 @@ from polymodal.serve.cli import ENGINE_HELP, serve
 from polymodal.speak import speak_command
 from polymodal.tasks.speech import transcribe as run_transcribe
 from polymodal.tasks.speech import word_error_rate
+from polymodal.training.adapt import AdaptConfig, adapt_images
 from polymodal.training.artifacts import FIT_STATE, atomic_open, atomic_write_json, atomic_write_text
 from polymodal.training.compare import compare as run_compare
 from polymodal.training.compare import plot_comparison, summarise
@@ -65,7 +66,7 @@ def fit(
                                                        "(multi-task: label=type,...)"),
     column_types: str | None = typer.Option(None, help="override inference: col=image,col2=text,..."),
     image_encoder: str | None = typer.Option(None, help="efficientnet-lite0 (default), mobilenet_v2, "
-                                                "small-cnn, timm:NAME, torchvision:NAME"),
+                                                "small-cnn, timm:NAME, torchvision:NAME, adapted:DIR (adapt)"),
     text_encoder: str | None = typer.Option(None, help="minilm-l6 (default) or a Hugging Face model name"),
     audio_encoder: str | None = typer.Option(None, help="logmel-cnn (default) or whisper-tiny.en"),
     video_encoder: str | None = typer.Option(None, help="frames-mean (default), frames-attn, frames-transformer"),
@@ -378,6 +379,21 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="run folder"),
     metrics = run_demo(out, train_images, test_images, epochs)
     print_metrics(metrics, "easy-vqa test")
     Console().print(f"[bold]test accuracy: {metrics['accuracy']:.4f}[/]  ({time.time() - t0:.0f} s, run folder {out})")
+
+
+@app.command()
+@user_errors
+def adapt(table: Path = typer.Argument(..., help="table whose image column's files are the unlabelled images"),
+          column: str = typer.Option(..., help="the image column"),
+          out: Path = typer.Option(..., help="folder for the adapted encoder (use: --image-encoder adapted:OUT)"),
+          encoder: str = typer.Option("efficientnet-lite0", help="efficientnet-lite0 or mobilenet_v2"),
+          image_size: int = typer.Option(224, help="image side in pixels (fit uses the same)"),
+          top: int = typer.Option(3, help="blocks of the encoder's top that adapt (the rest stays ImageNet's)"),
+          epochs: int = typer.Option(10), batch_size: int = typer.Option(32), lr: float = typer.Option(3e-4),
+          seed: int = typer.Option(0)) -> None:
+    """Continue pre-training an image encoder on a table's own images (SimCLR, no labels needed)."""
+    adapt_images(table, AdaptConfig(column=column, encoder=encoder, image_size=image_size, train_top=top,
+                                    epochs=epochs, batch_size=batch_size, lr=lr, seed=seed), out, console.print)
 
 
 @app.command()
