@@ -191,9 +191,10 @@ class MultimodalPredictor:
             return pd.Series(texts, index=df.index, name=self.config.label) if as_pandas else np.asarray(texts)
         if decode:
             raise PolymodalError(f"{', '.join(decode)}: decoding settings apply to text generators only")
+        data = as_table(data)  # once (a file path would otherwise be read twice)
         probs = self.predict_proba(data, as_pandas=False, allow_missing=allow_missing, engine=engine)
         values = self.task.labels(probs)
-        index = as_table(data).index if as_pandas else None
+        index = data.index if as_pandas else None
         if isinstance(values, dict):
             frame = pd.DataFrame(values, index=index)
             return frame if as_pandas else frame.to_numpy()

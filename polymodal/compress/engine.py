@@ -253,7 +253,15 @@ class EngineChoice:
         self._key: tuple | None = None
         self._module: OnnxModule | None = None
         self.report: dict = {}
+        self._int8: tuple[int, bool] = (0, False)
         self._lock = threading.Lock()  # server threads: one export, not one per concurrent request
+
+    def _quantized(self, model: nn.Module) -> bool:
+        """Whether `model` holds PyTorch int8 layers (looked up once per model: a walk over ~300 modules costs
+        milliseconds, which a one-row predict notices)."""
+        if self._int8[0] != id(model):
+            self._int8 = (id(model), any("quantized" in type(m).__module__ for m in model.modules()))
+        return self._int8[1]
 
     def module(self, engine: str | None, model: nn.Module, task, prep: Preprocessor, run_dir, model_id,
                rows: pd.DataFrame | None, onnx_able: bool = True) -> nn.Module:
@@ -265,7 +273,7 @@ class EngineChoice:
         reason, failed = None, False
         if not onnx_able:
             reason = "this kind of model has no ONNX graph"
-        elif any("quantized" in type(m).__module__ for m in model.modules()):
+        elif self._quantized(model):
             reason = ("it is a PyTorch int8 model (dynamic quantisation scales each batch, so no one graph check "
                       "holds; `polymodal compress --backend onnx` makes an int8 ONNX model)")
         elif next(model.parameters()).device.type != "cpu":

@@ -248,7 +248,9 @@ def run_inference(model: nn.Module, batches: Iterable[dict], device, step: Calla
     batch moved to `device` and passed through `step(model, batch)` inside `model.inference_context`
     (inference_mode; bf16 autocast on CUDA, the precision training used); `on_batch(output, batch)` collects.
     `rows`: how many rows the batches hold."""
-    prepare_for_inference(model, device)
+    if model.training or _device_of(model) != torch.device(device):
+        # Once per model, not per call: .to() and .eval() walk every submodule, ~10 ms of a one-row predict.
+        prepare_for_inference(model, device)
     # A few rows on CPU: one thread. Measured on the 2-core machine under load, a 1-row predict with the
     # demo model took 0.2-0.3 s with one thread and 3-4 s with two (OpenMP threads spinning for cores).
     with one_thread(torch.device(device).type == "cpu" and rows <= 8), inference_context(device):
@@ -257,13 +259,20 @@ def run_inference(model: nn.Module, batches: Iterable[dict], device, step: Calla
             on_batch(step(model, batch), batch)
 
 
+def _device_of(model: nn.Module) -> torch.device | None:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else None
+
+
 def predict_probs(model: nn.Module, task, prep: Preprocessor, df: pd.DataFrame, config: FitConfig,
                   feats: dict | None = None, with_target: bool = True,
                   device: str | torch.device | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Probabilities (or regression values) for every row, with a plain loop: no Trainer per call."""
     device = device or next(model.parameters()).device
-    loader = make_loader(df, prep, feats or {}, dataclasses.replace(config, num_workers=0), train=False,
-                         with_target=with_target)
+    # Workers off (a few rows do not pay for starting them); replace() re-validates the config, which costs
+    # a one-row predict ~1 ms: only when needed.
+    loader_config = config if config.num_workers == 0 else dataclasses.replace(config, num_workers=0)
+    loader = make_loader(df, prep, feats or {}, loader_config, train=False, with_target=with_target)
     probs, targets = [], []
 
     def collect(out: torch.Tensor, batch: dict) -> None:

@@ -1,0 +1,216 @@
+"""CPU inference speed of `predict` per engine, against a hand-written loop of the same engine (issue 20).
+
+The model is the `polymodal demo` one (easy-vqa: EfficientNet-Lite0 at 128 px + MiniLM-L6, frozen, concat
+fusion, MLP head), fitted here on a few easy-vqa images (speed does not depend on how well it learned).
+
+Rows, all in one process, rounds of each method interleaved so that load from other processes hits all alike:
+  single row   `p.predict(one_row_df, engine=E)` on test rows in turn: median and p90 latency over --calls calls.
+  batch 32     `p.predict(df_32_rows, engine=E)`: rows/s, median over --rounds rounds.
+  hand loop    the same work written plainly for the same engine: PIL decode + resize + normalise, the HF
+               tokenizer, one forward (`model(batch)` under inference_mode, or `session.run`), softmax,
+               argmax, class names; the same thread settings polymodal uses (torch: 1 intra-op thread for
+               <= 8 rows, its default otherwise; onnxruntime: the engine's session). Its answers are checked
+               to equal predict's.
+Targets (issue 20): single-row predict < 15 ms median; predict >= 0.95x the hand loop of its engine;
+batch-32 throughput >= 4x today's (today = the PyTorch engine's predict).
+
+  python benchmarks/inference.py --out benchmarks/results/inference.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import WORK  # noqa: E402
+from polymodal.compress.engine import OnnxModule, ort_threads  # noqa: E402
+from polymodal.data.text import get_tokenizer  # noqa: E402
+from polymodal.demo import easy_vqa_table  # noqa: E402
+from polymodal.predictor import MultimodalPredictor  # noqa: E402
+from polymodal.runs import load_run  # noqa: E402
+from polymodal.types import IMAGE, TEXT  # noqa: E402
+
+ENGINES = ("torch", "onnx")
+
+
+def demo_run(folder: Path, train_images: int, refit: bool) -> Path:
+    """The demo's model (its encoders, image size and head; fewer images and epochs), fitted once into `folder`."""
+    if refit and folder.exists():
+        shutil.rmtree(folder)
+    if not (folder / "config.json").exists():
+        data = folder.parent / "inference-data"
+        data.mkdir(parents=True, exist_ok=True)
+        easy_vqa_table("train", train_images).to_csv(data / "train.csv", index=False)
+        MultimodalPredictor(label="answer", path=folder, encoder_opts={"image": {"image_size": 128}},
+                            max_epochs=2, batch_size=128, lr=2e-3, patience=4, verbose=False,
+                            progress=False).fit(data / "train.csv")
+    return folder
+
+
+class HandLoop:
+    """The same prediction written plainly: decode, tokenise, one forward, softmax, argmax."""
+
+    def __init__(self, p, engine: str) -> None:
+        self.p, self.engine, self.classes = p, engine, list(p.task.classes)
+        self.images = [(k, s.config) for k, s in p.prep.inputs.items() if s.modality == IMAGE]
+        self.texts = [(k, s.config) for k, s in p.prep.inputs.items() if s.modality == TEXT]
+        self.tok = {k: get_tokenizer(c["tokenizer"]) for k, c in self.texts}
+        self.model = p.model.eval()
+        if engine == "onnx":
+            module = p.inference_module("onnx")
+            assert isinstance(module, OnnxModule)
+            self.session = module.session
+
+    def inputs(self, df: pd.DataFrame) -> dict:
+        out = {}
+        for key, cfg in self.images:
+            arrs = []
+            mean, std = np.asarray(cfg["mean"], np.float32), np.asarray(cfg["std"], np.float32)
+            for path in df[key]:
+                with Image.open(path) as im:
+                    im = im.convert("RGB").resize((cfg["image_size"],) * 2, Image.BILINEAR)
+                arr = (np.asarray(im, dtype=np.float32) / 255.0 - mean) / std
+                arrs.append(arr.transpose(2, 0, 1))
+            out[key] = np.ascontiguousarray(np.stack(arrs))
+        for key, cfg in self.texts:
+            enc = self.tok[key](list(df[key]), padding=True, truncation=True, max_length=cfg.get("max_length", 64),
+                                return_tensors="np")
+            out[f"{key}__input_ids"], out[f"{key}__attention_mask"] = enc["input_ids"], enc["attention_mask"]
+        return out
+
+    def probs(self, df: pd.DataFrame) -> np.ndarray:
+        x = self.inputs(df)
+        n = len(df)
+        if self.engine == "onnx":
+            feeds = {**x, **{f"present__{k}": np.ones(n, dtype=bool) for k, _ in self.images + self.texts}}
+            logits = self.session.run(["logits"], feeds)[0]
+        else:
+            batch = {"inputs": {k: torch.from_numpy(x[k]) for k, _ in self.images}, "features": {},
+                     "present": {k: torch.ones(n, dtype=torch.bool) for k, _ in self.images + self.texts}}
+            for k, _ in self.texts:
+                batch["inputs"][k] = {p: torch.from_numpy(x[f"{k}__{p}"]) for p in ("input_ids", "attention_mask")}
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1 if n <= 8 else threads)  # what polymodal's loop does (pipeline.run_inference)
+            try:
+                with torch.inference_mode():
+                    logits = self.model(batch).numpy()
+            finally:
+                torch.set_num_threads(threads)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    def predict(self, df: pd.DataFrame) -> list[str]:
+        return [self.classes[i] for i in self.probs(df).argmax(1)]
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def summary_ms(times: list[float]) -> dict:
+    ms = np.asarray(times) * 1000
+    return {"median_ms": round(float(np.median(ms)), 2), "p90_ms": round(float(np.percentile(ms, 90)), 2),
+            "calls": len(ms)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train-images", type=int, default=60)
+    ap.add_argument("--test-images", type=int, default=20)
+    ap.add_argument("--calls", type=int, default=40, help="single-row calls per method (>= 30)")
+    ap.add_argument("--rounds", type=int, default=7, help="batch-32 rounds per method")
+    ap.add_argument("--refit", action="store_true", help="fit the model again (default: reuse the work folder)")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/inference.json"))
+    args = ap.parse_args()
+
+    run = demo_run(WORK / "inference-run", args.train_images, args.refit)
+    test = easy_vqa_table("test", args.test_images)
+    shutil.rmtree(run / "onnx", ignore_errors=True)  # export timed below, as a user's first predict meets it
+    t0 = time.perf_counter()
+    p = load_run(run)
+    load_s = time.perf_counter() - t0
+    first_s = timed(lambda: p.predict(test.head(1)))  # auto: export + parity check + one row
+    parity = json.loads((run / "onnx" / "parity.json").read_text())
+    graph_mb = (run / "onnx" / "model.onnx").stat().st_size / 2**20
+
+    loops = {e: HandLoop(p, e) for e in ENGINES}
+    batch = test.head(32).reset_index(drop=True)
+    # the same answers: predict of each engine vs its hand loop vs PyTorch's predict
+    reference = p.predict_proba(batch, as_pandas=False, engine="torch")
+    checks = {}
+    for e in ENGINES:
+        got = p.predict_proba(batch, as_pandas=False, engine=e)
+        hand = loops[e].probs(batch)
+        checks[e] = {"max_abs_diff_vs_torch_predict": float(np.abs(got - reference).max()),
+                     "hand_loop_max_abs_diff": float(np.abs(hand - got).max()),
+                     "answers_equal_hand_loop": bool(list(p.predict(batch, engine=e)) == loops[e].predict(batch))}
+        assert checks[e]["answers_equal_hand_loop"] and checks[e]["hand_loop_max_abs_diff"] < 1e-4, checks[e]
+
+    methods: dict[str, Callable[[pd.DataFrame], object]] = {}
+    for e in ENGINES:
+        methods[f"predict/{e}"] = lambda df, e=e: p.predict(df, engine=e)
+        methods[f"hand/{e}"] = loops[e].predict
+    for fn in methods.values():  # warm-up: tokenizer, allocator, first-call paths
+        fn(test.head(1))
+        fn(batch)
+
+    single: dict[str, list[float]] = {m: [] for m in methods}
+    for i in range(args.calls):
+        row = test.iloc[[i % len(test)]]
+        for m, fn in methods.items():
+            single[m].append(timed(lambda fn=fn, row=row: fn(row)))
+    rates: dict[str, list[float]] = {m: [] for m in methods}
+    for _ in range(args.rounds):
+        for m, fn in methods.items():
+            rates[m].append(len(batch) / timed(lambda fn=fn: fn(batch)))
+
+    results = {m: {"single_row": summary_ms(single[m]),
+                   "batch32_rows_per_s": round(statistics.median(rates[m]), 1)} for m in methods}
+    ratios = {}
+    for e in ENGINES:
+        pr, hd = results[f"predict/{e}"], results[f"hand/{e}"]
+        ratios[e] = {"single_row_vs_hand": round(hd["single_row"]["median_ms"] / pr["single_row"]["median_ms"], 3),
+                     "batch32_vs_hand": round(pr["batch32_rows_per_s"] / hd["batch32_rows_per_s"], 3)}
+    torch_b32 = results["predict/torch"]["batch32_rows_per_s"]
+    best_single = min(results[f"predict/{e}"]["single_row"]["median_ms"] for e in ENGINES)
+    targets = {
+        "single_row_median_under_15ms": {"value_ms": best_single, "met": best_single < 15},
+        "predict_at_least_0.95x_hand_loop": {
+            e: {"single_row": ratios[e]["single_row_vs_hand"], "batch32": ratios[e]["batch32_vs_hand"],
+                "met": min(ratios[e].values()) >= 0.95} for e in ENGINES},
+        "batch32_at_least_4x_torch_predict": {
+            "value": round(results["predict/onnx"]["batch32_rows_per_s"] / torch_b32, 2),
+            "met": results["predict/onnx"]["batch32_rows_per_s"] >= 4 * torch_b32},
+    }
+    out = {"command": "python benchmarks/inference.py " + " ".join(sys.argv[1:]),
+           "model": "easy-vqa demo model: efficientnet-lite0 128 px + minilm-l6 (frozen), concat, MLP head",
+           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                       "torch_threads": torch.get_num_threads(), "ort_threads": ort_threads(),
+                       "load_avg_1min_end": round(os.getloadavg()[0], 2)},
+           "load_run_s": round(load_s, 2), "first_predict_with_export_s": round(first_s, 2),
+           "onnx_graph_mb": round(graph_mb, 1), "parity": parity, "answer_checks": checks,
+           "results": results, "ratios": ratios, "targets": targets}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps({k: out[k] for k in ("results", "ratios", "targets", "first_predict_with_export_s")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
