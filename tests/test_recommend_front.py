@@ -1,6 +1,6 @@
 """The recommendation front (issue 17): Recommender fit / save / load / top_k / evaluate, the FAISS top-k
-against brute force, cold items, the `polymodal recommend` commands' exit codes and messages, POST
-/recommend, and one integration run on MovieLens-100K (skipped when the shared data is absent)."""
+against brute force, cold items, the `polymodal recommend` commands' exit codes and messages, and one
+integration run on MovieLens-100K (skipped when the shared data is absent)."""
 
 from __future__ import annotations
 
@@ -184,25 +184,6 @@ def test_cli_fit_top_k_evaluate_and_errors(tmp_path):
         r = _cli(*args)
         assert r.exit_code == 2, (args, r.output)
         assert message in " ".join(r.output.split()), (args, r.output)
-
-
-def test_recommend_endpoint(fitted):
-    from fastapi.testclient import TestClient
-
-    from polymodal.serve.recommend import recommend_app
-
-    rec, _ = fitted
-    client = TestClient(recommend_app(rec))
-    r = client.post("/recommend", json={"user": 45, "k": 3})
-    assert r.status_code == 200
-    assert r.json() == {"user": "45", "items": rec.top_k("45", 3)}
-    for body, field in (({"user": "nobody"}, "user"), ({"user": 1, "k": 0}, "k"), ({"user": 1, "x": 1}, "x"),
-                        ({"user": True}, "user"), ({"user": 1, "include_seen": "yes"}, "include_seen")):
-        r = client.post("/recommend", json=body)
-        assert r.status_code == 422 and r.json()["field"] == field, (body, r.json())
-    assert client.post("/recommend", content=b"user=1",
-                       headers={"content-type": "text/plain"}).status_code == 415
-    assert client.get("/schema").json()["items"] == 26
 
 
 @pytest.mark.skipif(not ML.is_dir(), reason=f"MovieLens-100K with posters is not at {ML} (shared data absent)")
