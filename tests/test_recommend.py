@@ -25,7 +25,14 @@ from polymodal.recommend.data import (
 )
 from polymodal.recommend.metrics import full_ranking_metrics, sampled_metrics, sampled_ranks
 from polymodal.recommend.model import TowerConfig, TwoTower
-from polymodal.recommend.train import Histories, TrainConfig, train_two_tower, user_vectors
+from polymodal.recommend.train import (
+    Histories,
+    TrainConfig,
+    cap_per_group,
+    train_two_tower,
+    training_bags,
+    user_vectors,
+)
 
 
 def test_sampled_metrics_hand_made():
@@ -154,3 +161,18 @@ def test_baselines_against_hand_computation():
     p = np.linalg.inv(x.T @ x + lam * np.eye(3))
     b = np.eye(3) - p @ np.diag(1 / np.diag(p))  # Steck's closed form, diagonal exactly 0
     assert ease(x, lam)(np.arange(3)) == pytest.approx(x @ b)
+
+
+def test_training_bags_cap_history():
+    rng = np.random.default_rng(0)
+    group = np.repeat(np.arange(4), [3, 10, 0 + 1, 40])
+    mask = rng.random(len(group)) < 0.8
+    capped = cap_per_group(mask, group, 5, rng)
+    for g in range(4):
+        inside = group == g
+        assert capped[inside].sum() == min(5, mask[inside].sum())  # the cap, or all when fewer
+    assert not (capped & ~mask).any()  # only kept entries survive
+    hist = Histories([np.arange(50), np.arange(3)])
+    bags = training_bags(hist, np.array([0, 1]), np.array([10, 1]), 1, 0, 0.0, rng, max_history=8)
+    idx, offsets = bags[0]
+    assert offsets.tolist() == [0, 8] and len(idx) == 10 and 10 not in idx[:8].tolist()

@@ -43,6 +43,7 @@ class TrainConfig:
     loss: str = "sampled-softmax"
     num_negatives: int = 0
     history_dropout: float = 0.5
+    max_history: int = 0  # training bags keep at most this many random history items (0: all)
     item_id_dropout: float = 0.0
     user_id_dropout: float = 0.0
     patience: int = 3
@@ -51,6 +52,8 @@ class TrainConfig:
     def check(self) -> None:
         if self.loss not in LOSSES:
             raise PolymodalError(f"unknown loss {self.loss!r}; use one of {', '.join(LOSSES)}")
+        if self.max_history < 0:
+            raise PolymodalError("max_history must be 0 (no cap) or positive")
         if self.epochs < 1 or self.batch_size < 2:
             raise PolymodalError("epochs must be at least 1 and the batch size at least 2")
         for name in ("history_dropout", "item_id_dropout", "user_id_dropout"):
@@ -102,14 +105,28 @@ def inference_bags(hist: Histories, users: np.ndarray, n_pools: int, recent: int
     return bags
 
 
+def cap_per_group(mask: np.ndarray, group: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """`mask` with at most `cap` True entries per group value, the survivors chosen uniformly at random."""
+    idx = np.flatnonzero(mask)
+    order = np.lexsort((rng.random(len(idx)), group[idx]))  # by group, random within a group
+    g = group[idx][order]
+    rank = np.arange(len(g)) - np.searchsorted(g, g, side="left")
+    out = mask.copy()
+    out[idx[order[rank >= cap]]] = False
+    return out
+
+
 def training_bags(hist: Histories, users: np.ndarray, pos: np.ndarray, n_pools: int, recent: int,
-                  drop: float, rng: np.random.Generator) -> list[tuple[Tensor, Tensor]]:
-    """History bags without the target position (and with dropout), recent = the items just before it."""
+                  drop: float, rng: np.random.Generator, max_history: int = 0) -> list[tuple[Tensor, Tensor]]:
+    """History bags without the target position (with dropout, and at most `max_history` random items: the
+    mean of a random subset estimates the whole history's mean at a fraction of the cost for long histories),
+    recent = the items just before it."""
     start, length = hist.start[users], hist.length[users]
     bags = []
     if n_pools:
         def keep(ex, p):
-            return (p != pos[ex]) & (rng.random(len(p)) >= drop)
+            mask = (p != pos[ex]) & (rng.random(len(p)) >= drop)
+            return cap_per_group(mask, ex, max_history, rng) if max_history else mask
 
         bags.append(_bag(hist.flat, start, length, keep))
     if n_pools > 1:
@@ -207,7 +224,7 @@ def train_two_tower(model: TwoTower, inputs: dict, hist: Histories, cfg: TrainCo
             if cfg.item_id_dropout:
                 item_keep = item_keep * (torch.rand(len(warm), generator=gen) >= cfg.item_id_dropout)
             item_vecs, pools = model.item_parts(inputs["items"], item_keep)
-            bags = training_bags(hist, u, p, pools_n, recent, cfg.history_dropout, rng)
+            bags = training_bags(hist, u, p, pools_n, recent, cfg.history_dropout, rng, cfg.max_history)
             ut = torch.from_numpy(u)
             user_keep = inputs["user_warm"][ut].float()
             if cfg.user_id_dropout:
