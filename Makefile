@@ -2,7 +2,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,retrieval,export,serve,speech,video
+EXTRAS ?= dev,retrieval,export,serve,speech,video,finetune
 
 .PHONY: setup demo test lint bench clean browser
 

@@ -79,9 +79,9 @@ def fit(
                                      help="a video's sound track as the extra input '<col>:audio'"),
     timeseries_encoder: str | None = typer.Option(None, help="ts-cnn (default), ts-gru, ts-transformer"),
     image_size: int | None = typer.Option(None, help="image side in pixels (default 224)"),
-    finetune: str | None = typer.Option(None, help="pretrained encoders to fine-tune: whole (image,text,video) "
-                                           "or only their last k blocks/layers over a cached prefix "
-                                           "(image:top=3,text:top=2)"),
+    finetune: str | None = typer.Option(None, help="pretrained encoders to fine-tune: whole (image,text,video), "
+                                           "their last K blocks/layers over a cached prefix (image:top=3,"
+                                           "text:top=2), or text:lora[=RANK] / text:bitfit"),
     fusion: str = typer.Option("concat", help="fusion strategy: concat, late, ..."),
     tokens: bool | None = typer.Option(None, "--tokens/--no-tokens",
                                        help="token sequences into the fusion (default: for transformer, film)"),
@@ -155,9 +155,9 @@ def fit(
         image_encoder, text_encoder, audio_encoder, video_encoder, timeseries_encoder, image_size,
         {"backbone": video_backbone, "num_frames": video_frames, "sampling": video_sampling, "fps": video_fps,
          "audio": None if video_audio else False})
-    frozen, tops = finetune_settings(finetune)
-    for mod, k in tops.items():
-        encoder_opts.setdefault(mod, {})["train_top"] = k
+    frozen, tuning = finetune_settings(finetune)
+    for mod, extra in tuning.items():
+        encoder_opts.setdefault(mod, {}).update(extra)
     p = MultimodalPredictor(
         label=labels, problem_type=ptype, path=out, column_types=parse_kv(column_types),
         encoders=encoders, encoder_opts=encoder_opts, frozen=frozen, fusion=fusion, max_epochs=epochs,

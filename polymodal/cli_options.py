@@ -33,24 +33,36 @@ def encoder_settings(image: str | None = None, text: str | None = None, audio: s
     return names, opts
 
 
-def finetune_settings(spec: str | None) -> tuple[dict[str, bool], dict[str, int]]:
-    """`--finetune image,text:top=2` → ({"image": False}: fine-tuned whole, {"text": 2}: its last 2 layers)."""
-    frozen, tops = {}, {}
+def finetune_settings(spec: str | None) -> tuple[dict[str, bool], dict[str, dict]]:
+    """`--finetune` → (modality → False for encoders that train, modality → builder options).
+
+    `image` / `text` / `video`: the whole encoder; `image:top=K`, `text:top=K`: its last K blocks or layers over
+    a cached prefix; `text:lora` (`text:lora=R`, rank R, default 8): LoRA adapters; `text:bitfit`: biases only.
+    """
+    frozen: dict[str, bool] = {}
+    opts: dict[str, dict] = {}
+    usage = ("write MODALITY (the whole encoder), image:top=K / text:top=K (the last K blocks or layers), "
+             "text:lora[=RANK] or text:bitfit")
     for item in (m.strip() for m in (spec or "").split(",")):
         mod, _, opt = item.partition(":")
+        key, _, value = opt.partition("=")
         if not opt:
             if mod:
                 frozen[mod] = False
-            continue
-        key, _, value = opt.partition("=")
-        if key != "top" or not value.isdigit() or int(value) < 1:
-            raise PolymodalError(f"--finetune {item!r}: write MODALITY (the whole encoder) or MODALITY:top=K "
-                                 "(its last K blocks or layers, K >= 1)")
-        if mod not in ("image", "text"):
-            raise PolymodalError(f"--finetune {item!r}: top=K splits image and text encoders only; fine-tune "
-                                 f"{mod} whole with --finetune {mod}")
-        tops[mod] = int(value)
-    return frozen, tops
+        elif key == "top" and value.isdigit() and int(value) >= 1 and mod in ("image", "text"):
+            opts.setdefault(mod, {})["train_top"] = int(value)
+        elif key == "lora" and mod == "text" and (not value or value.isdigit() and int(value) >= 1):
+            frozen[mod] = False
+            opts.setdefault(mod, {}).update(adapter="lora", lora_rank=int(value or 8))
+        elif key == "bitfit" and mod == "text" and not value:
+            frozen[mod] = False
+            opts.setdefault(mod, {})["adapter"] = "bitfit"
+        else:
+            raise PolymodalError(f"--finetune {item!r}: {usage}")
+    for mod, o in opts.items():
+        if "train_top" in o and "adapter" in o:
+            raise PolymodalError(f"--finetune: choose one of top=K and {o['adapter']} for {mod}")
+    return frozen, opts
 
 
 def print_metrics(metrics: dict, title: str) -> None:

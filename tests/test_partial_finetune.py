@@ -83,8 +83,10 @@ def test_bad_splits_are_clear_errors():
         build_encoder("image", "small-cnn", image_size=16, train_top=1)
     with pytest.raises(PolymodalError, match="between 1 and 6"):
         build_encoder("text", "minilm-l6", train_top=7)
-    assert finetune_settings("image:top=3,text") == ({"text": False}, {"image": 3})
-    for bad in ("image:top=0", "image:last=2", "audio:top=1"):
+    assert finetune_settings("image:top=3,text") == ({"text": False}, {"image": {"train_top": 3}})
+    assert finetune_settings("text:lora=4") == ({"text": False}, {"text": {"adapter": "lora", "lora_rank": 4}})
+    assert finetune_settings("text:bitfit") == ({"text": False}, {"text": {"adapter": "bitfit"}})
+    for bad in ("image:top=0", "image:last=2", "audio:top=1", "image:lora", "text:lora=0", "text:top=2,text:lora"):
         with pytest.raises(PolymodalError, match="--finetune"):
             finetune_settings(bad)
 
@@ -109,3 +111,37 @@ def test_partly_fine_tuned_run_trains_the_top_only_and_reloads_identically(tmp_p
     again = MultimodalPredictor.load(out).predict_proba(df, as_pandas=False)
     np.testing.assert_array_equal(proba, again)
     assert np.isfinite(proba).all()
+
+
+@pytest.mark.parametrize("adapter", ["lora", "bitfit"])
+def test_text_adapters_train_few_parameters_and_reload_identically(adapter, tmp_path):
+    pytest.importorskip("peft") if adapter == "lora" else None
+    enc = build_encoder("text", "minilm-l6", max_length=16, adapter=adapter, lora_rank=4)
+    trainable = [n for n, p in enc.named_parameters() if p.requires_grad]
+    total = sum(p.numel() for p in enc.parameters())
+    share = sum(p.numel() for p in enc.parameters() if p.requires_grad) / total
+    assert trainable and share < 0.02
+    assert all(("lora_" in n) if adapter == "lora" else n.endswith("bias") for n in trainable)
+    # at initialisation LoRA is the identity (B = 0): the pretrained model's outputs
+    plain = build_encoder("text", "minilm-l6", max_length=16).eval()
+    b = get_tokenizer("minilm-l6")(["a chest x ray"], return_tensors="pt")
+    x = {k: b[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        torch.testing.assert_close(enc.eval()(x), plain(x), rtol=0, atol=1e-6)
+
+    table = color_table(tmp_path, n=24, caption_words={"red": ["warm", "ruby"], "blue": ["cold", "navy"]})
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["fit", str(table), "--label", "label", "--out", str(out), "--column-types",
+                                 "image=id", "--finetune", f"text:{adapter}", "--epochs", "2", "--batch-size", "8"])
+    assert r.exit_code == 0, r.output
+    p = load_run(out)
+    caption = p.model.encoders["caption"]
+    assert caption.adapter == adapter
+    fresh = dict(build_encoder("text", "minilm-l6", adapter=adapter, lora_rank=8).named_parameters())
+    moved = {n for n, q in caption.named_parameters() if not torch.equal(q, fresh[n])}
+    # only adapter parameters moved (LoRA's A matrices start random, so those differ between builds anyway)
+    assert moved and moved <= {n for n, q in fresh.items() if q.requires_grad}
+    assert any("lora_B" in n for n in moved) if adapter == "lora" else True  # B starts at 0: it learned
+    df = read_table(table)
+    np.testing.assert_array_equal(p.predict_proba(df, as_pandas=False),
+                                  MultimodalPredictor.load(out).predict_proba(df, as_pandas=False))

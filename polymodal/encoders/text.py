@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polymodal.data.text import DEFAULT_TEXT, resolve
-from polymodal.encoders.base import Encoder
+from polymodal.encoders.base import Encoder, MissingDependencyError
 from polymodal.encoders.tokens import token_mask
 from polymodal.errors import PolymodalError
 
@@ -48,7 +48,7 @@ class HFTextEncoder(Encoder):
     """A transformers encoder; pooled output = attention-masked mean of the last hidden state."""
 
     def __init__(self, name: str = DEFAULT_TEXT, num_layers: int | None = None, max_length: int = 64,
-                 weights: bool = True, train_top: int = 0) -> None:
+                 weights: bool = True, train_top: int = 0, adapter: str | None = None, lora_rank: int = 8) -> None:
         super().__init__()
         from transformers import AutoConfig, AutoModel  # heavy (seconds to import): only when a text encoder is built
 
@@ -69,6 +69,32 @@ class HFTextEncoder(Encoder):
         if self.train_top and not 1 <= self.train_top <= self.num_layers:
             raise PolymodalError(f"text encoder {name}: top={self.train_top} must be between 1 and "
                                  f"{self.num_layers} (its number of layers)")
+        self.adapter, self.lora_rank = adapter, int(lora_rank)
+        if adapter is not None:
+            if self.train_top:
+                raise PolymodalError("choose one of top=K and an adapter (lora, bitfit) for the text encoder")
+            self._add_adapter(adapter)
+
+    def _add_adapter(self, adapter: str) -> None:
+        """Parameter-efficient fine-tuning: only the adapter's parameters train (this encoder then always runs
+        whole, never from the feature cache). "lora": low-rank updates of the attention projections (peft's
+        LoRA, Hu et al. 2021); "bitfit": the bias terms only (Ben Zaken et al. 2022)."""
+        if adapter == "bitfit":
+            for n, p in self.model.named_parameters():
+                p.requires_grad_(n.endswith("bias"))
+        elif adapter == "lora":
+            try:
+                from peft import LoraConfig, get_peft_model  # optional (polymodal[finetune]), heavy to import
+            except ImportError:
+                raise MissingDependencyError("text:lora needs peft: pip install 'polymodal[finetune]'") from None
+            config = LoraConfig(r=self.lora_rank, lora_alpha=2 * self.lora_rank, lora_dropout=0.1)
+            try:  # peft knows the attention projections of BERT-style models by their model type
+                self.model = get_peft_model(self.model, config)
+            except ValueError as exc:
+                raise PolymodalError(f"LoRA for text encoder {self.name}: {exc}") from None
+        else:
+            raise PolymodalError(f"unknown text adapter {adapter!r}: lora or bitfit")
+        self.cache_id += f":{adapter}"  # never shares cached features (it is never cached, but be explicit)
 
     def tokens(self, x: dict[str, Tensor]) -> Tensor:
         """Last hidden states (B, L, D), padded positions included (the caller holds the mask)."""

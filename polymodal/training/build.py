@@ -66,7 +66,10 @@ def build_tabular_encoder(prep: Preprocessor, config: RunSettings) -> nn.Module:
 
 
 def is_frozen(modality: str, encoder: nn.Module, config: RunSettings) -> bool:
-    """Frozen unless the config says otherwise: pretrained encoders are, trained-from-scratch ones are not."""
+    """Frozen unless the config says otherwise: pretrained encoders are, trained-from-scratch ones are not; an
+    encoder with an adapter (LoRA, BitFit) trains it."""
+    if getattr(encoder, "adapter", None):
+        return False
     return bool(config.frozen.get(modality, getattr(encoder, "pretrained", False)))
 
 
