@@ -81,6 +81,8 @@ def fit(
     lr: float = typer.Option(3e-3),
     item_id_dropout: float = typer.Option(0.0, help="share of item ids hidden per step, so the content part "
                                                     "learns to carry an item alone (cold start)"),
+    max_history: int = typer.Option(0, help="training: pool at most this many random history items per example "
+                                            "(0: all; long histories train much faster with e.g. 32)"),
     model: str | None = typer.Option(None, help="tower options, e.g. dim=64,hidden=256,recent=10,item_id=false"),
     seed: int = typer.Option(0),
     no_validation: bool = typer.Option(False, "--no-validation", help="train every epoch on every interaction"),
@@ -91,7 +93,7 @@ def fit(
     if out.exists() and out.is_dir() and any(out.iterdir()) and not overwrite:  # before minutes of training
         raise PolymodalError(f"{out} is not empty: choose another folder or pass --overwrite")
     train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, item_id_dropout=item_id_dropout,
-                        seed=seed)
+                        max_history=max_history, seed=seed)
     rec = Recommender.fit(interactions, users, items, user_col=user_col, item_col=item_col, rating_col=rating_col,
                           time_col=time_col, threshold=threshold, item_columns=_columns(item_columns),
                           user_columns=_columns(user_columns), item_column_types=item_column_types,
