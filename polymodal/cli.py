@@ -31,7 +31,8 @@ from polymodal.serve.cli import ENGINE_HELP, serve
 from polymodal.speak import speak_command
 from polymodal.tasks.speech import transcribe as run_transcribe
 from polymodal.tasks.speech import word_error_rate
-from polymodal.training.adapt import AdaptConfig, adapt_images
+from polymodal.training.adapt import AdaptConfig
+from polymodal.training.adapt import adapt as run_adapt
 from polymodal.training.artifacts import FIT_STATE, atomic_open, atomic_write_json, atomic_write_text
 from polymodal.training.compare import compare as run_compare
 from polymodal.training.compare import plot_comparison, summarise
@@ -383,17 +384,21 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="run folder"),
 
 @app.command()
 @user_errors
-def adapt(table: Path = typer.Argument(..., help="table whose image column's files are the unlabelled images"),
-          column: str = typer.Option(..., help="the image column"),
-          out: Path = typer.Option(..., help="folder for the adapted encoder (use: --image-encoder adapted:OUT)"),
-          encoder: str = typer.Option("efficientnet-lite0", help="efficientnet-lite0 or mobilenet_v2"),
+def adapt(table: Path = typer.Argument(..., help="table whose column holds the unlabelled images or texts"),
+          column: str = typer.Option(..., help="an image or text column"),
+          out: Path = typer.Option(..., help="folder for the adapted encoder (fit: --image-encoder adapted:OUT or "
+                                             "--text-encoder adapted:OUT)"),
+          encoder: str | None = typer.Option(None, help="efficientnet-lite0 / mobilenet_v2 (images), minilm-l6 "
+                                                        "or a Hugging Face name (texts)"),
           image_size: int = typer.Option(224, help="image side in pixels (fit uses the same)"),
-          top: int = typer.Option(3, help="blocks of the encoder's top that adapt (the rest stays ImageNet's)"),
+          max_length: int = typer.Option(64, help="text length in tokens"),
+          top: int | None = typer.Option(None, help="blocks/layers that adapt (default 3 image, 2 text)"),
           epochs: int = typer.Option(10), batch_size: int = typer.Option(32), lr: float = typer.Option(3e-4),
           seed: int = typer.Option(0)) -> None:
-    """Continue pre-training an image encoder on a table's own images (SimCLR, no labels needed)."""
-    adapt_images(table, AdaptConfig(column=column, encoder=encoder, image_size=image_size, train_top=top,
-                                    epochs=epochs, batch_size=batch_size, lr=lr, seed=seed), out, console.print)
+    """Continue pre-training an encoder on a table's own images (SimCLR) or texts (SimCSE): no labels needed."""
+    run_adapt(table, AdaptConfig(column=column, encoder=encoder, image_size=image_size, max_length=max_length,
+                                 train_top=top, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed), out,
+              console.print)
 
 
 @app.command()

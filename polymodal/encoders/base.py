@@ -14,9 +14,16 @@ sequence, equal to `forward(x)` / `tokens(x)`. Encoders that can be split implem
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 from torch import Tensor, nn
 
 from polymodal.errors import PolymodalError
+from polymodal.files import sha256_file
+
+ADAPTED_META, ADAPTED_WEIGHTS = "adapted.json", "encoder.safetensors"  # `polymodal adapt`'s output folder
 
 
 class MissingDependencyError(PolymodalError, ImportError):
@@ -86,3 +93,24 @@ class Encoder(nn.Module):
 
     def preprocess_config(self) -> dict:
         return {}
+
+
+def read_adapted(folder: str | os.PathLike, modality: str) -> tuple[dict, Path]:
+    """(adapted.json's contents, the weights file) of a folder `polymodal adapt` wrote (training/adapt.py),
+    the weights checked against the SHA-256 recorded there."""
+    folder = Path(folder).expanduser()
+    meta_path = folder / ADAPTED_META
+    try:
+        meta = json.loads(meta_path.read_text())
+        kind, sha, _ = meta["modality"], meta["sha256"], meta["base"]
+    except FileNotFoundError:
+        raise PolymodalError(f"{meta_path} not found: 'adapted:DIR' names a folder written by `polymodal adapt` "
+                             "(keep it with the runs trained on it)") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PolymodalError(f"{meta_path} is damaged ({type(exc).__name__}: {exc})") from None
+    if kind != modality:
+        raise PolymodalError(f"{folder} holds an adapted {kind} encoder, not a {modality} one")
+    weights = folder / ADAPTED_WEIGHTS
+    if not weights.is_file() or sha256_file(weights) != sha:
+        raise PolymodalError(f"{weights} is missing or does not match {meta_path} (sha256): adapt again")
+    return meta, weights

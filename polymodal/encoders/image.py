@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import os
 from collections.abc import Callable
 from functools import partial
@@ -22,9 +21,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from polymodal.encoders.base import Encoder, MissingDependencyError
+from polymodal.encoders.base import Encoder, MissingDependencyError, read_adapted
 from polymodal.errors import PolymodalError
-from polymodal.files import sha256_file
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -334,33 +332,21 @@ BUILTIN: dict[str, Callable[..., ImageEncoder]] = {
 
 
 SPLITTABLE = ("efficientnet-lite0", "mobilenet_v2")  # encoders whose trunk `stages()` describes
-ADAPTED_META, ADAPTED_WEIGHTS = "adapted.json", "encoder.safetensors"  # `polymodal adapt`'s output folder
 
 
 def load_adapted(folder: str | os.PathLike, **opts) -> ImageEncoder:
-    """The encoder `polymodal adapt` wrote to `folder` (training/adapt.py): its base architecture with the
-    adapted weights, checked against the SHA-256 in adapted.json; the cache id names those weights."""
-    folder = Path(folder).expanduser()
-    meta_path = folder / ADAPTED_META
-    try:
-        meta = json.loads(meta_path.read_text())
-        base, size, sha = meta["base"], int(meta["image_size"]), meta["sha256"]
-    except FileNotFoundError:
-        raise PolymodalError(f"{meta_path} not found: 'adapted:DIR' names a folder written by `polymodal adapt` "
-                             "(keep it with the runs trained on it)") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PolymodalError(f"{meta_path} is damaged ({type(exc).__name__}: {exc})") from None
+    """The image encoder `polymodal adapt` wrote to `folder`: its base architecture with the adapted weights;
+    the cache id names those weights."""
+    meta, weights = read_adapted(folder, "image")
+    base, size = meta["base"], int(meta["image_size"])
     if base not in SPLITTABLE:
-        raise PolymodalError(f"{meta_path}: unknown base encoder {base!r}")
+        raise PolymodalError(f"{folder}: unknown base image encoder {base!r}")
     if opts.get("image_size") not in (None, size):
         raise PolymodalError(f"the encoder in {folder} was adapted at {size} px; --image-size {opts['image_size']} "
                              "differs (adapt again at that size, or leave --image-size out)")
-    weights = folder / ADAPTED_WEIGHTS
-    if not weights.is_file() or sha256_file(weights) != sha:
-        raise PolymodalError(f"{weights} is missing or does not match {meta_path} (sha256): adapt again")
     enc = BUILTIN[base](image_size=size, train_top=int(opts.get("train_top", 0)))
     enc.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
-    enc.cache_id = f"image:adapted-{sha[:16]}:{base}:{size}"
+    enc.cache_id = f"image:adapted-{meta['sha256'][:16]}:{base}:{size}"
     return enc
 
 

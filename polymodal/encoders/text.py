@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from polymodal.data.text import DEFAULT_TEXT, resolve
-from polymodal.encoders.base import Encoder, MissingDependencyError
+from polymodal.encoders.base import Encoder, MissingDependencyError, read_adapted
 from polymodal.encoders.tokens import token_mask
 from polymodal.errors import PolymodalError
 
@@ -134,5 +135,23 @@ class HFTextEncoder(Encoder):
         return h if tokens else masked_mean(h, mask)
 
 
+def load_adapted(folder: str, **opts) -> HFTextEncoder:
+    """The text encoder `polymodal adapt` wrote to `folder`: its base model (and tokenizer) with the adapted
+    weights; the cache id names those weights."""
+    meta, weights = read_adapted(folder, "text")
+    adapter, rank = opts.pop("adapter", None), opts.pop("lora_rank", 8)
+    enc = HFTextEncoder(meta["base"], **{"max_length": int(meta["max_length"]), **opts})
+    enc.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
+    enc.cache_id = enc.cache_id.replace(f"text:{meta['base']}:", f"text:adapted-{meta['sha256'][:16]}:", 1)
+    if adapter is not None:  # on top of the adapted weights
+        if enc.train_top:
+            raise PolymodalError("choose one of top=K and an adapter (lora, bitfit) for the text encoder")
+        enc.adapter, enc.lora_rank = adapter, int(rank)
+        enc._add_adapter(adapter)
+    return enc
+
+
 def build_text_encoder(name: str, **opts) -> HFTextEncoder:
+    if name.startswith("adapted:"):
+        return load_adapted(name.removeprefix("adapted:"), **opts)
     return HFTextEncoder(name, **opts)

@@ -1,13 +1,15 @@
-"""Domain adaptation of a pretrained image encoder on a table's own, unlabelled images (`polymodal adapt`).
+"""Domain adaptation of a pretrained encoder on a table's own, unlabelled images or texts (`polymodal adapt`).
 
-SimCLR (Chen et al., ICML 2020): two augmented views of each image, the encoder's top blocks and a small
-projection head trained so that views of one image match and views of different images do not (NT-Xent loss,
-in-batch negatives). Only the last `train_top` blocks train (the partial fine-tuning split of
-`encoders/base.py`): on a CPU that is what fits, and it keeps the ImageNet features below intact.
+Contrastive continued pre-training with in-batch negatives (NT-Xent): two views of each value, the encoder's
+top and a small projection head trained so that views of one value match and views of different values do not.
+- images: SimCLR (Chen et al., ICML 2020); the views are two random crops with brightness/contrast jitter;
+- texts: unsupervised SimCSE (Gao et al., EMNLP 2021); the views are two dropout masks of the same sentence.
+Only the last `train_top` blocks or layers train (the partial fine-tuning split of `encoders/base.py`): on a
+CPU that is what fits, and it keeps the pretrained features below intact.
 
-The result is a folder (`adapted.json` + `encoder.safetensors`) that `fit --image-encoder adapted:DIR` builds
-(see `encoders.image.load_adapted`); its cache id carries the weights' SHA-256, so cached features of the
-ImageNet encoder are never reused for it.
+The result is a folder (`adapted.json` + `encoder.safetensors`) that `fit --image-encoder adapted:DIR` /
+`--text-encoder adapted:DIR` builds (`encoders.base.read_adapted`); its cache id carries the weights' SHA-256,
+so cached features of the original encoder are never reused for it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,40 +26,57 @@ import torch.nn.functional as F
 from torch import nn
 
 from polymodal.data.readers import is_missing, read_table, resolve_path
+from polymodal.data.schema import infer_column_type
+from polymodal.data.text import get_tokenizer
 from polymodal.data.transforms import load_image
 from polymodal.encoders import build_encoder
-from polymodal.encoders.image import ADAPTED_META, ADAPTED_WEIGHTS, SPLITTABLE
+from polymodal.encoders.base import ADAPTED_META, ADAPTED_WEIGHTS
+from polymodal.encoders.image import SPLITTABLE
 from polymodal.errors import DataError, PolymodalError
 from polymodal.files import sha256_file
 from polymodal.training.artifacts import atomic_write_json, save_weights
+from polymodal.types import IMAGE, TEXT
 from polymodal.version import __version__
+
+DEFAULTS = {  # modality → (encoder, blocks/layers that adapt, temperature: SimCLR's and SimCSE's)
+    IMAGE: ("efficientnet-lite0", 3, 0.2),
+    TEXT: ("minilm-l6", 2, 0.05),
+}
 
 
 @dataclass
 class AdaptConfig:
-    """Settings of one adaptation run (saved in adapted.json)."""
+    """Settings of one adaptation run (saved in adapted.json); None = the modality's default."""
 
     column: str
-    encoder: str = "efficientnet-lite0"
+    encoder: str | None = None
     image_size: int = 224
-    train_top: int = 3
+    max_length: int = 64
+    train_top: int | None = None
     epochs: int = 10
     batch_size: int = 32
     lr: float = 3e-4
-    temperature: float = 0.2
+    temperature: float | None = None
     projection_dim: int = 128
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if self.encoder not in SPLITTABLE:
-            raise PolymodalError(f"adapt trains the top blocks of {', '.join(SPLITTABLE)}, not {self.encoder!r}")
-        for name in ("image_size", "train_top", "epochs", "projection_dim"):
-            if int(getattr(self, name)) < 1:
-                raise PolymodalError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if int(self.batch_size) < 2:
-            raise PolymodalError("batch_size must be at least 2: the other images of a batch are the negatives")
-        if not self.temperature > 0 or not self.lr > 0:
+    def resolved(self, modality: str) -> AdaptConfig:
+        """This config with the modality's defaults filled in, checked."""
+        if modality not in DEFAULTS:
+            raise PolymodalError(f"column '{self.column}' holds {modality} values; adapt takes image or text columns")
+        encoder, top, temperature = DEFAULTS[modality]
+        c = replace(self, encoder=self.encoder or encoder, train_top=self.train_top or top,
+                    temperature=self.temperature or temperature)
+        if modality == IMAGE and c.encoder not in SPLITTABLE:
+            raise PolymodalError(f"adapt trains the top blocks of {', '.join(SPLITTABLE)}, not {c.encoder!r}")
+        for name in ("image_size", "max_length", "train_top", "epochs", "projection_dim"):
+            if int(getattr(c, name)) < 1:
+                raise PolymodalError(f"{name} must be at least 1, got {getattr(c, name)}")
+        if int(c.batch_size) < 2:
+            raise PolymodalError("batch_size must be at least 2: the other values of a batch are the negatives")
+        if not c.temperature > 0 or not c.lr > 0:
             raise PolymodalError("temperature and lr must be positive")
+        return c
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -71,66 +90,82 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(sim, target)
 
 
-def image_paths(table: str | os.PathLike, column: str) -> list[str]:
-    """The distinct, readable image files of `column` (rows sharing a file count once)."""
+def column_values(table: str | os.PathLike, column: str) -> tuple[str, list[str]]:
+    """(modality, distinct values) of `column`: image files (resolved, each checked to exist) or texts."""
     df = read_table(table)
     if column not in df.columns:
         raise DataError(f"column '{column}' not found; columns are: {', '.join(map(str, df.columns))}",
                         file=str(table))
     base = df.attrs.get("base_dir", os.getcwd())
-    paths = sorted({resolve_path(v, base) for v in df[column] if not is_missing(v)})
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise DataError(f"{len(missing)} image file(s) not found, e.g. {missing[0]}", file=str(table), column=column)
-    if len(paths) < 2:
-        raise DataError(f"adapt needs at least 2 distinct images in column '{column}', found {len(paths)}",
+    modality, _ = infer_column_type(df[column], base)
+    values = sorted({str(v) for v in df[column] if not is_missing(v)})
+    if modality == IMAGE:
+        values = sorted({resolve_path(v, base) for v in values})
+        missing = [p for p in values if not os.path.isfile(p)]
+        if missing:
+            raise DataError(f"{len(missing)} image file(s) not found, e.g. {missing[0]}", file=str(table),
+                            column=column)
+    if len(values) < 2:
+        raise DataError(f"adapt needs at least 2 distinct values in column '{column}', found {len(values)}",
                         file=str(table), column=column)
-    return paths
+    return modality, values
 
 
-def adapt_images(table: str | os.PathLike, config: AdaptConfig, out: str | os.PathLike,
-                 log: Callable[[str], None] = print) -> dict:
-    """Adapt `config.encoder` to the images of `table`'s `config.column`; writes `out` and returns its metadata."""
+def adapt(table: str | os.PathLike, config: AdaptConfig, out: str | os.PathLike,
+          log: Callable[[str], None] = print) -> dict:
+    """Adapt an encoder to the images or texts of `table`'s `config.column`; writes `out`, returns its metadata."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / ADAPTED_META).exists():
         raise PolymodalError(f"{out} exists and is not an adapted-encoder folder: choose another --out")
-    paths = image_paths(table, config.column)
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    enc = build_encoder("image", config.encoder, image_size=config.image_size, train_top=config.train_top).freeze()
-    head = nn.Sequential(nn.Linear(enc.out_dim, 512), nn.ReLU(), nn.Linear(512, config.projection_dim))
+    modality, values = column_values(table, config.column)
+    c = config.resolved(modality)
+    torch.manual_seed(c.seed)
+    rng = np.random.default_rng(c.seed)
+    if modality == IMAGE:
+        enc = build_encoder(IMAGE, c.encoder, image_size=c.image_size, train_top=c.train_top).freeze()
+        pre = enc.preprocess_config()
+
+        def views(chunk: list[str]) -> tuple[torch.Tensor, torch.Tensor]:  # two random crops, prefix outputs
+            return tuple(enc.prefix(torch.from_numpy(np.stack([
+                load_image(p, pre["image_size"], pre["mean"], pre["std"], augment=True, rng=rng) for p in chunk])))
+                for _ in range(2))
+        what, size = "blocks", {"image_size": c.image_size}
+    else:
+        enc = build_encoder(TEXT, c.encoder, max_length=c.max_length, train_top=c.train_top).freeze()
+        tok = get_tokenizer(enc.preprocess_config()["tokenizer"])
+
+        def views(chunk: list[str]) -> tuple[torch.Tensor, torch.Tensor]:  # one prefix; dropout makes two views
+            b = tok(chunk, padding=True, truncation=True, max_length=c.max_length, return_tensors="pt")
+            h = enc.prefix({k: b[k] for k in ("input_ids", "attention_mask")})
+            return h, h
+        what, size = "layers", {"max_length": c.max_length}
+    head = nn.Sequential(nn.Linear(enc.out_dim, 512), nn.ReLU(), nn.Linear(512, c.projection_dim))
     params = [p for p in enc.parameters() if p.requires_grad] + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
-    pre = enc.preprocess_config()
-    batch = min(config.batch_size, len(paths))
-    log(f"adapting {config.encoder} (top {config.train_top} blocks) on {len(paths)} images of '{config.column}': "
-        f"SimCLR, {config.epochs} epochs")
+    opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=1e-4)
+    batch = min(c.batch_size, len(values))
+    log(f"adapting {c.encoder} (top {c.train_top} {what}) on {len(values)} distinct values of '{c.column}': "
+        f"{'SimCLR' if modality == IMAGE else 'SimCSE'}, {c.epochs} epochs")
     history, t0 = [], time.time()
-    for epoch in range(config.epochs):
-        order = rng.permutation(len(paths))
+    for epoch in range(c.epochs):
+        order = rng.permutation(len(values))
         losses = []
         enc.train()
         for s in range(0, len(order) - batch + 1, batch):  # full batches only: each needs its negatives
-            chosen = [paths[i] for i in order[s:s + batch]]
-            views = [torch.from_numpy(np.stack([load_image(p, pre["image_size"], pre["mean"], pre["std"],
-                                                           augment=True, rng=rng) for p in chosen]))
-                     for _ in range(2)]
             with torch.no_grad():  # the frozen prefix: no graph kept
-                h = [enc.prefix(v) for v in views]
-            loss = nt_xent(head(enc.from_prefix(h[0])), head(enc.from_prefix(h[1])), config.temperature)
+                h1, h2 = views([values[i] for i in order[s:s + batch]])
+            loss = nt_xent(head(enc.from_prefix(h1)), head(enc.from_prefix(h2)), c.temperature)
             opt.zero_grad()
             loss.backward()
             opt.step()
             losses.append(float(loss))
         history.append(float(np.mean(losses)))
-        log(f"  epoch {epoch + 1}/{config.epochs}: contrastive loss {history[-1]:.4f} ({time.time() - t0:.0f} s)")
+        log(f"  epoch {epoch + 1}/{c.epochs}: contrastive loss {history[-1]:.4f} ({time.time() - t0:.0f} s)")
     out.mkdir(parents=True, exist_ok=True)
     enc.eval()
     save_weights(enc, out / ADAPTED_WEIGHTS)
-    sha = sha256_file(out / ADAPTED_WEIGHTS)
-    meta = {"modality": "image", "base": config.encoder, "image_size": config.image_size, "sha256": sha,
-            "images": len(paths), "loss_history": history, "seconds": round(time.time() - t0, 1),
-            "config": asdict(config), "source": str(table), "polymodal_version": __version__}
+    meta = {"modality": modality, "base": c.encoder, **size, "sha256": sha256_file(out / ADAPTED_WEIGHTS),
+            "values": len(values), "loss_history": history, "seconds": round(time.time() - t0, 1),
+            "config": asdict(c), "source": str(table), "polymodal_version": __version__}
     atomic_write_json(out / ADAPTED_META, meta)  # last: a folder without it is incomplete
-    log(f"adapted encoder: {out} (use: polymodal fit ... --image-encoder adapted:{out})")
+    log(f"adapted encoder: {out} (use: polymodal fit ... --{modality}-encoder adapted:{out})")
     return meta
