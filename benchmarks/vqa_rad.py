@@ -1,69 +1,223 @@
-"""VQA-RAD closed questions as answer classification, against the MEVF baselines (74.1 / 75.1).
+"""VQA-RAD as answer classification under two protocols (issue 18), closed and open questions scored apart.
 
-python benchmarks/vqa_rad.py [--seeds 0 1 2] [--finetune text] [--image-size 224]
+- clean (the headline): train = freeform + para (1,797) + the `question_frame` rewrites of those training
+  questions (983); nothing derived from a test question. Scored on all 451 test questions and on
+  test_freeform (308).
+- as published: MEVF's training file rebuilt from the public json (freeform + para + all 1,267 frames, i.e.
+  also the rewrites of 284 test questions, with their answers) and MEVF's scoring (test_freeform only). Only
+  for comparison with the papers, which trained on that file.
+
+Answers are normalised as MEVF does (tools/compute_softscore.py: VQA punctuation/number/article rules,
+contractions, commas dropped, "x ray" -> "xray"); one answer vocabulary from the training answers; a test
+answer outside it counts as wrong. Validation for early stopping keeps each image's questions together
+(`group_column="image"`): all 203 test images also occur in training, so a row-level split would lie.
+Each row also gets the answerable ceiling and two lookups that learn nothing (the answer of the nearest
+training question by TF-IDF cosine, over all training questions or only those about the same image).
+
+python benchmarks/vqa_rad.py [--seeds 0 1 2] [--fusions concat ban] [--published-fusions ban]
+                             [--protocols clean published]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import WORK, vqa_rad_tables, write_markdown
+from common import WORK, machine, need
+from sklearn.feature_extraction.text import TfidfVectorizer
 
 from polymodal import MultimodalPredictor
+from polymodal.training.text_metrics import normalize_answer
+
+RESULTS = Path(__file__).parent / "results"
+TRAIN_PHRASES, TEST_PHRASES = ("freeform", "para"), ("test_freeform", "test_para")
+# MEVF's contraction table maps apostrophe-less spellings to the apostrophe form; VQA-RAD's answers contain
+# none of the words in it (checked), so the negations stand for the whole table here
+CONTRACTIONS = {w: w[:-2] + "n't" for w in ("isnt", "arent", "wasnt", "werent", "doesnt", "dont", "didnt",
+                                            "hasnt", "havent", "cant", "couldnt", "shouldnt", "wouldnt")}
+PUBLISHED = {  # (closed, open) accuracy % as the papers state them; trained on MEVF's file (test frames in)
+    "MEVF + SAN (Nguyen et al., MICCAI 2019)": (74.1, 40.7),
+    "MEVF + BAN (Nguyen et al., MICCAI 2019)": (75.1, 43.9),
+    "MMQ (Do et al., MICCAI 2021; no outside images)": (75.8, 53.7),
+    "QCR's re-run of MEVF + BAN, all 451 (Zhan et al. 2020)": (77.2, 49.2),
+    "PubMedCLIP (Eslami et al. 2021; outside image-text pretraining)": (80.0, 60.1),
+}
+
+
+def mevf_answer(text: str) -> str:
+    """MEVF's `preprocess_answer`: VQA normalisation, contractions, commas dropped, "x ray" → "xray"."""
+    words = [CONTRACTIONS.get(w, w) for w in normalize_answer(text).split()]
+    return " ".join(words).replace(",", "").replace("x ray", "xray")
+
+
+def load() -> pd.DataFrame:
+    root = need("vqa-rad")
+    df = pd.DataFrame(json.loads((root / "VQA_RAD_Dataset_Public.json").read_text()))
+    df["image"] = [str(root / "images" / n) for n in df["image_name"]]
+    df["answer"] = df["answer"].map(mevf_answer)
+    df["answer_type"] = df["answer_type"].astype(str).str.strip().str.lower()  # two read "CLOSED "
+    frame = df["question_frame"].astype(str).str.strip()
+    df["frame"] = frame.where(frame.str.upper() != "NULL")
+    return df
+
+
+def frames(rows: pd.DataFrame) -> pd.DataFrame:
+    """The templated rewrites of `rows` as questions of their own (same image, same answer)."""
+    f = rows[rows["frame"].notna()].copy()
+    f["question"] = f["frame"]
+    f["phrase_type"] = "frame"
+    return f
+
+
+def protocols(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    train = df[df["phrase_type"].isin(TRAIN_PHRASES)]
+    clean = pd.concat([train, frames(train)], ignore_index=True)
+    published = pd.concat([train, frames(df)], ignore_index=True)
+    assert len(clean) == 1797 + 983 and len(published) == 3064, (len(clean), len(published))
+    return {"clean": clean, "published": published}
+
+
+def accuracy(pred: np.ndarray, test: pd.DataFrame) -> dict[str, float]:
+    """% correct among closed and open questions (every question in the denominator)."""
+    ok = pred == test["answer"].to_numpy()
+    return {t: round(100 * float(ok[(test["answer_type"] == t).to_numpy()].mean()), 2) for t in ("closed", "open")}
+
+
+def lookup(train: pd.DataFrame, test: pd.DataFrame, same_image: bool) -> np.ndarray:
+    """Answer of the most similar training question (TF-IDF cosine on word 1-2 grams); with `same_image`,
+    among the training questions about the same image when there are any."""
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(train["question"])
+    sim = (vec.transform(test["question"]) @ vec.transform(train["question"]).T).toarray()
+    if same_image:
+        same = test["image"].to_numpy()[:, None] == train["image"].to_numpy()[None, :]
+        sim = np.where(same.any(1, keepdims=True), np.where(same, sim, -1.0), sim)
+    return train["answer"].to_numpy()[sim.argmax(1)]
+
+
+def fit_predict(train: pd.DataFrame, test: pd.DataFrame, fusion: str, seed: int, name: str,
+                args) -> tuple[np.ndarray, dict]:
+    opts = {"hidden": args.hidden, **({"glimpses": args.glimpses, "k": args.k} if fusion == "ban" else {})}
+    p = MultimodalPredictor(
+        label="answer", path=WORK / f"vqa_rad_{name}_{fusion}_{seed}", verbose=False, progress=False, seed=seed,
+        encoders={"image": args.image_encoder}, encoder_opts={"image": {"image_size": args.image_size}},
+        fusion=fusion, fusion_opts=opts, max_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        patience=args.patience, valid_fraction=0.15, class_weighting=False, group_column="image",
+        dropout=args.dropout, label_smoothing=args.label_smoothing, weight_decay=args.weight_decay)
+    t0 = time.time()
+    p.fit(train[["image", "question", "answer"]])
+    info = {"valid_accuracy": round(100 * p.metrics["valid"]["accuracy"], 2), "epochs": p.metrics["epochs"],
+            "train_seconds": round(time.time() - t0)}
+    pred = p.predict(test[["image", "question"]], engine="torch").to_numpy().astype(str)  # cached features
+    info["seconds"] = round(time.time() - t0)
+    return pred, info
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": round(float(np.mean(values)), 2), "std": round(float(np.std(values)), 2), "n": len(values)}
+
+
+def cell(v) -> str:
+    return f"{v['mean']:.1f} ± {v['std']:.1f}" if isinstance(v, dict) else f"{v:.1f}"
+
+
+def markdown(result: dict) -> str:
+    """One table per protocol and test set: our fusions (mean ± std over seeds), the baselines, the papers."""
+    parts = []
+    for key, title in (("clean/all", "clean, all 451 test questions"),
+                       ("clean/freeform", "clean, test_freeform (308)"),
+                       ("published/freeform", "as published (MEVF's training file, test frames in), test_freeform"),
+                       ("published/all", "as published, all 451")):
+        name, s = key.split("/")
+        if key not in result["baselines"]:
+            continue
+        lines = [f"**{title}**", "", "| model | closed (%) | open (%) |", "|---|---|---|"]
+        for fk, cells in result["ablation"].items():
+            if fk.startswith(name + "/"):
+                n = cells[f"closed_{s}"]["n"]
+                lines.append(f"| polymodal, {fk.split('/')[1]} fusion ({n} seed{'s' * (n > 1)}) | "
+                             f"{cell(cells[f'closed_{s}'])} | {cell(cells[f'open_{s}'])} |")
+        for bk, acc in result["baselines"][key].items():
+            lines.append(f"| {bk} | {acc['closed']:.1f} | {acc['open']:.1f} |")
+        if key == "published/freeform":
+            lines += [f"| {m} | {v['closed']:.1f} | {v['open']:.1f} |" for m, v in result["published_methods"].items()]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--fusion", default="concat")
-    ap.add_argument("--finetune", default="", help="comma list of modalities to fine-tune (image,text)")
+    ap.add_argument("--fusions", nargs="+", default=["concat", "ban"], help="fusions trained on the clean protocol")
+    ap.add_argument("--published-fusions", nargs="+", default=["ban"],
+                    help="fusions trained on MEVF's file (only to compare with the papers; saves CPU time)")
+    ap.add_argument("--protocols", nargs="+", default=["clean", "published"])
+    ap.add_argument("--headline", default="ban", help="the fusion whose rows fill the clean_*/published_* keys")
     ap.add_argument("--image-encoder", default="efficientnet-lite0")
     ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--hidden", type=int, default=128, help="fusion width")
+    ap.add_argument("--glimpses", type=int, default=2)
+    ap.add_argument("--k", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "vqa_rad_closed.md"))
+    ap.add_argument("--dropout", type=float, default=0.2)
+    ap.add_argument("--label-smoothing", type=float, default=0.0)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--out", default=str(RESULTS / "vqa_rad.json"))
     args = ap.parse_args()
-    train, test = vqa_rad_tables(closed_only=True)
-    # Answers seen only in test cannot be predicted by a classifier; they stay in the denominator.
-    rows = []
-    for seed in args.seeds:
-        t0 = time.time()
-        frozen = {m: False for m in args.finetune.split(",") if m}
-        p = MultimodalPredictor(
-            label="answer", path=WORK / f"vqa_rad_{seed}", verbose=False, progress=False, seed=seed,
-            encoders={"image": args.image_encoder}, encoder_opts={"image": {"image_size": args.image_size}},
-            frozen=frozen, fusion=args.fusion, max_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-            patience=8, valid_fraction=0.15, class_weighting=False)
-        p.fit(train)
-        known = test[test["answer"].isin(set(p.prep.classes))]
-        pred = p.predict(known)
-        correct = int((pred.to_numpy() == known["answer"].to_numpy()).sum())
-        acc = correct / len(test)
-        rows.append({"seed": seed, "test accuracy (closed, %)": round(100 * acc, 2),
-                     "valid accuracy (%)": round(100 * p.metrics["valid"]["accuracy"], 2),
-                     "epochs": p.metrics["epochs"], "seconds": round(time.time() - t0)})
-        print(rows[-1], flush=True)
-    table = pd.DataFrame(rows)
-    accs = table["test accuracy (closed, %)"].to_numpy()
-    summary = pd.DataFrame([
-        {"model": f"polymodal ({args.fusion}, image {args.image_encoder} {args.image_size}px, MiniLM"
-                  f"{', fine-tuned ' + args.finetune if args.finetune else ', frozen'})",
-         "closed accuracy (%)": f"{accs.mean():.1f} ± {accs.std():.1f} ({len(accs)} seeds)"},
-        {"model": "SAN + MEVF (Nguyen et al. 2019)", "closed accuracy (%)": "74.1"},
-        {"model": "BAN + MEVF (Nguyen et al. 2019)", "closed accuracy (%)": "75.1"},
-        {"model": "majority answer ('no'/'yes' prior)",
-         "closed accuracy (%)": f"{100 * (test['answer'] == train['answer'].mode()[0]).mean():.1f}"}])
-    cmd = "python benchmarks/vqa_rad.py " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if k != "out" and v != "")
-    write_markdown(args.out, "VQA-RAD closed questions (272 test questions)", cmd,
-                   pd.concat([summary]), "Per seed:\n\n" + table.to_markdown(index=False))
-    np.save(WORK / "vqa_rad_accs.npy", accs)
+    start = time.time()
+    df = load()
+    test = df[df["phrase_type"].isin(TEST_PHRASES)].reset_index(drop=True)
+    free = (test["phrase_type"] == "test_freeform").to_numpy()
+    sets = {"all": np.ones(len(test), bool), "freeform": free}
+    result: dict = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+                    "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+                    "test_questions": {s: {t: int(((test["answer_type"] == t).to_numpy() & m).sum())
+                                           for t in ("closed", "open")} for s, m in sets.items()},
+                    "baselines": {}, "runs": [], "ablation": {}}
+    trains = {k: v for k, v in protocols(df).items() if k in args.protocols}
+    for name, train in trains.items():
+        seen = set(train["answer"])
+        for s, m in sets.items():
+            base = {"ceiling (test answer in the training answers)": test["answer"].isin(seen).to_numpy(),
+                    "majority answer": np.full(len(test), train["answer"].mode()[0]) == test["answer"].to_numpy()}
+            rows = {k: accuracy(np.where(v[m], test["answer"].to_numpy()[m], ""), test[m]) for k, v in base.items()}
+            for same in (False, True):
+                key = f"nearest training question (TF-IDF{', same image' if same else ''})"
+                rows[key] = accuracy(lookup(train, test[m], same), test[m])
+            result["baselines"][f"{name}/{s}"] = rows
+            print(name, s, rows, flush=True)
+    for name, train in trains.items():
+        for fusion in args.fusions if name == "clean" else args.published_fusions:
+            for seed in args.seeds:
+                pred, info = fit_predict(train, test, fusion, seed, name, args)
+                row = {"protocol": name, "fusion": fusion, "seed": seed, **info}
+                for s, m in sets.items():
+                    row[s] = accuracy(pred[m], test[m])
+                result["runs"].append(row)
+                print(row, f"({time.time() - start:.0f} s so far)", flush=True)
+    runs = pd.DataFrame(result["runs"])
+    for (name, fusion), g in runs.groupby(["protocol", "fusion"]):
+        result["ablation"][f"{name}/{fusion}"] = {
+            f"{t}_{s}": mean_std([r[s][t] for r in g.to_dict("records")]) for s in sets for t in ("closed", "open")}
+    for name, s, key in (("published", "freeform", "published"), ("clean", "all", "clean"),
+                         ("clean", "freeform", "clean")):
+        cell = result["ablation"].get(f"{name}/{args.headline}")
+        if cell:
+            suffix = "" if key == "published" else f"_{s}"
+            for t in ("closed", "open"):
+                result[f"{key}_{t}{suffix}"] = cell[f"{t}_{s}"]
+    result["published_methods"] = {k: {"closed": c, "open": o} for k, (c, o) in PUBLISHED.items()}
+    result["wall_seconds"] = round(time.time() - start)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(markdown(result))
 
 
 if __name__ == "__main__":
