@@ -25,6 +25,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -130,6 +131,70 @@ def summary_ms(times: list[float]) -> dict:
             "calls": len(ms)}
 
 
+def start_server(run: Path, port: int, batching: bool, max_wait_ms: float):
+    """serve_load.py's server start with a chosen --max-wait-ms."""
+    import httpx
+
+    cmd = [sys.executable, "-m", "polymodal.serve.cli", str(run), "--host", "127.0.0.1", "--port", str(port),
+           "--max-batch", "32", "--max-wait-ms", str(max_wait_ms), "--batching" if batching else "--no-batching",
+           "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not become ready in 180 s")
+
+
+def serve_phases(seconds: float, out: Path, engines: list[str], waits: list[float], batching_modes: list[bool]
+                 ) -> None:
+    """`polymodal serve` at 1/8/64 clients, micro-batching on (per --max-wait-ms) and off, per engine
+    (POLYMODAL_ENGINE in the server's environment), with benchmarks/serve_load.py's model, client and phases."""
+    import asyncio
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import serve_load as S  # the load test's server start, client and /metrics reading
+
+    root = WORK / "serve_load"
+    run = S.make_run(root, "efficientnet-lite0")
+    image = (root / "imgs" / "0.png").read_bytes()
+    rows = []
+    phases = [(e, b, w) for e in engines for b in batching_modes for w in (waits if b else [0.0])]
+    for engine, batching, wait in phases:
+        os.environ["POLYMODAL_ENGINE"] = engine  # inherited by the server subprocess
+        port = S.free_port()
+        proc = start_server(run, port, batching, wait)
+        try:
+            for clients in (1, 8, 64):
+                row = {"engine": engine, "batching": batching, "max_wait_ms": wait, "clients": clients}
+                try:
+                    res = asyncio.run(S.load(f"http://127.0.0.1:{port}/predict", image, clients,
+                                             S.REQUESTS[clients], seconds))
+                    row.update({k: round(v, 2) for k, v in res.items()}, mean_batch=S.batch_sizes(port))
+                except Exception as err:  # a dropped connection under load is a result too, not the end of the run
+                    row["failed"] = f"{type(err).__name__}: {err}"
+                rows.append({**row, "load_avg_1min": round(os.getloadavg()[0], 2)})
+                print(rows[-1], flush=True)
+                if "failed" in row:
+                    break
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # still draining queued requests
+                proc.kill()
+                proc.wait()
+    out.write_text(json.dumps({"command": "python benchmarks/inference.py " + " ".join(sys.argv[1:]),
+                               "rows": rows}, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-images", type=int, default=60)
@@ -138,7 +203,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7, help="batch-32 rounds per method")
     ap.add_argument("--refit", action="store_true", help="fit the model again (default: reuse the work folder)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/inference.json"))
+    ap.add_argument("--serve", action="store_true", help="instead: serve_load.py's phases per engine")
+    ap.add_argument("--seconds", type=float, default=20.0, help="--serve: time budget per phase")
+    ap.add_argument("--engines", default="torch,onnx", help="--serve: engines to serve with")
+    ap.add_argument("--max-wait-ms", default="5", help="--serve: comma list of batching waits")
+    ap.add_argument("--batching", default="on,off", help="--serve: on, off or both")
+    ap.add_argument("--serve-out", default="inference_serve.json", help="--serve: file name under results/")
     args = ap.parse_args()
+    if args.serve:
+        return serve_phases(args.seconds, args.out.with_name(args.serve_out), args.engines.split(","),
+                            [float(w) for w in args.max_wait_ms.split(",")],
+                            [b == "on" for b in args.batching.split(",")])
 
     run = demo_run(WORK / "inference-run", args.train_images, args.refit)
     test = easy_vqa_table("test", args.test_images)

@@ -161,4 +161,6 @@ def test_cli_engine_option(tmp_path):
     pd.testing.assert_frame_equal(outs["onnx"], outs["torch"], atol=1e-5)
     res = runner.invoke(app, ["evaluate", str(run), str(tmp_path / "rows.csv"), "--engine", "nope"])
     assert res.exit_code != 0 and "engine must be one of" in res.output
+    res = runner.invoke(app, ["serve", str(run), "--engine", "nope"])  # refused before any server starts
+    assert res.exit_code != 0 and "engine must be one of" in res.output
     assert E.physical_cores() >= 1 and E.ort_threads() >= 1
