@@ -151,11 +151,11 @@ def bag(res: MemberResult, rows: Rows, folds: list, problem: Problem, seconds: f
     rows without an out-of-fold prediction). Errors and overruns drop the member; `must_finish` (the first
     member, so that a fit always ends with a model) only drops it on errors."""
     name, k = res.member.name, len(folds)
-    start, fitted, oof = time.time(), [], None
+    start, fitted, oof, left0 = time.time(), [], None, budget.train_left()
     for i, (tr, va) in enumerate(folds):
         spent = time.time() - start
-        if i and not must_finish and (spent / i * (i + 1) > 2 * seconds or budget.train_left() < spent / i):
-            why = f"would overrun its {seconds:.0f}s share of the time limit ({spent:.0f}s for {i}/{k} folds)"
+        why = None if must_finish else overrun(spent, i, k, seconds, left0, budget.train_left())
+        if why:
             return drop(res, why, rep, log)
         log(f"[{budget.status()}] {name}: fold {i + 1}/{k}" + (f", repeat {rep + 1}" if rep else ""))
         tr, va = np.sort(tr), np.sort(va)
@@ -175,6 +175,23 @@ def bag(res: MemberResult, rows: Rows, folds: list, problem: Problem, seconds: f
     res.folds.append(fitted)
     res.oof_sum = oof if res.oof_sum is None else res.oof_sum + oof
     res.fit_seconds += time.time() - start
+
+
+def overrun(spent: float, done: int, k: int, share: float, left_at_start: float, left: float) -> str | None:
+    """Why a member should stop before its next fold, or None. Its share of the budget is a soft bound: time
+    earlier members left unused rolls over, so a member may take up to half of what was left when it started;
+    and no fold starts that the time left cannot hold (estimated from the folds done)."""
+    if left <= 0:
+        return "no time left"
+    if not done:
+        return None
+    per_fold = spent / done
+    if per_fold > left:
+        return f"its next fold (~{per_fold:.0f}s) does not fit in the {left:.0f}s left"
+    if per_fold * k > max(2 * share, 0.5 * left_at_start):
+        return (f"would overrun its {share:.0f}s share of the time limit ({spent:.0f}s for {done}/{k} folds, "
+                f"~{per_fold * k:.0f}s for all)")
+    return None
 
 
 def drop(res: MemberResult, why: str, rep: int, log: Log) -> None:

@@ -133,7 +133,10 @@ class MatrixMember:
             return lightgbm.LGBMRegressor(**params) if reg else lightgbm.LGBMClassifier(**params)
         if self.kind == "extra_trees":
             cls = ExtraTreesRegressor if reg else ExtraTreesClassifier
-            return cls(n_estimators=300, n_jobs=1, random_state=seed)
+            # regression: half the features per split instead of sklearn's all. 5-fold CV, 300 trees, measured on
+            # the shared 2-core machine: diabetes RMSE 55.8 vs 56.8 in 4.7 s vs 6.2 s; MovieLens mean rating
+            # (+ PCA-32 of text/poster embeddings) 0.458 vs 0.454 in 49 s vs 75 s
+            return cls(n_estimators=300, n_jobs=1, random_state=seed, **({"max_features": 0.5} if reg else {}))
         if self.kind == "linear":
             return RidgeCV(alphas=np.logspace(-3, 3, 13)) if reg else LogisticRegression(C=1.0, max_iter=2000)
         if self.kind == "knn":
@@ -242,7 +245,7 @@ def quiet_lightning():
             lg.setLevel(level)
 
 
-SHARES = {"linear": 1.0, "knn": 0.5, "lightgbm": 3.0, "extra_trees": 1.5}
+SHARES = {"linear": 1.0, "knn": 1.0, "lightgbm": 4.0, "extra_trees": 2.0}
 FUSION_SHARE = 4.0
 
 
