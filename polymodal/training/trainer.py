@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -12,6 +14,22 @@ from lightning.pytorch.loggers import CSVLogger
 
 from polymodal.errors import PolymodalError
 from polymodal.training.callbacks import AtomicCheckpoint, EpochSeed
+
+# Lightning lines that say nothing to a polymodal user, silenced where they come from (the fit prints its own
+# lines): its setup notes and logger advertisement (INFO on its rank-zero logger), and three warnings about
+# choices polymodal makes on purpose: frozen encoders sit in eval mode, metrics are logged per epoch, and its
+# pytree helper's use of a name newer torch deprecates.
+LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+INTENDED_WARNINGS = (r"Found \d+ module\(s\) in eval mode at the start of training",
+                     r"The number of training batches \(\d+\) is smaller than the logging interval",
+                     r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+def quiet_lightning() -> None:
+    """Silence the Lightning output above (warnings about anything else still show)."""
+    logging.getLogger(LIGHTNING_INFO_LOGGER).setLevel(logging.WARNING)
+    for message in INTENDED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)  # an identical filter is replaced, not added
 
 
 def default_precision() -> str:
@@ -40,6 +58,7 @@ def build_trainer(run_dir: str | os.PathLike, monitor: str, mode: str, max_epoch
                              "--strategy ddp (each process holds the whole model)")
     if deterministic is None:
         deterministic = "warn" if _resolves_to_cpu(accelerator) else False
+    quiet_lightning()
     run_dir = Path(run_dir)
     ckpt = AtomicCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=f"val_{monitor}", mode=mode,
                            save_top_k=1, save_last=True, enable_version_counter=False)
