@@ -131,11 +131,90 @@ def summary_ms(times: list[float]) -> dict:
             "calls": len(ms)}
 
 
-def start_server(run: Path, port: int, batching: bool, max_wait_ms: float):
-    """serve_load.py's server start with a chosen --max-wait-ms."""
+def threaded_batcher_class():
+    """A prototype, to test why batching loses at 64 clients: MicroBatcher whose collect-and-forward loop runs
+    in its own thread (a thread-safe queue; futures resolved with call_soon_threadsafe), so the forward never
+    waits for the event loop to resume a coroutine between batches."""
+    import asyncio
+    import queue
+    import threading
+
+    from polymodal.serve.batching import MicroBatcher
+
+    class ThreadedBatcher(MicroBatcher):
+        async def start(self) -> None:
+            await super().start()  # the executor (run_now: the warm-up probe) and, unused, the coroutine worker
+            if self._worker is not None:
+                self._worker.cancel()
+            self._loop_ref, self._q, self._stop = asyncio.get_running_loop(), queue.Queue(), threading.Event()
+            self._thread = threading.Thread(target=self._work, name="polymodal-batch-thread", daemon=True)
+            self._thread.start()
+
+        @property
+        def running(self) -> bool:
+            return getattr(self, "_thread", None) is not None and self._thread.is_alive()
+
+        async def stop(self) -> None:
+            if getattr(self, "_thread", None) is not None:
+                self._stop.set()
+                self._thread.join(timeout=5)
+            await super().stop()
+
+        async def submit(self, item):
+            if not self.enabled:
+                return await super().submit(item)
+            fut = asyncio.get_running_loop().create_future()
+            self._q.put((item, fut))
+            return await fut
+
+        def _work(self) -> None:
+            while not self._stop.is_set():
+                try:
+                    batch = [self._q.get(timeout=0.1)]
+                except queue.Empty:
+                    continue
+                deadline = time.monotonic() + self.max_wait
+                while len(batch) < self.max_batch:
+                    try:
+                        batch.append(self._q.get(timeout=max(0.0, deadline - time.monotonic()))
+                                     if deadline > time.monotonic() else self._q.get_nowait())
+                    except queue.Empty:
+                        break
+                live = [(i, f) for i, f in batch if not f.cancelled()]
+                try:
+                    results, error = self.fn([i for i, _ in live]), None
+                except Exception as exc:
+                    results, error = None, exc
+
+                def resolve(live=live, results=results, error=error) -> None:
+                    for n, (_, fut) in enumerate(live):
+                        if not fut.done():
+                            fut.set_exception(error) if error else fut.set_result(results[n])
+                    self._report(len(live))
+
+                self._loop_ref.call_soon_threadsafe(resolve)
+
+    return ThreadedBatcher
+
+
+def serve_threaded(argv: list[str]) -> None:
+    """`polymodal serve` with the prototype batcher (the server process of `--serve --threaded-batcher`)."""
+    import typer
+
+    import polymodal.serve.app as app_module
+    from polymodal.serve.cli import serve
+
+    app_module.MicroBatcher = threaded_batcher_class()
+    sys.argv = ["polymodal-serve", *argv]
+    typer.run(serve)
+
+
+def start_server(run: Path, port: int, batching: bool, max_wait_ms: float, threaded: bool = False):
+    """serve_load.py's server start with a chosen --max-wait-ms (and optionally the prototype batcher)."""
     import httpx
 
-    cmd = [sys.executable, "-m", "polymodal.serve.cli", str(run), "--host", "127.0.0.1", "--port", str(port),
+    server = [str(Path(__file__).resolve()), "--serve-threaded"] if threaded else ["-m", "polymodal.serve.cli"]
+    cmd = [sys.executable, *server, str(run), "--host", "127.0.0.1", "--port", str(port),
            "--max-batch", "32", "--max-wait-ms", str(max_wait_ms), "--batching" if batching else "--no-batching",
            "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -153,8 +232,8 @@ def start_server(run: Path, port: int, batching: bool, max_wait_ms: float):
     raise RuntimeError("server did not become ready in 180 s")
 
 
-def serve_phases(seconds: float, out: Path, engines: list[str], waits: list[float], batching_modes: list[bool]
-                 ) -> None:
+def serve_phases(seconds: float, out: Path, engines: list[str], waits: list[float], batching_modes: list[bool],
+                 threaded: bool = False) -> None:
     """`polymodal serve` at 1/8/64 clients, micro-batching on (per --max-wait-ms) and off, per engine
     (POLYMODAL_ENGINE in the server's environment), with benchmarks/serve_load.py's model, client and phases."""
     import asyncio
@@ -170,10 +249,11 @@ def serve_phases(seconds: float, out: Path, engines: list[str], waits: list[floa
     for engine, batching, wait in phases:
         os.environ["POLYMODAL_ENGINE"] = engine  # inherited by the server subprocess
         port = S.free_port()
-        proc = start_server(run, port, batching, wait)
+        proc = start_server(run, port, batching, wait, threaded and batching)
         try:
             for clients in (1, 8, 64):
-                row = {"engine": engine, "batching": batching, "max_wait_ms": wait, "clients": clients}
+                row = {"engine": engine, "batching": batching, "max_wait_ms": wait, "clients": clients,
+                       "batcher": "thread prototype" if threaded and batching else "MicroBatcher"}
                 try:
                     res = asyncio.run(S.load(f"http://127.0.0.1:{port}/predict", image, clients,
                                              S.REQUESTS[clients], seconds))
@@ -196,6 +276,8 @@ def serve_phases(seconds: float, out: Path, engines: list[str], waits: list[floa
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--serve-threaded"]:
+        return serve_threaded(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-images", type=int, default=60)
     ap.add_argument("--test-images", type=int, default=20)
@@ -209,11 +291,12 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", default="5", help="--serve: comma list of batching waits")
     ap.add_argument("--batching", default="on,off", help="--serve: on, off or both")
     ap.add_argument("--serve-out", default="inference_serve.json", help="--serve: file name under results/")
+    ap.add_argument("--threaded-batcher", action="store_true", help="--serve: the prototype thread batcher")
     args = ap.parse_args()
     if args.serve:
         return serve_phases(args.seconds, args.out.with_name(args.serve_out), args.engines.split(","),
                             [float(w) for w in args.max_wait_ms.split(",")],
-                            [b == "on" for b in args.batching.split(",")])
+                            [b == "on" for b in args.batching.split(",")], args.threaded_batcher)
 
     run = demo_run(WORK / "inference-run", args.train_images, args.refit)
     test = easy_vqa_table("test", args.test_images)
