@@ -104,7 +104,8 @@ def fit(
     dropout: float = typer.Option(0.2, help="dropout in the fusion and head"),
     loss: str = typer.Option("cross_entropy", help="classification loss: cross_entropy | focal"),
     focal_gamma: float = typer.Option(2.0, help="focal loss focusing parameter"),
-    class_weighting: str = typer.Option("auto", help="auto (on when classes are ≥3x imbalanced) | on | off"),
+    class_weighting: str = typer.Option("auto", help="on: inverse-frequency class weights (for balanced "
+                                                    "accuracy / macro F1); auto = off (fit optimises accuracy)"),
     sampler: str = typer.Option("shuffle", help="shuffle | weighted (resample classes of the first label equally)"),
     tune_threshold: str | None = typer.Option(None, help="binary labels: tune the decision threshold on the "
                                                          "validation set for f1 | balanced_accuracy"),

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from polymodal.predictor import MultimodalPredictor
 from polymodal.training.trainer import quiet_lightning
 
 NOISE = ("litlogger", "GPU available", "TPU available", "in eval mode", "LeafSpec", "logging interval",
@@ -37,3 +38,13 @@ def test_other_warnings_still_show():
         warnings.warn("Found 3 module(s) in eval mode at the start of training. ...", UserWarning, stacklevel=1)
         warnings.warn("something the user must see", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["something the user must see"]
+
+
+def test_class_weighting_is_off_unless_asked(tmp_path):
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"a": rng.normal(size=80), "y": ["common"] * 70 + ["rare"] * 10})  # 7x imbalanced
+    auto = MultimodalPredictor(label="y", verbose=False, progress=False, max_epochs=1).fit(df)
+    assert auto.task.class_weights is None  # fit optimises accuracy: no inverse-frequency weights by default
+    on = MultimodalPredictor(label="y", verbose=False, progress=False, max_epochs=1, class_weighting=True).fit(df)
+    w = on.task.class_weights.numpy()
+    assert w[list(on.prep.classes).index("rare")] > w[list(on.prep.classes).index("common")]

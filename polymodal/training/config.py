@@ -93,7 +93,7 @@ class FitConfig(RunSettings):
     valid_fraction: float = 0.2
     group_column: str | None = None  # rows sharing a value stay on one side of the validation split; None: group
     # by an image/audio/video column whose values repeat across rows; "none": split by row (data/split.row_groups)
-    class_weighting: bool | None = None  # None: on when the largest class is ≥ 3× the smallest
+    class_weighting: bool | None = None  # None (auto) = off: fit optimises accuracy (tasks.task_from_prep)
     label_smoothing: float = 0.0
     loss: str = "cross_entropy"  # classification loss: cross_entropy | focal
     focal_gamma: float = 2.0
