@@ -16,7 +16,7 @@ import pandas as pd
 
 from polymodal.ensemble.config import EnsembleSettings
 from polymodal.ensemble.features import Featurizer
-from polymodal.ensemble.fit import Ensemble, MemberResult
+from polymodal.ensemble.fit import Ensemble, MemberResult, one_blas_thread
 from polymodal.ensemble.members import Problem, Rows, build_member
 from polymodal.ensemble.scoring import metric_value
 from polymodal.ensemble.selection import apply_temperature, blend
@@ -52,9 +52,10 @@ def fitted(ens: Ensemble, name: str) -> list:
 def member_predictions(ens: Ensemble, rows: Rows, names: list[str]) -> dict[str, np.ndarray]:
     """Each member's prediction: the mean over its fold models (bagging)."""
     out = {}
-    for name in names:
-        models = fitted(ens, name)
-        out[name] = sum(ens.results[name].member.predict(m, rows, ens.problem) for m in models) / len(models)
+    with one_blas_thread():
+        for name in names:
+            models = fitted(ens, name)
+            out[name] = sum(ens.results[name].member.predict(m, rows, ens.problem) for m in models) / len(models)
     return out
 
 
