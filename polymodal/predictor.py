@@ -89,7 +89,7 @@ class MultimodalPredictor:
         self.path = Path(path) if path else None
         self.verbose, self._result, self.model_id, self.metrics = False, None, r.model_id, dict(r.metrics)
         self.preset, self._ensemble = FAST, None
-        self.engines = EngineChoice()
+        self.engines = EngineChoice(saved=r.model, folder=path)  # these weights are the ones model_id names
         return self
 
     # ---- training ------------------------------------------------------------------------------------
@@ -256,6 +256,7 @@ class MultimodalPredictor:
             extra.update(task=self.config.task, vocabulary=self.task.vocab.ids)
         self.model_id = artifacts.save_run(path, self.model, self.prep, self.config.to_dict(), self.metrics,
                                            res.history if res else None, extra=extra)
+        self.engines = EngineChoice(saved=self.model, folder=path)  # a graph for these weights goes beside them
         if self.kind == GENERATION_RUN:
             self.task.vocab.tokenizer.save_pretrained(str(path / artifacts.DECODER_TOKENIZER))
         artifacts.write_manifest(path)  # after every model file, before the reports

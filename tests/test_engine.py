@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 pytest.importorskip("onnxruntime")
@@ -164,3 +165,24 @@ def test_cli_engine_option(tmp_path):
     res = runner.invoke(app, ["serve", str(run), "--engine", "nope"])  # refused before any server starts
     assert res.exit_code != 0 and "engine must be one of" in res.output
     assert E.physical_cores() >= 1 and E.ort_threads() >= 1
+
+
+def test_weights_changed_in_memory_are_never_answered_by_the_old_graph(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(GOLDEN / "run", run)
+    rows = _rows(tmp_path)
+    p = load_run(run)
+    before = p.predict_proba(rows, as_pandas=False)  # auto: the graph, exported and cached for model_id
+    assert isinstance(p.inference_module(), E.OnnxModule)
+    with torch.no_grad():
+        for param in p.model.head.parameters():
+            param.mul_(3.0)  # in place: same object, same model_id, other answers
+    changed = p.predict_proba(rows, as_pandas=False)
+    assert p.inference_module() is p.model and np.abs(changed - before).max() > 1e-3
+    np.testing.assert_array_equal(changed, p.predict_proba(rows, as_pandas=False, engine="torch"))
+    np.testing.assert_allclose(p.predict_proba(rows, as_pandas=False, engine="onnx"), changed, atol=1e-5, rtol=0)
+    assert json.loads((run / "onnx" / "parity.json").read_text())["model_id"] == p.model_id  # disk cache untouched
+    p.save(tmp_path / "saved")  # saved: the new weights get their own id, and their graph goes beside them
+    assert isinstance(p.inference_module(), E.OnnxModule)
+    assert json.loads((tmp_path / "saved" / "onnx" / "parity.json").read_text())["model_id"] == p.model_id
+    assert json.loads((run / "onnx" / "parity.json").read_text())["model_id"] != p.model_id

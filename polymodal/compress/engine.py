@@ -246,10 +246,22 @@ def build_onnx(run_dir: str | Path | None, model: nn.Module, task, prep: Preproc
     return (module if report.get("passed") else None), report
 
 
-class EngineChoice:
-    """One predictor's engines: the ONNX module built once per model (and run folder), reasons kept."""
+def weights_state(model: nn.Module) -> tuple:
+    """A cheap fingerprint of the weights held in memory: each tensor's version counter (bumped by in-place
+    writes: optimiser steps, load_state_dict, `fill_` under no_grad) and storage address (`.data = ...`)."""
+    return tuple((t._version, t.data_ptr()) for t in (*model.parameters(), *model.buffers()))
 
-    def __init__(self) -> None:
+
+class EngineChoice:
+    """One predictor's engines: the ONNX module built once per model (and run folder), reasons kept.
+
+    `saved`: the model as loaded from (or just saved to) run folder `folder`; its fingerprint tells later
+    whether the weights in memory are still the ones the run's `model_id` names (the graph cached in that
+    folder is theirs)."""
+
+    def __init__(self, saved: nn.Module | None = None, folder: str | os.PathLike | None = None) -> None:
+        self._saved = (id(saved), weights_state(saved)) if saved is not None else None
+        self.folder = folder
         self._key: tuple | None = None
         self._module: OnnxModule | None = None
         self.report: dict = {}
@@ -270,6 +282,7 @@ class EngineChoice:
         engine = resolve_engine(engine)
         if engine == "torch":
             return model
+        run_dir = self.folder if self.folder is not None else run_dir  # where these weights were saved
         reason, failed = None, False
         if not onnx_able:
             reason = "this kind of model has no ONNX graph"
@@ -278,11 +291,16 @@ class EngineChoice:
                       "holds; `polymodal compress --backend onnx` makes an int8 ONNX model)")
         elif next(model.parameters()).device.type != "cpu":
             reason = "the model is on a GPU (the ONNX engine runs on CPU)"
-        elif (run_dir is None or model_id is None) and engine == "auto":
+        elif self._saved != (id(model), state := weights_state(model)):
+            model_id = None  # changed in memory since load/save: neither the cache nor `auto` may trust the id
+            if engine == "auto":
+                reason = "its weights changed in memory since they were loaded or saved (save them, or pass " \
+                         "engine='onnx')"
+        if reason is None and (run_dir is None or model_id is None) and engine == "auto":
             reason = "the weights are not saved in a run folder to keep an ONNX graph beside (save them, or pass " \
                      "engine='onnx')"
         if reason is None:
-            key = (str(run_dir), model_id, id(model))
+            key = (str(run_dir), model_id, id(model), None if model_id else state)
             with self._lock:
                 if key != self._key:
                     self._module, self.report = build_onnx(run_dir, model, task, prep, model_id, rows)
