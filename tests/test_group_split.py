@@ -83,3 +83,24 @@ def test_fit_recipe_groups_and_drops_an_id_like_group_column():
     assert any("groups: validation keeps the rows of each 'patient' value together (7 groups)" in m for m in logs)
     tr, va = recipe.split(df, schema, config)
     assert not set(tr["patient"]) & set(va["patient"])
+
+
+def test_cli_group_column_reaches_the_run(image_table, tmp_path):
+    """`polymodal fit --group-column patient`: logged, stored in config.json, and the column is no feature."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from polymodal.cli import app
+
+    df = pd.read_csv(image_table)
+    df["patient"] = df["id"] // 5  # 12 patients with 5 rows each
+    df.drop(columns="id").to_csv(image_table, index=False)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["fit", str(image_table), "--label", "label", "--out", str(out), "--group-column",
+                                 "patient", "--image-encoder", "small-cnn", "--image-size", "32", "--epochs", "1",
+                                 "--batch-size", "16"])
+    assert r.exit_code == 0, r.output
+    assert "validation keeps the rows of each 'patient' value together (12 groups)" in r.output
+    assert json.loads((out / "config.json").read_text())["fit"]["group_column"] == "patient"
+    assert json.loads((out / "preprocess.json").read_text())["schema"]["columns"]["patient"] == "id"
