@@ -85,7 +85,8 @@ def fit(
                                            "text:top=2), or text:lora[=RANK] / text:bitfit"),
     fusion: str = typer.Option("concat", help="fusion strategy: concat, late, ..."),
     tokens: bool | None = typer.Option(None, "--tokens/--no-tokens",
-                                       help="token sequences into the fusion (default: for transformer, film)"),
+                                       help="token sequences into the fusion (default: for transformer, "
+                                            "film, ban, coattention)"),
     epochs: int = typer.Option(20, help="maximum epochs"),
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(1e-3, help="learning rate (fine-tuned encoders use 0.1x)"),

@@ -87,12 +87,13 @@ def frozen_keys(model: nn.Module, prep: Preprocessor, config: RunSettings) -> li
 
 def token_inputs(config: FitConfig, prep: Preprocessor | None) -> dict[str, str]:
     """Inputs fed to the fusion as token sequences: image/text/audio ones, when `config.tokens` (or, by
-    default, when the fusion accepts tokens: transformer, film)."""
+    default, when the fusion accepts tokens: transformer, film, ban, coattention)."""
     accepts = getattr(FUSIONS.get(config.fusion), "accepts_tokens", False)
     use = config.tokens if config.tokens is not None else accepts
     if use and not accepts:
-        raise PolymodalError(f"fusion {config.fusion!r} takes pooled features; token inputs need transformer or "
-                             "film")
+        token_fusions = ", ".join(n for n, f in FUSIONS.items() if getattr(f, "accepts_tokens", False))
+        raise PolymodalError(f"fusion {config.fusion!r} takes pooled features; token inputs need one of "
+                             f"{token_fusions}")
     if not use or prep is None:
         return {}
     return {k: s.modality for k, s in prep.inputs.items() if s.modality in TOKEN_MODALITIES}
