@@ -25,6 +25,7 @@ from polymodal.errors import DataError, PolymodalError, console, user_errors
 from polymodal.fusion import fusion_names
 from polymodal.predictor import MultimodalPredictor
 from polymodal.problem_types import GENERATION
+from polymodal.recommend.cli import recommend_app
 from polymodal.retrieval.cli import align, evaluate_alignment, index, search, zero_shot
 from polymodal.runs import ALIGNMENT, load_run, run_kind
 from polymodal.serve.cli import ENGINE_HELP, serve
@@ -434,6 +435,7 @@ app.command()(index)
 app.command()(search)
 app.command(name="zero-shot")(zero_shot)
 app.command(name="speak")(speak_command)
+app.add_typer(recommend_app, name="recommend")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -47,3 +47,17 @@ def test_recommend_wants_json(client):
     assert c.post("/recommend", content=b"user=1", headers={"content-type": "text/plain"}).status_code == 415
     assert c.post("/recommend", content=b"{", headers={"content-type": "application/json"}).status_code == 422
     assert c.post("/recommend", json=[1, 2]).status_code == 422
+
+
+def test_a_recommendation_run_folder_is_served_and_on_the_main_cli(client, tmp_path):
+    from typer.testing import CliRunner
+
+    from polymodal.cli import app
+    from polymodal.serve.app import app_from_run
+
+    rec, _ = client
+    rec.save(tmp_path / "rec")
+    with TestClient(app_from_run(tmp_path / "rec")) as c:
+        assert c.post("/recommend", json={"user": 45, "k": 3}).json()["items"] == rec.top_k("45", 3)
+    r = CliRunner().invoke(app, ["recommend", "top-k", str(tmp_path / "rec"), "--user", "45", "-k", "3"])
+    assert r.exit_code == 0, r.output

@@ -21,12 +21,13 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from polymodal.errors import PolymodalError
-from polymodal.runs import ALIGNMENT, load_run, run_kind
+from polymodal.runs import ALIGNMENT, RECOMMENDATION_RUN, load_run, run_kind
 from polymodal.serve.batching import MicroBatcher
 from polymodal.serve.docs import add_docs
 from polymodal.serve.health import ModelHealth
 from polymodal.serve.inputs import MAX_TEXT_CHARS, MB, InputError, RowBuilder, Upload, parse_json_body
 from polymodal.serve.metrics import ServerMetrics
+from polymodal.serve.recommend import recommend_app
 from polymodal.serve.runner import ModelRunner
 from polymodal.serve.search import Searcher, jsonable
 from polymodal.serve.speak import speak_router
@@ -346,7 +347,10 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batc
 
 
 def app_from_run(run_dir: str | os.PathLike, device: str | None = None, **options) -> FastAPI:
-    """Load the run folder's predictor once and serve it (an alignment run serves only its search index)."""
+    """Load the run folder's predictor once and serve it (an alignment run serves only its search index, a
+    recommendation run POST /recommend)."""
+    if run_kind(run_dir) == RECOMMENDATION_RUN:
+        return recommend_app(load_run(run_dir, device=device))
     if run_kind(run_dir) == ALIGNMENT:
         if options.get("searcher") is None:
             raise PolymodalError(f"{run_dir} is an alignment run: serve it with --index GALLERY.index "
