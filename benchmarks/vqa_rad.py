@@ -99,12 +99,22 @@ def lookup(train: pd.DataFrame, test: pd.DataFrame, same_image: bool) -> np.ndar
     return train["answer"].to_numpy()[sim.argmax(1)]
 
 
+def encoder_opts(args) -> dict:
+    """Image size, and the partial fine-tuning split (--image-top / --text-top K: the last K blocks/layers)."""
+    opts = {"image": {"image_size": args.image_size}}
+    if args.image_top:
+        opts["image"]["train_top"] = args.image_top
+    if args.text_top:
+        opts["text"] = {"train_top": args.text_top}
+    return opts
+
+
 def fit_predict(train: pd.DataFrame, test: pd.DataFrame, fusion: str, seed: int, name: str,
                 args) -> tuple[np.ndarray, dict]:
     opts = {"hidden": args.hidden, **({"glimpses": args.glimpses, "k": args.k} if fusion == "ban" else {})}
     p = MultimodalPredictor(
         label="answer", path=WORK / f"vqa_rad_{name}_{fusion}_{seed}", verbose=False, progress=False, seed=seed,
-        encoders={"image": args.image_encoder}, encoder_opts={"image": {"image_size": args.image_size}},
+        encoders={"image": args.image_encoder}, encoder_opts=encoder_opts(args),
         fusion=fusion, fusion_opts=opts, max_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         patience=args.patience, valid_fraction=0.15, class_weighting=False, group_column="image",
         dropout=args.dropout, label_smoothing=args.label_smoothing, weight_decay=args.weight_decay)
@@ -159,6 +169,8 @@ def main() -> None:
     ap.add_argument("--headline", default="ban", help="the fusion whose rows fill the clean_*/published_* keys")
     ap.add_argument("--image-encoder", default="efficientnet-lite0")
     ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--image-top", type=int, default=0, help="fine-tune the image encoder's last K blocks")
+    ap.add_argument("--text-top", type=int, default=0, help="fine-tune the text encoder's last K layers")
     ap.add_argument("--hidden", type=int, default=128, help="fusion width")
     ap.add_argument("--glimpses", type=int, default=2)
     ap.add_argument("--k", type=int, default=1)
