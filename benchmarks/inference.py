@@ -209,29 +209,6 @@ def serve_threaded(argv: list[str]) -> None:
     typer.run(serve)
 
 
-def start_server(run: Path, port: int, batching: bool, max_wait_ms: float, threaded: bool = False):
-    """serve_load.py's server start with a chosen --max-wait-ms (and optionally the prototype batcher)."""
-    import httpx
-
-    server = [str(Path(__file__).resolve()), "--serve-threaded"] if threaded else ["-m", "polymodal.serve.cli"]
-    cmd = [sys.executable, *server, str(run), "--host", "127.0.0.1", "--port", str(port),
-           "--max-batch", "32", "--max-wait-ms", str(max_wait_ms), "--batching" if batching else "--no-batching",
-           "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not become ready in 180 s")
-
-
 def serve_phases(seconds: float, out: Path, engines: list[str], waits: list[float], batching_modes: list[bool],
                  threaded: bool = False) -> None:
     """`polymodal serve` at 1/8/64 clients, micro-batching on (per --max-wait-ms) and off, per engine
@@ -249,7 +226,8 @@ def serve_phases(seconds: float, out: Path, engines: list[str], waits: list[floa
     for engine, batching, wait in phases:
         os.environ["POLYMODAL_ENGINE"] = engine  # inherited by the server subprocess
         port = S.free_port()
-        proc = start_server(run, port, batching, wait, threaded and batching)
+        server = [str(Path(__file__).resolve()), "--serve-threaded"] if threaded and batching else None
+        proc = S.start_server(run, port, batching, wait, server, timeout=180)
         try:
             for clients in (1, 8, 64):
                 row = {"engine": engine, "batching": batching, "max_wait_ms": wait, "clients": clients,

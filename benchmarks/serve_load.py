@@ -56,12 +56,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run: Path, port: int, batching: bool) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "polymodal.serve.cli", str(run), "--host", "127.0.0.1", "--port", str(port),
-           "--max-batch", "32", "--max-wait-ms", "5", "--batching" if batching else "--no-batching",
-           "--log-level", "warning"]
+def start_server(run: Path, port: int, batching: bool, max_wait_ms: float = 5.0,
+                 server: list[str] | None = None, timeout: float = 120) -> subprocess.Popen:
+    """`polymodal serve` (or `server`: another entry point taking its options) on `port`, once /ready answers."""
+    cmd = [sys.executable, *(server or ["-m", "polymodal.serve.cli"]), str(run), "--host", "127.0.0.1",
+           "--port", str(port), "--max-batch", "32", "--max-wait-ms", str(max_wait_ms),
+           "--batching" if batching else "--no-batching", "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
@@ -72,7 +74,7 @@ def start_server(run: Path, port: int, batching: bool) -> subprocess.Popen:
             pass
         time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("server did not become ready in 120 s")
+    raise RuntimeError(f"server did not become ready in {timeout:.0f} s")
 
 
 async def load(url: str, image: bytes, clients: int, n: int, seconds: float) -> dict:
