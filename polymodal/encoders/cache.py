@@ -375,10 +375,9 @@ def precompute_features(df: pd.DataFrame, prep: Preprocessor, encoders: dict[str
             if ckeys[v] in failed:
                 problems.extend(Problem(int(r), col, failed[ckeys[v]]) for r, x in zip(df.index, vals) if x == v)
                 ckeys[v] = None
-        half = as_tokens or getattr(enc, "train_top", 0)
-        dim = next(iter(found.values())).shape if found else (enc.prefix_shape() if half and not as_tokens
-                                                               else (enc.out_dim,))
-        out = _row_array((len(df), *dim), np.float16 if half else np.float32, cache_dir)
+        prefixed = getattr(enc, "train_top", 0)  # what encode_values stored: the prefix's output, token or not
+        dim = next(iter(found.values())).shape if found else (enc.prefix_shape() if prefixed else (enc.out_dim,))
+        out = _row_array((len(df), *dim), np.float16 if as_tokens or prefixed else np.float32, cache_dir)
         present = np.zeros(len(df), bool)
         for r, v in enumerate(vals):
             k = ckeys.get(v) if v is not None else None
