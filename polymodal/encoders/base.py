@@ -8,8 +8,8 @@ contract as a Protocol.
 Partial fine-tuning (`train_top = k`, e.g. `--finetune image:top=3`): the encoder is a frozen prefix and a
 trainable top (its last k blocks or layers). The prefix's output is what the feature cache stores, so training
 runs only the top: `prefix(x)` → cached activations, `from_prefix(h, tokens)` → the pooled vector or the token
-sequence, equal to `forward(x)` / `tokens(x)`. Encoders that can be split implement `prefix`, `top_map` and
-`top_modules`.
+sequence, equal to `forward(x)` / `tokens(x)`. Encoders that can be split implement `prefix`, `prefix_shape`,
+`from_prefix` and `top_modules`.
 """
 
 from __future__ import annotations

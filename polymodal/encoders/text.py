@@ -70,16 +70,17 @@ class HFTextEncoder(Encoder):
         if self.train_top and not 1 <= self.train_top <= self.num_layers:
             raise PolymodalError(f"text encoder {name}: top={self.train_top} must be between 1 and "
                                  f"{self.num_layers} (its number of layers)")
-        self.adapter, self.lora_rank = adapter, int(lora_rank)
+        self.adapter, self.lora_rank = None, int(lora_rank)
         if adapter is not None:
-            if self.train_top:
-                raise PolymodalError("choose one of top=K and an adapter (lora, bitfit) for the text encoder")
-            self._add_adapter(adapter)
+            self.add_adapter(adapter, lora_rank)
 
-    def _add_adapter(self, adapter: str) -> None:
+    def add_adapter(self, adapter: str, lora_rank: int = 8) -> None:
         """Parameter-efficient fine-tuning: only the adapter's parameters train (this encoder then always runs
         whole, never from the feature cache). "lora": low-rank updates of the attention projections (peft's
         LoRA, Hu et al. 2021); "bitfit": the bias terms only (Ben Zaken et al. 2022)."""
+        if self.train_top:
+            raise PolymodalError("choose one of top=K and an adapter (lora, bitfit) for the text encoder")
+        self.adapter, self.lora_rank = adapter, int(lora_rank)
         if adapter == "bitfit":
             for n, p in self.model.named_parameters():
                 p.requires_grad_(n.endswith("bias"))
@@ -126,7 +127,7 @@ class HFTextEncoder(Encoder):
     def from_prefix(self, h: Tensor, tokens: bool = False) -> Tensor:
         mask = token_mask(h)
         # the additive mask BERT-style layers take (0 where attended, the dtype's minimum elsewhere); the
-        # same layers are called in order, so the output equals the uncut model's (tests/test_finetune.py)
+        # same layers are called in order, so the output equals the uncut model's (tests/test_partial_finetune.py)
         extended = (~mask)[:, None, None, :].to(h.dtype) * torch.finfo(h.dtype).min
         for layer in self.top_modules():
             out = layer(h, attention_mask=extended)
@@ -144,10 +145,7 @@ def load_adapted(folder: str, **opts) -> HFTextEncoder:
     enc.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
     enc.cache_id = enc.cache_id.replace(f"text:{meta['base']}:", f"text:adapted-{meta['sha256'][:16]}:", 1)
     if adapter is not None:  # on top of the adapted weights
-        if enc.train_top:
-            raise PolymodalError("choose one of top=K and an adapter (lora, bitfit) for the text encoder")
-        enc.adapter, enc.lora_rank = adapter, int(rank)
-        enc._add_adapter(adapter)
+        enc.add_adapter(adapter, rank)
     return enc
 
 
