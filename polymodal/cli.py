@@ -230,7 +230,7 @@ def evaluate(run: Path = typer.Argument(..., help="run folder"),
         return evaluate_alignment(run, data, out, pair_id)
     p = load_run(run)
     plots = (out.parent if out else run / "evaluation")
-    metrics = p.evaluate(data, plots_dir=plots, **missing_inputs(allow_missing, engine))
+    metrics = p.evaluate(data, plots_dir=plots, **predict_options(allow_missing, engine))
     print_metrics(metrics, f"evaluation of {run} on {data}")
     if out:
         atomic_write_json(out, metrics)
@@ -252,7 +252,7 @@ def predict(run: Path = typer.Argument(..., help="run folder (or a compressed on
             engine: str | None = typer.Option(None, help=ENGINE_HELP)) -> None:
     """Write predictions (and class probabilities) for every row of a table."""
     p = load_run(run)
-    kwargs = missing_inputs(allow_missing, engine)  # predict's keyword arguments
+    kwargs = predict_options(allow_missing, engine)  # predict's keyword arguments
     if not stream:
         result = _prediction_frame(p, read_table(data), proba, kwargs)
         atomic_write_text(out, result.to_csv(index=False))
@@ -272,7 +272,7 @@ def predict(run: Path = typer.Argument(..., help="run folder (or a compressed on
     console.print(f"wrote {rows} predictions from {len(reader.files)} {reader.kind} shard(s) to {out}")
 
 
-def missing_inputs(allow_missing: list[str], engine: str | None = None) -> dict:
+def predict_options(allow_missing: list[str], engine: str | None = None) -> dict:
     """predict/evaluate keyword arguments for --allow-missing and --engine, given only when used."""
     return {k: v for k, v in (("allow_missing", allow_missing), ("engine", engine)) if v}
 

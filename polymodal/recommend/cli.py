@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from polymodal.cli_options import print_metrics
 from polymodal.errors import PolymodalError, user_errors
 from polymodal.recommend.recommender import MODEL_OPTIONS, Recommender
 from polymodal.recommend.train import LOSSES, TrainConfig
@@ -46,15 +47,6 @@ def _options(spec: str | None) -> dict:
         out[key] = v in ("1", "true", "yes") if v in ("0", "1", "true", "false", "yes", "no") and key in (
             "item_id", "user_id", "history") else (float(v) if "." in v else int(v))
     return out
-
-
-def _print_metrics(metrics: dict, title: str) -> None:
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in metrics.items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    Console().print(table)
 
 
 @recommend_app.command("fit")
@@ -101,7 +93,7 @@ def fit(
                           train=train, validation=not no_validation, log=typer.echo)
     rec.save(out, overwrite=overwrite)
     if rec.metrics:
-        _print_metrics(rec.metrics, "validation")
+        print_metrics(rec.metrics, "validation")
     typer.echo(f"saved {out}")
 
 
@@ -120,7 +112,7 @@ def evaluate(
         raise PolymodalError("-k must be at least 1")
     rec = Recommender.load(run)
     metrics = rec.metrics if test is None else rec.evaluate(test, ks=tuple(k))
-    _print_metrics(metrics, "validation (saved at fit)" if test is None else f"test: {test}")
+    print_metrics(metrics, "validation (saved at fit)" if test is None else f"test: {test}")
     if out is not None:
         atomic_write_json(out, metrics)
 
