@@ -63,15 +63,15 @@ class Ensemble:
 
 
 def refuse_unsupported(df: pd.DataFrame, config: FitConfig) -> None:
-    """Multi-label and multi-task labels are not ensembled (yet): say so before any time is spent."""
+    """Multi-task labels are not ensembled (yet): say so before any time is spent."""
     schema = TABLE_RECIPE.schema(df, config, lambda m: None)
-    if schema.problem_type in (MULTILABEL, MULTITASK):
-        raise PolymodalError(f"--preset balanced/best ensembles binary, multiclass and regression labels; this "
-                             f"label is {schema.problem_type}: train it with --preset fast")
+    if schema.problem_type == MULTITASK:
+        raise PolymodalError(f"--preset balanced/best ensembles binary, multiclass, multi-label and regression "
+                             f"labels; this label is {schema.problem_type}: train it with --preset fast")
 
 
 def targets(df: pd.DataFrame, featurizer: Featurizer) -> np.ndarray:
-    """Class ids, or values in the label's units."""
+    """Class ids, (N, L) 0/1 for multi-label, or values in the label's units."""
     prep = featurizer.prep
     y = prep.encode_target(df)
     if prep.schema.problem_type == REGRESSION:
@@ -136,7 +136,7 @@ def fit_ensemble(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: 
     weights, _ = caruana(oof, y, metric, settings.selection_rounds)
     blended = blend(oof, weights)
     temperature = 1.0 if problem.regression else fit_temperature(blended, y)
-    blended = blended if problem.regression else apply_temperature(blended, temperature)
+    blended = blended if problem.regression else apply_temperature(blended, temperature, problem.multilabel)
     scores = {n: metric_value(metric, p, y) for n, p in oof.items()}
     scores["ensemble"] = metric_value(metric, blended, y)
     used = ", ".join(f"{n} {w:.2f}" for n, w in sorted(weights.items(), key=lambda kv: -kv[1]) if w > 0)
@@ -212,7 +212,8 @@ def drop(res: MemberResult, why: str, rep: int, log: Log) -> None:
 
 
 def keep_known(df: pd.DataFrame, prep) -> pd.DataFrame:
-    """Rows whose class the ensemble knows (a test row with an unseen class cannot be scored)."""
-    if not prep.classes:
+    """Rows whose class the ensemble knows (a test row with an unseen class cannot be scored; a multi-label
+    row's unseen labels are left out of its target, as for a single model)."""
+    if not prep.classes or prep.schema.problem_type == MULTILABEL:
         return df
     return keep_rows(df, df[prep.schema.label].astype(str).isin(set(prep.classes)))

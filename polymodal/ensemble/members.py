@@ -1,11 +1,15 @@
 """The portfolio: each member fits on one fold's training rows and predicts any rows, in one output form —
-(N, C) class probabilities over the ensemble's classes, or (N,) values in the label's units.
+(N, C) class probabilities over the ensemble's classes, (N, L) per-label probabilities (multi-label), or (N,)
+values in the label's units.
 
 - matrix members read the Matrix of ensemble/features.py (tabular columns + cached embeddings), with every
   learned transform (scaling, one-hot, PCA per embedding column) fitted on the fold's training rows only:
   LightGBM, extra trees, a linear model (logistic / ridge, ridge's penalty chosen by leave-one-out CV), k-NN;
+  multi-label: extra trees and k-NN natively multi-output, LightGBM and the logistic model one binary model
+  per label (a label constant in the fold's training rows predicts that constant);
 - fusion members are the fit pipeline's own network (`training.fit.fit` → prepare + train_and_score) with
-  a given fusion, saved per fold as an ordinary table run folder and rebuilt by `training.build.rebuild`.
+  a given fusion, saved per fold as an ordinary table run folder and rebuilt by `training.build.rebuild`
+  (multi-label: the pipeline's own sigmoid head).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from torch import nn
 from polymodal.data.preprocess import Preprocessor
 from polymodal.ensemble.features import Matrix
 from polymodal.errors import PolymodalError
-from polymodal.problem_types import REGRESSION
+from polymodal.problem_types import MULTILABEL, REGRESSION
 from polymodal.training import artifacts
 from polymodal.training.build import TABLE_RUN, frozen_keys, rebuild
 from polymodal.training.config import FitConfig
@@ -54,6 +58,10 @@ class Problem:
     @property
     def regression(self) -> bool:
         return self.problem_type == REGRESSION
+
+    @property
+    def multilabel(self) -> bool:
+        return self.problem_type == MULTILABEL
 
 
 @dataclass
@@ -148,27 +156,41 @@ class MatrixMember:
             ) -> FittedMatrix:
         ct = self.transform(train.matrix.layout, len(train.y), problem.seed)
         xt = ct.fit_transform(train.matrix.X)
-        model = self.estimator(problem, len(train.y))
+        xv = ct.transform(valid.matrix.X) if self.kind == "lightgbm" else None
+        if problem.multilabel and self.kind in ("lightgbm", "linear"):  # one binary model per label
+            binary = dataclasses.replace(problem, problem_type="binary")
+            start, labels, models = time.time(), train.y.shape[1], []
+            for j in range(labels):
+                y = train.y[:, j]
+                models.append(float(y[0]) if y.min() == y.max() else  # constant here: predict it
+                              self._fit_one(binary, xt, y, xv, valid.y[:, j], start + seconds * (j + 1) / labels))
+            return FittedMatrix(ct, models)
+        return FittedMatrix(ct, self._fit_one(problem, xt, train.y, xv, valid.y, time.time() + seconds))
+
+    def _fit_one(self, problem: Problem, xt: np.ndarray, y: np.ndarray, xv: np.ndarray | None,
+                 yv: np.ndarray, deadline: float) -> Any:
+        """One fitted estimator (LightGBM: early stopping on the held-out rows, no tree after `deadline`)."""
+        model = self.estimator(problem, len(y))
         if self.kind == "lightgbm":
             import lightgbm  # heavy optional import: only when this member trains
-
-            deadline = time.time() + seconds
 
             def out_of_time(env) -> None:  # stop adding trees when the fold's share of the budget is spent
                 if time.time() > deadline:
                     raise lightgbm.callback.EarlyStopException(env.iteration, env.evaluation_result_list)
 
             # early stopping on the fold's held-out rows, as AutoGluon's bagged GBMs do
-            model.fit(xt, train.y, eval_X=(ct.transform(valid.matrix.X),), eval_y=(valid.y,),
+            model.fit(xt, y, eval_X=(xv,), eval_y=(yv,),
                       callbacks=[lightgbm.early_stopping(50, verbose=False), out_of_time])
         else:
-            model.fit(xt, train.y)
-        return FittedMatrix(ct, model)
+            model.fit(xt, y)
+        return model
 
     def predict(self, fitted: FittedMatrix, rows: Rows, problem: Problem) -> np.ndarray:
         x = fitted.transform.transform(rows.matrix.X)
         if problem.regression:
             return np.asarray(fitted.model.predict(x), np.float64).reshape(-1)
+        if problem.multilabel:
+            return multilabel_proba(fitted.model, x)
         probs = np.asarray(fitted.model.predict_proba(x), np.float64)
         probs /= probs.sum(1, keepdims=True)  # float32 inputs give float32 sums that drift from 1 by ~1e-8
         return place(probs, [int(c) for c in fitted.model.classes_], len(problem.classes))
@@ -181,6 +203,18 @@ class MatrixMember:
 
     def load(self, folder: Path) -> FittedMatrix:
         return joblib.load(folder / "model.joblib")  # the run's manifest checked its SHA-256 first
+
+
+def multilabel_proba(model: Any, x: np.ndarray) -> np.ndarray:
+    """(N, L) P(label on) from one model per label (a float: a label constant in training) or a multi-output
+    sklearn model (predict_proba: one (N, classes seen) array per label)."""
+    if isinstance(model, list):
+        probs = [np.full(len(x), m) if isinstance(m, float) else m.predict_proba(x)[:, list(m.classes_).index(1)]
+                 for m in model]
+    else:
+        probs = [p[:, list(c).index(1)] if 1 in c else np.zeros(len(x))
+                 for p, c in zip(model.predict_proba(x), model.classes_)]
+    return np.stack(probs, axis=1).astype(np.float64)
 
 
 # ---- fusion networks -------------------------------------------------------------------------------------
@@ -202,7 +236,10 @@ class FusionMember:
     def fit(self, train: Rows, valid: Rows, problem: Problem, seconds: float, folder: Path, log: Log
             ) -> FittedNetwork:
         # Lightning stops at its max_time and keeps the best checkpoint: the fold's share of the budget
-        config = dataclasses.replace(self.config, seed=problem.seed, time_limit=max(1.0, seconds))
+        limit = max(1.0, seconds) if np.isfinite(seconds) else None  # no --time-limit: an unlimited share
+        config = dataclasses.replace(self.config, seed=problem.seed, time_limit=limit)
+        if problem.multilabel:  # inferred from "a|b" cells on all rows; a fold's rows must not decide otherwise
+            config = dataclasses.replace(config, problem_type=MULTILABEL)
         with quiet_lightning():
             res = fit_network(train.df, valid.df, config, folder, log=lambda m: None)
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the best weights are in the model now

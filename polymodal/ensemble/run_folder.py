@@ -93,7 +93,7 @@ def test_scores(ens: Ensemble, rows: Rows, timer) -> tuple[dict[str, float], dic
 
 def ensemble_output(ens: Ensemble, preds: dict[str, np.ndarray]) -> np.ndarray:
     out = blend(preds, ens.weights)
-    return out if ens.problem.regression else apply_temperature(out, ens.temperature)
+    return out if ens.problem.regression else apply_temperature(out, ens.temperature, ens.problem.multilabel)
 
 
 def save_ensemble(ens: Ensemble, path: str | os.PathLike, metrics: dict) -> Path:

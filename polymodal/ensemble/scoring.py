@@ -1,6 +1,11 @@
 """The metric an ensemble is judged on (`--eval-metric`): member ranking, ensemble selection and the
 leaderboard all use it. Scores are sklearn's, on probabilities (classification) or values in the label's units
-(regression); `score` returns them with higher = better so the selection loop has one direction."""
+(regression); `score` returns them with higher = better so the selection loop has one direction.
+
+Multi-label (targets (N, L) 0/1, predictions (N, L) per-label probabilities): F1 scores threshold each label at
+0.5, as `--preset fast` multi-label runs predict and evaluate; log loss is the mean binary log loss over every
+(row, label); ROC AUC the mean over labels that have both values. The default is macro F1, the metric a
+`--preset fast` multi-label fit monitors (problem_types.TABLE), so the two presets are judged alike."""
 
 from __future__ import annotations
 
@@ -8,21 +13,23 @@ import numpy as np
 from sklearn import metrics as skm
 
 from polymodal.errors import PolymodalError
-from polymodal.problem_types import BINARY, MULTICLASS, REGRESSION
+from polymodal.problem_types import BINARY, MULTICLASS, MULTILABEL, REGRESSION
 
+CLASSES = (BINARY, MULTICLASS, MULTILABEL)
 # name → (problem types it applies to, greater is better)
 EVAL_METRICS: dict[str, tuple[tuple[str, ...], bool]] = {
     "accuracy": ((BINARY, MULTICLASS), True),
     "balanced_accuracy": ((BINARY, MULTICLASS), True),
-    "f1_macro": ((BINARY, MULTICLASS), True),
-    "f1_weighted": ((BINARY, MULTICLASS), True),
-    "roc_auc": ((BINARY, MULTICLASS), True),
-    "log_loss": ((BINARY, MULTICLASS), False),
+    "f1_macro": (CLASSES, True),
+    "f1_micro": ((MULTILABEL,), True),
+    "f1_weighted": (CLASSES, True),
+    "roc_auc": (CLASSES, True),
+    "log_loss": (CLASSES, False),
     "rmse": ((REGRESSION,), False),
     "mae": ((REGRESSION,), False),
     "r2": ((REGRESSION,), True),
 }
-DEFAULT_METRIC = {BINARY: "accuracy", MULTICLASS: "accuracy", REGRESSION: "rmse"}
+DEFAULT_METRIC = {BINARY: "accuracy", MULTICLASS: "accuracy", MULTILABEL: "f1_macro", REGRESSION: "rmse"}
 
 
 def check_metric(name: str | None, problem_type: str) -> str:
@@ -40,7 +47,9 @@ def check_metric(name: str | None, problem_type: str) -> str:
 
 def metric_value(name: str, pred: np.ndarray, y: np.ndarray) -> float:
     """The metric as usually reported (log loss and RMSE: lower is better). `pred`: (N, C) probabilities or
-    (N,) values; `y`: class ids or values."""
+    (N,) values; `y`: class ids, values, or (N, L) 0/1 for multi-label."""
+    if np.ndim(y) == 2:
+        return multilabel_value(name, np.asarray(pred, np.float64), np.asarray(y))
     if name in ("rmse", "mae", "r2"):
         p = np.asarray(pred, np.float64).reshape(-1)
         if name == "rmse":
@@ -64,6 +73,16 @@ def metric_value(name: str, pred: np.ndarray, y: np.ndarray) -> float:
     if name == "balanced_accuracy":
         return float(np.mean([np.mean(hat[y == k] == k) for k in np.unique(y)]))
     return float(skm.f1_score(y, hat, labels=labels, average=name.split("_")[1], zero_division=0))
+
+
+def multilabel_value(name: str, p: np.ndarray, y: np.ndarray) -> float:
+    if name == "log_loss":
+        q = np.clip(p, 1e-15, 1 - 1e-15)
+        return float(-np.mean(y * np.log(q) + (1 - y) * np.log1p(-q)))
+    if name == "roc_auc":
+        both = [j for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]
+        return float(np.mean([skm.roc_auc_score(y[:, j], p[:, j]) for j in both])) if both else float("nan")
+    return float(skm.f1_score(y, (p >= 0.5).astype(np.int64), average=name.split("_")[1], zero_division=0))
 
 
 def score(name: str, pred: np.ndarray, y: np.ndarray) -> float:

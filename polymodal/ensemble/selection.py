@@ -1,11 +1,15 @@
 """Ensemble selection (Caruana, Niculescu-Mizil, Crew & Ksikes, ICML 2004) on out-of-fold predictions, and
-temperature scaling (Guo et al., ICML 2017) of the blended probabilities."""
+temperature scaling (Guo et al., ICML 2017) of the blended probabilities.
+
+Multi-label probabilities ((N, L), one sigmoid per label) share one temperature on their logits: a
+per-label temperature would be fitted on a rare label's handful of positives; a shared one leaves every
+label's 0.5 decision (and so F1) unchanged, as softmax temperature leaves the argmax."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
+from scipy.special import expit, log_softmax, logit
 
 from polymodal.ensemble.scoring import score
 
@@ -39,19 +43,30 @@ def blend(preds: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray
 
 
 def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
-    """The T minimising the negative log-likelihood of softmax(log p / T) on these rows (searched over log T
-    in [-3, 3]); argmax, and so accuracy, is unchanged."""
-    logp = np.log(np.clip(probs, 1e-12, 1.0))
-    rows = np.arange(len(y))
+    """The T minimising the negative log-likelihood of softmax(log p / T) (multi-label, `y` (N, L): of
+    sigmoid(logit p / T)) on these rows (searched over log T in [-3, 3]); the decisions, and so accuracy and
+    F1, are unchanged."""
+    multilabel = np.ndim(y) == 2
+    if multilabel:
+        z, t = logit(np.clip(probs, 1e-12, 1 - 1e-12)), np.asarray(y, np.float64)
 
-    def nll(log_t: float) -> float:
-        return float(-log_softmax(logp / np.exp(log_t), axis=1)[rows, y].mean())
+        def nll(log_t: float) -> float:
+            s = z / np.exp(log_t)  # -log sigmoid(s) = logaddexp(0, -s)
+            return float(np.mean(t * np.logaddexp(0, -s) + (1 - t) * np.logaddexp(0, s)))
+    else:
+        logp = np.log(np.clip(probs, 1e-12, 1.0))
+        rows = np.arange(len(y))
+
+        def nll(log_t: float) -> float:
+            return float(-log_softmax(logp / np.exp(log_t), axis=1)[rows, y].mean())
 
     res = minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded")
     return float(np.exp(res.x)) if res.fun <= nll(0.0) else 1.0
 
 
-def apply_temperature(probs: np.ndarray, t: float) -> np.ndarray:
+def apply_temperature(probs: np.ndarray, t: float, multilabel: bool = False) -> np.ndarray:
     if t == 1.0:
         return probs
+    if multilabel:
+        return expit(logit(np.clip(probs, 1e-12, 1 - 1e-12)) / t)
     return np.exp(log_softmax(np.log(np.clip(probs, 1e-12, 1.0)) / t, axis=1))
