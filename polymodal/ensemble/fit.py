@@ -19,7 +19,7 @@ from polymodal.ensemble.bagging import Budget, fold_groups, make_folds
 from polymodal.ensemble.config import EnsembleSettings
 from polymodal.ensemble.features import Featurizer, featurize
 from polymodal.ensemble.members import Member, Problem, Rows, build_member
-from polymodal.ensemble.scoring import check_metric, metric_value
+from polymodal.ensemble.scoring import check_metric, metric_value, score
 from polymodal.ensemble.selection import apply_temperature, blend, caruana, fit_temperature
 from polymodal.errors import PolymodalError
 from polymodal.problem_types import MULTILABEL, MULTITASK, REGRESSION
@@ -136,7 +136,14 @@ def fit_ensemble(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: 
     weights, _ = caruana(oof, y, metric, settings.selection_rounds)
     blended = blend(oof, weights)
     temperature = 1.0 if problem.regression else fit_temperature(blended, y)
-    blended = blended if problem.regression else apply_temperature(blended, temperature, problem.multilabel)
+    if temperature != 1.0:
+        calibrated = apply_temperature(blended, temperature, problem.multilabel)
+        # decisions are unchanged, but a ranking metric (multiclass one-vs-rest ROC AUC) can move: the metric
+        # decides, so a temperature that lowers it is not applied
+        if score(metric, calibrated, y) >= score(metric, blended, y) - 1e-12:
+            blended = calibrated
+        else:
+            temperature = 1.0
     scores = {n: metric_value(metric, p, y) for n, p in oof.items()}
     scores["ensemble"] = metric_value(metric, blended, y)
     used = ", ".join(f"{n} {w:.2f}" for n, w in sorted(weights.items(), key=lambda kv: -kv[1]) if w > 0)

@@ -14,27 +14,47 @@ from scipy.special import expit, log_softmax, logit
 from polymodal.ensemble.scoring import score
 
 
-def caruana(preds: dict[str, np.ndarray], y: np.ndarray, metric: str, rounds: int = 25
+def caruana(preds: dict[str, np.ndarray], y: np.ndarray, metric: str, rounds: int = 25, tie: float = 1e-9
             ) -> tuple[dict[str, float], float]:
     """Greedy forward selection with replacement: start from the best member, add (again) whichever member
-    most improves the blend's `metric`, `rounds` times; keep the best blend seen. Returns (member → weight,
-    its score; higher is better). The first blend is the best single member, so the result is never worse
-    than it on these rows."""
+    most improves the blend, `rounds` times; keep the best blend seen. Returns (member → weight, its score on
+    `metric`; higher is better).
+
+    Blends are ordered by `metric`, and where it ties (within `tie`) by log loss (RMSE for regression). A
+    discrete metric such as accuracy ties everywhere on a few hundred rows (breast cancer, 426 out-of-fold
+    rows: the first member in name order used to win every tie, and blends no better on the metric were
+    kept); the log loss says which of the tied blends is surer where it is right. A blend replaces the best
+    single member only when it is better in this order, so the result is never worse than that member on
+    these rows, and the single member stands when no blend beats it by more than a tie."""
     names = sorted(preds)
-    scores = {n: score(metric, preds[n], y) for n in names}
-    best_single = max(names, key=lambda n: (scores[n], -names.index(n)))
-    counts = {best_single: 1}
-    total = preds[best_single].astype(np.float64)
-    best, best_counts = scores[best_single], dict(counts)
+    second = "rmse" if metric in ("rmse", "mae", "r2") else "log_loss"
+
+    def key(p: np.ndarray) -> tuple[float, float]:
+        return score(metric, p, y), score(second, p, y)
+
+    def better(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        return a[0] > b[0] + tie or (abs(a[0] - b[0]) <= tie and a[1] > b[1] + tie)
+
+    def best_of(keys: dict[str, tuple[float, float]]) -> str:
+        top = names[0]
+        for n in names[1:]:  # ties on both keep the earlier name: deterministic
+            if better(keys[n], keys[top]):
+                top = n
+        return top
+
+    first = best_of({n: key(preds[n]) for n in names})
+    counts = {first: 1}
+    total = preds[first].astype(np.float64)
+    best, best_counts = key(preds[first]), dict(counts)
     for step in range(2, rounds + 1):
-        trial = {n: score(metric, (total + preds[n]) / step, y) for n in names}
-        pick = max(names, key=lambda n: trial[n])
+        trial = {n: key((total + preds[n]) / step) for n in names}
+        pick = best_of(trial)
         total = total + preds[pick]
         counts[pick] = counts.get(pick, 0) + 1
-        if trial[pick] > best + 1e-12:  # strictly better: ties keep the smaller blend
+        if better(trial[pick], best):  # strictly better: ties keep the smaller blend
             best, best_counts = trial[pick], dict(counts)
     size = sum(best_counts.values())
-    return {n: best_counts.get(n, 0) / size for n in names}, best
+    return {n: best_counts.get(n, 0) / size for n in names}, best[0]
 
 
 def blend(preds: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
