@@ -11,6 +11,7 @@ from polymodal.compress.artifacts import is_compressed
 from polymodal.compress.onnx_export import export_predictor
 from polymodal.compress.pipeline import compress_run
 from polymodal.compress.quantize import Int8Options
+from polymodal.ensemble.run_folder import refuse_ensemble
 from polymodal.errors import PolymodalError, console, user_errors
 from polymodal.predictor import MultimodalPredictor
 
@@ -49,6 +50,8 @@ def compress(
     reduce_range: bool = typer.Option(False, help="7-bit weights (CPUs without VNNI)"),
 ) -> None:
     """Distil, prune and/or quantise a run; writes the compressed folder with report.md and report.png."""
+    refuse_ensemble(run)  # a clear error before any table is read: compression converts one network
+    refuse_ensemble(distill_from)
     int8 = Int8Options(per_channel=per_channel, calibration=calibration, convs=int8_convs, text=int8_text,
                        gelu_float=gelu_float, dense=int8_dense, exclude=tuple(int8_exclude),
                        min_agreement=min_agreement, reduce_range=reduce_range)
@@ -71,6 +74,7 @@ def export(
     """Export the whole model (encoders + fusion + head) to ONNX and check it against PyTorch."""
     if format != "onnx":
         raise PolymodalError(f"--format supports 'onnx', got {format!r}")
+    refuse_ensemble(run)
     p = MultimodalPredictor.load(run)
     if is_compressed(run) and (not isinstance(p, MultimodalPredictor)
                                or any("quantized" in type(m).__module__ for m in p.model.modules())):

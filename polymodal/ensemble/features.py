@@ -56,17 +56,22 @@ class Featurizer:
     def matrix(self, df: pd.DataFrame, feats: dict | None = None, log: Log = lambda m: None) -> Matrix:
         if feats is None:
             df, feats, _, _ = features_for(df, self.prep, self.model, self.keys, self.config, "cpu", log, "error")
+        tab = self.prep.tabular_arrays(df) if TABULAR in self.prep.inputs else None
+        return self.assemble(len(df), tab, feats)
+
+    def assemble(self, n: int, tab: dict[str, np.ndarray] | None, feats: dict) -> Matrix:
+        """The Matrix from `Preprocessor.tabular_arrays` output and {input: (features, present)} (a table's
+        cached features, or a served batch's: ensemble/serving.py)."""
         parts, layout, width = [], {}, 0
 
         def add(name: str, block: np.ndarray) -> None:
             nonlocal width
-            block = np.asarray(block, np.float32).reshape(len(df), -1)
+            block = np.asarray(block, np.float32).reshape(n, -1)
             layout.setdefault(name, []).extend(range(width, width + block.shape[1]))
             parts.append(block)
             width += block.shape[1]
 
-        if TABULAR in self.prep.inputs:
-            tab = self.prep.tabular_arrays(df)
+        if tab is not None:
             add("numeric", tab["numeric"])
             add("numeric", tab["numeric_missing"])
             if tab["categorical"].shape[1]:
@@ -76,7 +81,7 @@ class Featurizer:
             add(f"emb:{key}", f)
             add("numeric", np.asarray(present, np.float32))  # a missing image/text row is not a zero vector
         if not parts:
-            return Matrix(np.zeros((len(df), 0), np.float32), {})
+            return Matrix(np.zeros((n, 0), np.float32), {})
         return Matrix(np.concatenate(parts, axis=1), layout)
 
     def save(self, path: str | os.PathLike) -> None:

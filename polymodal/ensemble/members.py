@@ -250,6 +250,11 @@ class FusionMember:
         df, feats, _, _ = features_for(rows.df, fitted.prep, fitted.model, keys, fitted.config, "cpu",
                                        lambda m: None, "error")
         probs, _ = predict_probs(fitted.model, fitted.task, fitted.prep, df, fitted.config, feats, with_target=False)
+        return self.outputs(fitted, probs, problem)
+
+    @staticmethod
+    def outputs(fitted: FittedNetwork, probs: np.ndarray, problem: Problem) -> np.ndarray:
+        """A fold network's task probabilities (over the classes its fold saw) → the ensemble's output form."""
         if problem.regression:
             return np.asarray(probs, np.float64).reshape(-1)
         index = {c: i for i, c in enumerate(problem.classes)}

@@ -17,7 +17,7 @@ import pandas as pd
 from polymodal.data.dataset import check_rows, raise_or_drop
 from polymodal.data.readers import as_table
 from polymodal.ensemble.config import EnsembleSettings
-from polymodal.ensemble.fit import Ensemble, fit_ensemble, keep_known, targets
+from polymodal.ensemble.fit import Ensemble, fit_ensemble, keep_known, one_blas_thread, targets
 from polymodal.ensemble.members import Member, Rows
 from polymodal.ensemble.run_folder import (
     ENSEMBLE_RUN,
@@ -26,8 +26,10 @@ from polymodal.ensemble.run_folder import (
     load_ensemble,
     member_predictions,
     save_ensemble,
+    single_model_only,
     test_scores,
 )
+from polymodal.ensemble.serving import answers, batch_output
 from polymodal.errors import PolymodalError
 from polymodal.tasks import task_from_prep
 from polymodal.training.config import FitConfig
@@ -122,15 +124,16 @@ class EnsemblePredictor:
         return leaderboard(self.ensemble, scores, seconds)
 
     def answer_batch(self, batch) -> list[dict]:
-        raise PolymodalError("an ensemble run answers tables (predict / predict_proba / evaluate); serving one "
-                             "over HTTP is not supported yet: serve one of its members or a --preset fast run")
+        """Per-row answers {"prediction", "probabilities"} for rows the server collated with this run's
+        Preprocessor (ensemble/serving.py): what `polymodal serve` calls."""
+        with one_blas_thread():
+            out = batch_output(self.ensemble, batch)
+        return answers(self.task, out, self.config.label)
 
     @property
     def model(self):
-        """Single-model tools (export, compress, serve) need one network; an ensemble has many."""
-        names = ", ".join(n for n, w in self.ensemble.weights.items() if w > 0)
-        raise PolymodalError(f"{self.path or 'this run'} is an ensemble ({names}): export, compress and serve take "
-                             "a single-model run (train one with --preset fast)")
+        """Single-model tools (export, compress) need one network; an ensemble has many."""
+        raise PolymodalError(single_model_only(self.path, self.ensemble))
 
     # ---- persistence ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

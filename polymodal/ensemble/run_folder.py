@@ -35,6 +35,19 @@ def is_ensemble(path: str | os.PathLike) -> bool:
     return config.exists() and artifacts.read_json(config).get("kind") == ENSEMBLE_RUN
 
 
+def single_model_only(path, ens: Ensemble | None = None) -> str:
+    """Why export / compress refuse an ensemble run: they convert one network; an ensemble has many."""
+    names = f" ({', '.join(n for n, w in ens.weights.items() if w > 0)})" if ens is not None else ""
+    return (f"{path or 'this run'} is an ensemble{names}: export and compress take a single-model run (train one "
+            "with --preset fast); an ensemble predicts, evaluates and serves as it is")
+
+
+def refuse_ensemble(path: str | os.PathLike | None) -> None:
+    """A clear error for single-model tools given an ensemble run folder."""
+    if path is not None and is_ensemble(path):
+        raise PolymodalError(single_model_only(path))
+
+
 def member_dir(root: Path, name: str, rep: int, fold: int) -> Path:
     return root / "members" / name.replace(":", "-") / f"r{rep}f{fold}"
 
