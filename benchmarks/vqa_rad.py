@@ -32,6 +32,7 @@ from common import WORK, machine, need
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from polymodal import MultimodalPredictor
+from polymodal.encoders.base import Encoder
 from polymodal.training.text_metrics import normalize_answer
 
 RESULTS = Path(__file__).parent / "results"
@@ -104,8 +105,12 @@ def encoder_opts(args) -> dict:
     opts = {"image": {"image_size": args.image_size}}
     if args.image_top:
         opts["image"]["train_top"] = args.image_top
+    if args.image_llrd:
+        opts["image"]["layer_decay"] = args.image_llrd
     if args.text_top:
         opts["text"] = {"train_top": args.text_top}
+    if args.text_llrd:
+        opts.setdefault("text", {})["layer_decay"] = args.text_llrd
     return opts
 
 
@@ -113,7 +118,8 @@ def fit_predict(train: pd.DataFrame, test: pd.DataFrame, fusion: str, seed: int,
                 args) -> tuple[np.ndarray, dict]:
     opts = {"hidden": args.hidden, **({"glimpses": args.glimpses, "k": args.k} if fusion == "ban" else {})}
     p = MultimodalPredictor(
-        label="answer", path=WORK / f"vqa_rad_{name}_{fusion}_{seed}", verbose=False, progress=False, seed=seed,
+        label="answer", path=WORK / f"{Path(args.out).stem}_{name}_{fusion}_{seed}", verbose=False, progress=False,
+        seed=seed,
         encoders={"image": args.image_encoder}, encoder_opts=encoder_opts(args),
         fusion=fusion, fusion_opts=opts, max_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         patience=args.patience, valid_fraction=0.15, class_weighting=False, group_column="image",
@@ -171,6 +177,12 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--image-top", type=int, default=0, help="fine-tune the image encoder's last K blocks")
     ap.add_argument("--text-top", type=int, default=0, help="fine-tune the text encoder's last K layers")
+    ap.add_argument("--image-llrd", type=float, default=0.0,
+                    help="layer-wise lr decay over the fine-tuned image top (finetune image:llrd=D)")
+    ap.add_argument("--text-llrd", type=float, default=0.0,
+                    help="layer-wise lr decay over the fine-tuned text top (finetune text:llrd=D)")
+    ap.add_argument("--no-dedupe", action="store_true",
+                    help="run a fine-tuned top once per row instead of once per distinct cached input (timing)")
     ap.add_argument("--hidden", type=int, default=128, help="fusion width")
     ap.add_argument("--glimpses", type=int, default=2)
     ap.add_argument("--k", type=int, default=1)
@@ -183,6 +195,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--out", default=str(RESULTS / "vqa_rad.json"))
     args = ap.parse_args()
+    Encoder.dedupe = not args.no_dedupe
     start = time.time()
     df = load()
     test = df[df["phrase_type"].isin(TEST_PHRASES)].reset_index(drop=True)

@@ -83,7 +83,8 @@ def fit(
     image_size: int | None = typer.Option(None, help="image side in pixels (default 224)"),
     finetune: str | None = typer.Option(None, help="pretrained encoders to fine-tune: whole (image,text,video), "
                                            "their last K blocks/layers over a cached prefix (image:top=3,"
-                                           "text:top=2), or text:lora[=RANK] / text:bitfit"),
+                                           "text:top=2; layer-wise lr decay: text:llrd=0.8), or text:lora[=RANK] / "
+                                           "text:bitfit"),
     fusion: str = typer.Option("concat", help="fusion strategy: concat, late, ..."),
     tokens: bool | None = typer.Option(None, "--tokens/--no-tokens",
                                        help="token sequences into the fusion (default: for transformer, "

@@ -37,12 +37,13 @@ def finetune_settings(spec: str | None) -> tuple[dict[str, bool], dict[str, dict
     """`--finetune` → (modality → False for encoders that train, modality → builder options).
 
     `image` / `text` / `video`: the whole encoder; `image:top=K`, `text:top=K`: its last K blocks or layers over
-    a cached prefix; `text:lora` (`text:lora=R`, rank R, default 8): LoRA adapters; `text:bitfit`: biases only.
+    a cached prefix; `text:lora` (`text:lora=R`, rank R, default 8): LoRA adapters; `text:bitfit`: biases only;
+    `image:llrd=D`, `text:llrd=D` (with top=K): layer-wise learning-rate decay D over that top.
     """
     frozen: dict[str, bool] = {}
     opts: dict[str, dict] = {}
     usage = ("write MODALITY (the whole encoder), image:top=K / text:top=K (the last K blocks or layers), "
-             "text:lora[=RANK] or text:bitfit")
+             "text:lora[=RANK], text:bitfit, or image:llrd=D / text:llrd=D with top=K (0 < D <= 1)")
     for item in (m.strip() for m in (spec or "").split(",")):
         mod, _, opt = item.partition(":")
         key, _, value = opt.partition("=")
@@ -54,6 +55,8 @@ def finetune_settings(spec: str | None) -> tuple[dict[str, bool], dict[str, dict
         elif key == "lora" and mod == "text" and (not value or value.isdigit() and int(value) >= 1):
             frozen[mod] = False
             opts.setdefault(mod, {}).update(adapter="lora", lora_rank=int(value or 8))
+        elif key == "llrd" and mod in ("image", "text") and _fraction(value):
+            opts.setdefault(mod, {})["layer_decay"] = float(value)
         elif key == "bitfit" and mod == "text" and not value:
             frozen[mod] = False
             opts.setdefault(mod, {})["adapter"] = "bitfit"
@@ -62,7 +65,16 @@ def finetune_settings(spec: str | None) -> tuple[dict[str, bool], dict[str, dict
     for mod, o in opts.items():
         if "train_top" in o and "adapter" in o:
             raise PolymodalError(f"--finetune: choose one of top=K and {o['adapter']} for {mod}")
+        if "layer_decay" in o and "train_top" not in o:
+            raise PolymodalError(f"--finetune {mod}:llrd needs {mod}:top=K (the layers the decay steps over)")
     return frozen, opts
+
+
+def _fraction(value: str) -> bool:
+    try:
+        return 0 < float(value) <= 1
+    except ValueError:
+        return False
 
 
 def print_metrics(metrics: dict, title: str) -> None:

@@ -14,6 +14,7 @@ from polymodal.cli_options import finetune_settings
 from polymodal.data.readers import read_table
 from polymodal.data.text import get_tokenizer
 from polymodal.encoders import build_encoder
+from polymodal.encoders.base import unique_rows
 from polymodal.errors import PolymodalError
 from polymodal.predictor import MultimodalPredictor
 from polymodal.runs import load_run
@@ -145,3 +146,52 @@ def test_text_adapters_train_few_parameters_and_reload_identically(adapter, tmp_
     df = read_table(table)
     np.testing.assert_array_equal(p.predict_proba(df, as_pandas=False),
                                   MultimodalPredictor.load(out).predict_proba(df, as_pandas=False))
+
+
+def _dedupe_pair(enc, h: torch.Tensor, target: torch.Tensor, tokens: bool = False):
+    """(outputs, gradients) of the top over `h`, once per distinct row (dedupe) and once per row."""
+    out = {}
+    for dedupe in (True, False):
+        enc.dedupe = dedupe
+        enc.zero_grad()
+        y = enc.from_prefix(h, tokens)
+        ((y - target) ** 2).sum().backward()
+        out[dedupe] = (y.detach(), {n: p.grad.clone() for n, p in enc.named_parameters() if p.requires_grad})
+    enc.dedupe = True
+    return out[True], out[False]
+
+
+@pytest.mark.parametrize("tokens", [False, True])
+def test_top_runs_once_per_distinct_prefix_with_the_per_row_outputs_and_gradients(tokens):
+    torch.manual_seed(0)
+    enc = build_encoder("image", "efficientnet-lite0", image_size=64, train_top=2).freeze().eval()
+    with torch.no_grad():
+        h = enc.prefix(torch.randn(3, 3, 64, 64)).half().float()  # as the cache stores it
+    rows = torch.tensor([2, 0, 2, 1, 0, 2, 2])  # 7 rows, 3 images (VQA: questions sharing an image)
+    calls = []
+    hook = enc.top_modules()[0].register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    target = torch.randn(7, 4, enc.out_dim) if tokens else torch.randn(7, enc.out_dim)
+    (y, g), (y_row, g_row) = _dedupe_pair(enc, h[rows], target, tokens)
+    hook.remove()
+    assert calls == [3, 7]  # the top saw 3 distinct rows, then all 7
+    torch.testing.assert_close(y, y_row, rtol=0, atol=1e-6)
+    assert g.keys() == g_row.keys() and g
+    scale = max(float(v.abs().max()) for v in g_row.values())
+    for n in g:  # equal to 1e-6 of the gradients' scale (float32 sums in another order)
+        torch.testing.assert_close(g[n], g_row[n], rtol=0, atol=1e-6 * scale)
+
+
+def test_text_top_dedupe_and_unique_rows():
+    enc = build_encoder("text", "minilm-l6", max_length=16, train_top=1).freeze().eval()
+    b = get_tokenizer("minilm-l6")(["a chest x ray", "is there an effusion"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = enc.prefix({k: b[k] for k in ("input_ids", "attention_mask")})
+    rows = torch.tensor([1, 1, 0, 1])
+    (y, g), (y_row, g_row) = _dedupe_pair(enc, h[rows], torch.randn(4, 384))
+    torch.testing.assert_close(y, y_row, rtol=0, atol=1e-6)
+    scale = max(float(v.abs().max()) for v in g_row.values())
+    for n in g:  # equal to 1e-6 of the gradients' scale (float32 sums in another order)
+        torch.testing.assert_close(g[n], g_row[n], rtol=0, atol=1e-6 * scale)
+    uniq, inverse = unique_rows(h[rows])
+    assert torch.equal(uniq[inverse], h[rows]) and len(uniq) == 2
+    assert unique_rows(h)[1] is None  # all distinct: nothing to undo

@@ -10,6 +10,12 @@ trainable top (its last k blocks or layers). The prefix's output is what the fea
 runs only the top: `prefix(x)` → cached activations, `from_prefix(h, tokens)` → the pooled vector or the token
 sequence, equal to `forward(x)` / `tokens(x)`. Encoders that can be split implement `prefix`, `prefix_shape`,
 `from_prefix` and `top_modules`.
+
+Rows that share an input (VQA: many questions about one image) have identical cached prefixes: `from_prefix`
+runs the top once per distinct prefix in the batch and indexes the result back (`unique_rows`), which gives the
+same outputs and the same parameter gradients as running it per row, because the top maps each row on its own
+(BatchNorm keeps its pretrained statistics while fine-tuning). One difference in training mode: duplicates share
+one stochastic-depth / dropout draw instead of drawing their own.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import os
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from polymodal.errors import PolymodalError
@@ -43,6 +50,7 @@ class Encoder(nn.Module):
         self.frozen = False
 
     train_top: int = 0  # > 0: only the last train_top blocks/layers train; the prefix below is frozen and cached
+    dedupe: bool = True  # from_prefix: run the top once per distinct cached prefix in a batch
 
     def freeze(self) -> Encoder:
         """No trainable parameters, and eval mode (BatchNorm statistics, dropout) that `.train()` keeps.
@@ -80,7 +88,18 @@ class Encoder(nn.Module):
         """The shape of one row's prefix output (for a batch in which every value is missing)."""
         raise NotImplementedError
 
-    def from_prefix(self, h: Tensor, tokens: bool = False) -> Tensor:  # pragma: no cover - split encoders override
+    def from_prefix(self, h: Tensor, tokens: bool = False) -> Tensor:
+        """The top over cached prefix outputs `h` (B, ...): pooled (B, out_dim) or, with `tokens`, (B, T, D).
+        Runs once per distinct row of `h` (see the module docstring); `dedupe = False` runs every row."""
+        if not self.dedupe:
+            return self.top_forward(h, tokens)
+        uniq, inverse = unique_rows(h)
+        if inverse is None:
+            return self.top_forward(h, tokens)
+        return self.top_forward(uniq, tokens)[inverse]
+
+    def top_forward(self, h: Tensor, tokens: bool = False) -> Tensor:  # pragma: no cover - split encoders override
+        """`from_prefix` row by row (no de-duplication)."""
         raise NotImplementedError
 
     def top_modules(self) -> list[nn.Module]:
@@ -88,11 +107,47 @@ class Encoder(nn.Module):
         self.prefix(None)  # raises the clear error for encoders that cannot be split
         return []
 
+    def top_layers(self) -> list[list[nn.Module]]:
+        """The trainable top as its layers, bottom to top, each as the modules holding its parameters (what
+        layer-wise learning-rate decay steps over)."""
+        return [[m] for m in self.top_modules()]
+
+    layer_decay: float = 0.0  # > 0: layer-wise lr decay over the top (training/module.param_groups)
+
+    def set_layer_decay(self, decay: float) -> Encoder:
+        """Layer-wise learning-rate decay (`--finetune text:top=2,text:llrd=0.8`): the top-most layer of the
+        trainable top learns at the encoder's learning rate, each layer below at `decay` times the one above
+        (Howard & Ruder 2018; Clark et al. 2020)."""
+        decay = float(decay)
+        if not 0 < decay <= 1:
+            raise PolymodalError(f"{self.cache_id}: layer decay (llrd) must be in (0, 1], not {decay}")
+        if not self.train_top:
+            raise PolymodalError(f"{self.cache_id}: layer decay (llrd) applies to a fine-tuned top: add top=K")
+        self.layer_decay = decay
+        return self
+
     def tokens(self, x) -> Tensor:  # pragma: no cover - every concrete encoder overrides it
         raise NotImplementedError
 
     def preprocess_config(self) -> dict:
         return {}
+
+
+def unique_rows(h: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(the distinct rows of `h`, the index of each row's copy among them), or (h, None) when every row is
+    distinct or a graph is being traced/exported (fixed shapes there). Exact: compares whole rows."""
+    if len(h) < 2 or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return h, None
+    with torch.no_grad():
+        flat = h.detach().flatten(1)
+        _, inverse = torch.unique(flat, dim=0, return_inverse=True)
+        n = int(inverse.max()) + 1
+        if n == len(h):
+            return h, None
+        # the first row holding each distinct value (scatter_reduce's amin over row positions)
+        first = torch.full((n,), len(h), dtype=torch.long, device=h.device).scatter_reduce(
+            0, inverse, torch.arange(len(h), device=h.device), reduce="amin")
+    return h[first], inverse
 
 
 def read_adapted(folder: str | os.PathLike, modality: str) -> tuple[dict, Path]:

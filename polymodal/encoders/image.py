@@ -102,12 +102,15 @@ class ImageEncoder(Encoder):
             h = step(h)
         return h
 
-    def from_prefix(self, h: Tensor, tokens: bool = False) -> Tensor:
+    def top_forward(self, h: Tensor, tokens: bool = False) -> Tensor:
         fmap = self.top_map(h)
         return _grid_tokens(fmap).float() if tokens else fmap.mean(dim=(2, 3)).float()
 
     def top_modules(self) -> list[nn.Module]:
         return [m for _, mods in self._split()[1] for m in mods]
+
+    def top_layers(self) -> list[list[nn.Module]]:
+        return [list(mods) for _, mods in self._split()[1]]  # the top blocks, then the head conv
 
     def preprocess_config(self) -> dict:
         return {"image_size": self.image_size, "mean": self.mean, "std": self.std}
@@ -350,7 +353,12 @@ def load_adapted(folder: str | os.PathLike, **opts) -> ImageEncoder:
     return enc
 
 
-def build_image_encoder(name: str, **opts) -> ImageEncoder:
+def build_image_encoder(name: str, layer_decay: float | None = None, **opts) -> ImageEncoder:
+    enc = _build_image_encoder(name, **opts)
+    return enc.set_layer_decay(layer_decay) if layer_decay else enc
+
+
+def _build_image_encoder(name: str, **opts) -> ImageEncoder:
     if name.startswith("adapted:"):
         return load_adapted(name.removeprefix("adapted:"), **opts)
     if opts.get("train_top") and name not in SPLITTABLE:

@@ -124,7 +124,7 @@ class HFTextEncoder(Encoder):
     def top_modules(self) -> list[nn.Module]:
         return list(_layer_stack(self.model)[2][self.num_layers - self.train_top:])
 
-    def from_prefix(self, h: Tensor, tokens: bool = False) -> Tensor:
+    def top_forward(self, h: Tensor, tokens: bool = False) -> Tensor:
         mask = token_mask(h)
         # the additive mask BERT-style layers take (0 where attended, the dtype's minimum elsewhere); the
         # same layers are called in order, so the output equals the uncut model's (tests/test_partial_finetune.py)
@@ -149,7 +149,7 @@ def load_adapted(folder: str, **opts) -> HFTextEncoder:
     return enc
 
 
-def build_text_encoder(name: str, **opts) -> HFTextEncoder:
-    if name.startswith("adapted:"):
-        return load_adapted(name.removeprefix("adapted:"), **opts)
-    return HFTextEncoder(name, **opts)
+def build_text_encoder(name: str, layer_decay: float | None = None, **opts) -> HFTextEncoder:
+    enc = load_adapted(name.removeprefix("adapted:"), **opts) if name.startswith("adapted:") else HFTextEncoder(
+        name, **opts)
+    return enc.set_layer_decay(layer_decay) if layer_decay else enc

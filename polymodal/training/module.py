@@ -134,16 +134,36 @@ class FitModule(L.LightningModule):
 def param_groups(model, lr: float, encoder_lr_scale: float, extra: list | None = None) -> list[dict]:
     """AdamW groups: trainable parameters of pretrained encoders at `lr * encoder_lr_scale` (fine-tuned
     pretrained towers learn slower than the freshly initialised fusion and head), the rest (and `extra`,
-    trainable ones only) at `lr`."""
+    trainable ones only) at `lr`. An encoder with `layer_decay` d (a fine-tuned top): its top-most layer at
+    `lr * encoder_lr_scale`, the layer below at d times that, and so on down (one group per layer)."""
+    depth = _layer_depths(model)
     enc, rest = [], []
+    decayed: dict[tuple[str, int], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         is_pretrained_encoder = name.startswith("encoders.") and getattr(
             model.encoders[name.split(".")[1]], "pretrained", False)
-        (enc if is_pretrained_encoder else rest).append(p)
+        if is_pretrained_encoder and id(p) in depth:
+            decayed.setdefault((name.split(".")[1], depth[id(p)][1]), []).append(p)
+        else:
+            (enc if is_pretrained_encoder else rest).append(p)
     rest += [p for p in extra or [] if p.requires_grad]
     groups = [{"params": rest, "lr": lr}]
     if enc:
         groups.append({"params": enc, "lr": lr * encoder_lr_scale})
+    for (key, d), params in sorted(decayed.items()):
+        groups.append({"params": params, "lr": lr * encoder_lr_scale * model.encoders[key].layer_decay ** d})
     return groups
+
+
+def _layer_depths(model) -> dict[int, tuple[str, int]]:
+    """id(parameter) → (encoder key, layers below the top-most one) for encoders with layer-wise lr decay."""
+    depth: dict[int, tuple[str, int]] = {}
+    for key, enc in getattr(model, "encoders", {}).items():
+        if getattr(enc, "layer_decay", 0) and getattr(enc, "train_top", 0):
+            for d, mods in enumerate(reversed(enc.top_layers())):
+                for m in mods:
+                    for p in m.parameters():
+                        depth.setdefault(id(p), (key, d))
+    return depth
