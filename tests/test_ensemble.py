@@ -152,13 +152,6 @@ def test_image_embeddings_feed_the_trees(image_table, tmp_path):
     assert ens.scores["linear"] >= 0.9  # colour is in the image only: the embedding carries it
 
 
-def test_multitask_is_refused_clearly(tmp_path):
-    df = pd.DataFrame({"x": np.random.default_rng(0).normal(size=40), "tags": ["a|b", "b", "a", "b|c"] * 10,
-                       "k": ["p", "q"] * 20})
-    with pytest.raises(PolymodalError, match="multitask: train it with --preset fast"):
-        fit_ensemble(df, None, FitConfig(label=["tags", "k"]), EnsembleSettings(), tmp_path, lambda m: None)
-
-
 def test_tiny_time_limit_still_ends_with_a_model(tmp_path):
     log: list[str] = []
     t0 = time.time()

@@ -1,5 +1,6 @@
 """`fit_ensemble`: features from the fit pipeline's prepare stage → every member bagged over k folds (repeated
-with new folds while time remains) → out-of-fold predictions → ensemble selection → temperature scaling.
+with new folds while time remains) → out-of-fold predictions → ensemble selection → temperature scaling
+(multi-task labels: per label, ensemble/multitask.py).
 
 A member that raises, or would overrun its share of `--time-limit`, is dropped with a line in the log; the
 fit goes on with the others (and fails only when none is left)."""
@@ -18,13 +19,14 @@ from polymodal.data.readers import keep_rows
 from polymodal.ensemble.bagging import Budget, fold_groups, make_folds
 from polymodal.ensemble.config import EnsembleSettings
 from polymodal.ensemble.features import Featurizer, featurize
-from polymodal.ensemble.members import Member, Problem, Rows, build_member
-from polymodal.ensemble.scoring import check_metric, metric_value, score
-from polymodal.ensemble.selection import apply_temperature, blend, caruana, fit_temperature
+from polymodal.ensemble.members import Member, Problem, Rows, build_member, problem_of
+from polymodal.ensemble.multitask import TaskBlend, for_problem, mean_weights, multitask_output, select_tasks
+from polymodal.ensemble.scoring import check_metric, metric_value
+from polymodal.ensemble.selection import blend, calibrate, caruana
 from polymodal.errors import PolymodalError
 from polymodal.problem_types import MULTILABEL, MULTITASK, REGRESSION
+from polymodal.tasks import task_from_prep
 from polymodal.training.config import FitConfig
-from polymodal.training.fit import TABLE_RECIPE
 from polymodal.training.pipeline import Log
 
 
@@ -60,20 +62,16 @@ class Ensemble:
     fit_seconds: float = 0.0
     y: np.ndarray | None = None  # the training targets the scores were computed on
     log: list[str] = field(default_factory=list)
-
-
-def refuse_unsupported(df: pd.DataFrame, config: FitConfig) -> None:
-    """Multi-task labels are not ensembled (yet): say so before any time is spent."""
-    schema = TABLE_RECIPE.schema(df, config, lambda m: None)
-    if schema.problem_type == MULTITASK:
-        raise PolymodalError(f"--preset balanced/best ensembles binary, multiclass, multi-label and regression "
-                             f"labels; this label is {schema.problem_type}: train it with --preset fast")
+    tasks: dict[str, TaskBlend] | None = None  # multi-task: each label's sub-ensemble (weights: their mean)
 
 
 def targets(df: pd.DataFrame, featurizer: Featurizer) -> np.ndarray:
-    """Class ids, (N, L) 0/1 for multi-label, or values in the label's units."""
+    """Class ids, (N, L) 0/1 for multi-label, or values in the label's units; multi-task: the encoded target
+    as it is (NaN where a row has no label; ensemble/multitask.py reads each label's part)."""
     prep = featurizer.prep
     y = prep.encode_target(df)
+    if prep.schema.problem_type == MULTITASK:
+        return y.astype(np.float64)
     if prep.schema.problem_type == REGRESSION:
         return y.astype(np.float64) * prep.target_std + prep.target_mean
     return y.astype(np.int64)
@@ -86,7 +84,6 @@ def fit_ensemble(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: 
     a separate validation table joins the training rows). `members` overrides the preset's."""
     budget = Budget(settings.time_limit)
     scratch = Path(scratch)
-    refuse_unsupported(train_df, config)
     if valid_df is not None:
         log(f"  {len(valid_df)} validation rows join the {len(train_df)} training rows (out-of-fold predictions "
             "validate every row)")
@@ -99,11 +96,12 @@ def fit_ensemble(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: 
         log(f"  input {key!r} has no frozen encoder: only the fusion networks read it")
     y = targets(df, featurizer)
     prep = featurizer.prep
-    problem = Problem(prep.schema.problem_type, list(prep.classes or []), config.seed)
+    problem = problem_of(prep, config.seed)
     metric = check_metric(settings.eval_metric, problem.problem_type)
     groups = fold_groups(df, prep.schema, config.group_column, log)
     rows = Rows(df, matrix, y)
-    members = members if members is not None else [build_member(n, config) for n in settings.members]
+    members = [for_problem(m, problem) for m in (members if members is not None else
+                                                  [build_member(n, config) for n in settings.members])]
     if budget.train_left() <= 0:  # the cache was cold and encoding took the whole budget
         log(f"  the time limit went on computing features ({budget.elapsed():.0f}s): only {members[0].name} trains, "
             "past the limit (the feature cache makes the next fit faster; or raise --time-limit)")
@@ -113,7 +111,9 @@ def fit_ensemble(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: 
         live = [r for r in results.values() if r.status == "ok"]
         if not live:
             break
-        folds = make_folds(y, not problem.regression, settings.folds, config.seed + rep, groups)
+        # multi-task: plain (or group) k-fold; each label's rows spread over the folds at random
+        folds = make_folds(y, not problem.regression and not problem.multitask, settings.folds, config.seed + rep,
+                           groups)
         if rep:
             if budget.train_left() <= 0:
                 break
@@ -133,24 +133,27 @@ def fit_ensemble(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: 
         raise PolymodalError("no ensemble member finished: " + "; ".join(f"{n}: {r.status}"
                                                                         for n, r in results.items()))
     oof = {n: r.oof for n, r in done.items()}
-    weights, _ = caruana(oof, y, metric, settings.selection_rounds)
-    blended = blend(oof, weights)
-    temperature = 1.0 if problem.regression else fit_temperature(blended, y)
-    if temperature != 1.0:
-        calibrated = apply_temperature(blended, temperature, problem.multilabel)
-        # decisions are unchanged, but a ranking metric (multiclass one-vs-rest ROC AUC) can move: the metric
-        # decides, so a temperature that lowers it is not applied
-        if score(metric, calibrated, y) >= score(metric, blended, y) - 1e-12:
-            blended = calibrated
-        else:
-            temperature = 1.0
-    scores = {n: metric_value(metric, p, y) for n, p in oof.items()}
-    scores["ensemble"] = metric_value(metric, blended, y)
+    task = task_from_prep(prep, config) if problem.multitask else None  # the multi-task "score" is its metrics'
+    blends = None
+    if problem.multitask:  # a sub-ensemble per label (ensemble/multitask.py)
+        blends = select_tasks(oof, y, problem, settings.selection_rounds)
+        weights, temperature = mean_weights(blends), 1.0
+        blended = multitask_output(oof, blends, problem)
+        for label, b in blends.items():
+            used = ", ".join(f"{n} {w:.2f}" for n, w in sorted(b.weights.items(), key=lambda kv: -kv[1]) if w > 0)
+            log(f"  {label}: {used}; out-of-fold {b.metric} {b.score:.4f}"
+                + (f", temperature {b.temperature:.3f}" if b.temperature != 1.0 else ""))
+    else:
+        weights, _ = caruana(oof, y, metric, settings.selection_rounds)
+        blended = blend(oof, weights)
+        temperature, blended = (1.0, blended) if problem.regression else calibrate(blended, y, metric)
+    scores = {n: metric_value(metric, p, y, task) for n, p in oof.items()}
+    scores["ensemble"] = metric_value(metric, blended, y, task)
     used = ", ".join(f"{n} {w:.2f}" for n, w in sorted(weights.items(), key=lambda kv: -kv[1]) if w > 0)
     log(f"[{budget.status()}] ensemble: {used}; out-of-fold {metric} {scores['ensemble']:.4f}"
-        + (f", temperature {temperature:.3f}" if not problem.regression else ""))
+        + (f", temperature {temperature:.3f}" if not problem.regression and not problem.multitask else ""))
     return Ensemble(config, settings, featurizer, problem, metric, results, weights, temperature, scores,
-                    budget.elapsed(), y)
+                    budget.elapsed(), y, tasks=blends)
 
 
 def bag(res: MemberResult, rows: Rows, folds: list, problem: Problem, seconds: float, budget: Budget,

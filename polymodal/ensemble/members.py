@@ -20,7 +20,7 @@ import shutil
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,7 +39,7 @@ from torch import nn
 from polymodal.data.preprocess import Preprocessor
 from polymodal.ensemble.features import Matrix
 from polymodal.errors import PolymodalError
-from polymodal.problem_types import MULTILABEL, REGRESSION
+from polymodal.problem_types import MULTILABEL, MULTITASK, REGRESSION
 from polymodal.training import artifacts
 from polymodal.training.build import TABLE_RUN, frozen_keys, rebuild
 from polymodal.training.config import FitConfig
@@ -49,11 +49,15 @@ from polymodal.training.pipeline import Log, features_for, predict_probs
 
 @dataclass
 class Problem:
-    """What every member is told about the label."""
+    """What every member is told about the label. Multi-task: `tasks` holds each label's own Problem, and a
+    member's output is theirs side by side, in `tasks.MultiTask`'s probability layout."""
 
     problem_type: str
     classes: list[str]  # [] for regression
     seed: int
+    target_mean: float = 0.0  # regression: the encoded target's standardisation
+    target_std: float = 1.0
+    tasks: dict[str, Problem] = field(default_factory=dict)
 
     @property
     def regression(self) -> bool:
@@ -62,6 +66,28 @@ class Problem:
     @property
     def multilabel(self) -> bool:
         return self.problem_type == MULTILABEL
+
+    @property
+    def multitask(self) -> bool:
+        return self.problem_type == MULTITASK
+
+    def slices(self) -> dict[str, tuple[slice, slice]]:
+        """Multi-task: label → (its columns in a member's output, its columns in the encoded target)."""
+        out, o, t = {}, 0, 0
+        for label, sub in self.tasks.items():
+            width, target = (1 if sub.regression else len(sub.classes)), (len(sub.classes) if sub.multilabel else 1)
+            out[label] = (slice(o, o + width), slice(t, t + target))
+            o, t = o + width, t + target
+        return out
+
+
+def problem_of(prep: Preprocessor, seed: int) -> Problem:
+    """The Problem of a fitted Preprocessor (a multi-task one: each label's view)."""
+    if prep.schema.problem_type == MULTITASK:
+        return Problem(MULTITASK, [], seed, tasks={label: problem_of(prep.label_view(label), seed)
+                                                   for label in prep.schema.labels})
+    return Problem(prep.schema.problem_type, list(prep.classes or []), seed, float(prep.target_mean or 0.0),
+                   float(prep.target_std or 1.0))
 
 
 @dataclass
@@ -240,6 +266,8 @@ class FusionMember:
         config = dataclasses.replace(self.config, seed=problem.seed, time_limit=limit)
         if problem.multilabel:  # inferred from "a|b" cells on all rows; a fold's rows must not decide otherwise
             config = dataclasses.replace(config, problem_type=MULTILABEL)
+        if problem.multitask:  # one network, a head per label (the fit pipeline's multi-task model)
+            config = dataclasses.replace(config, problem_type={k: t.problem_type for k, t in problem.tasks.items()})
         with quiet_lightning():
             res = fit_network(train.df, valid.df, config, folder, log=lambda m: None)
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the best weights are in the model now
@@ -255,10 +283,11 @@ class FusionMember:
     @staticmethod
     def outputs(fitted: FittedNetwork, probs: np.ndarray, problem: Problem) -> np.ndarray:
         """A fold network's task probabilities (over the classes its fold saw) → the ensemble's output form."""
-        if problem.regression:
-            return np.asarray(probs, np.float64).reshape(-1)
-        index = {c: i for i, c in enumerate(problem.classes)}
-        return place(probs, [index[c] for c in fitted.prep.classes], len(problem.classes))
+        if problem.multitask:
+            blocks, n = fitted.task.split(np.asarray(probs)), len(probs)
+            return np.concatenate([place_output(blocks[k], fitted.prep.label_view(k).classes, sub).reshape(n, -1)
+                                   for k, sub in problem.tasks.items()], axis=1)
+        return place_output(probs, fitted.prep.classes, problem)
 
     def save(self, fitted: FittedNetwork, folder: Path) -> None:
         artifacts.save_run(folder, fitted.model, fitted.prep, fitted.config.to_dict(), {},
@@ -268,6 +297,14 @@ class FusionMember:
     def load(self, folder: Path) -> FittedNetwork:
         r = rebuild(folder)
         return FittedNetwork(r.model, r.prep, r.task, r.config)
+
+
+def place_output(probs: np.ndarray, seen: list[str], problem: Problem) -> np.ndarray:
+    """Probabilities over the classes `seen` (values, for regression) → the ensemble's output form."""
+    if problem.regression:
+        return np.asarray(probs, np.float64).reshape(-1)
+    index = {c: i for i, c in enumerate(problem.classes)}
+    return place(probs, [index[c] for c in seen], len(problem.classes))
 
 
 @contextmanager

@@ -98,12 +98,17 @@ class EnsemblePredictor:
                             index=rows.df.index)
 
     def predict(self, data, as_pandas: bool = True, allow_missing: Sequence[str] = (), engine: str | None = None
-                ) -> pd.Series | np.ndarray:
+                ) -> pd.Series | pd.DataFrame | np.ndarray:
+        """Predicted labels (a Series; multi-task: a DataFrame with one column per label)."""
+        data = as_table(data)
         probs = self.predict_proba(data, as_pandas=False, allow_missing=allow_missing, engine=engine)
         values = self.task.labels(probs)
+        if isinstance(values, dict):  # multi-task: one column per label, as MultimodalPredictor.predict
+            frame = pd.DataFrame(values, index=data.index if as_pandas else None)
+            return frame if as_pandas else frame.to_numpy()
         if not as_pandas:
             return np.asarray(values)
-        return pd.Series(values, name=self.config.label, index=as_table(data).index)
+        return pd.Series(values, name=self.config.label, index=data.index)
 
     def evaluate(self, data, plots_dir: str | os.PathLike | None = None, allow_missing: Sequence[str] = (),
                  engine: str | None = None) -> dict[str, float]:

@@ -17,11 +17,13 @@ import pandas as pd
 from polymodal.ensemble.config import EnsembleSettings
 from polymodal.ensemble.features import Featurizer
 from polymodal.ensemble.fit import Ensemble, MemberResult, one_blas_thread
-from polymodal.ensemble.members import Problem, Rows, build_member
+from polymodal.ensemble.members import Rows, build_member, problem_of
+from polymodal.ensemble.multitask import TaskBlend, for_problem, multitask_output
 from polymodal.ensemble.scoring import metric_value
 from polymodal.ensemble.selection import apply_temperature, blend
 from polymodal.errors import PolymodalError
 from polymodal.files import sha256_file
+from polymodal.tasks import task_from_prep
 from polymodal.training import artifacts
 from polymodal.training.config import FitConfig
 from polymodal.version import __version__
@@ -77,8 +79,7 @@ def leaderboard(ens: Ensemble, test: dict[str, float] | None = None, test_second
     """Every member's out-of-fold score (and test score), ensemble weight, fit and predict time, status."""
     rows = [{"model": "ensemble", "score_val": ens.scores.get("ensemble"), "weight": 1.0,
              "fit_time_s": round(ens.fit_seconds, 2), "pred_time_val_s": None, "repeats": None,
-             "folds": ens.settings.folds, "status": f"temperature {ens.temperature:.3f}"
-             if not ens.problem.regression else "ok"}]
+             "folds": ens.settings.folds, "status": status(ens)}]
     for name, res in ens.results.items():
         rows.append({"model": name, "score_val": ens.scores.get(name), "weight": ens.weights.get(name, 0.0),
                      "fit_time_s": round(res.fit_seconds, 2), "pred_time_val_s": round(res.predict_seconds, 3),
@@ -91,6 +92,14 @@ def leaderboard(ens: Ensemble, test: dict[str, float] | None = None, test_second
     return board
 
 
+def status(ens: Ensemble) -> str:
+    """The ensemble row's status: its temperature(s)."""
+    if ens.tasks is not None:
+        return "per label: " + ", ".join(f"{k} T={b.temperature:.3f}" if b.temperature != 1.0 else f"{k}"
+                                         for k, b in ens.tasks.items())
+    return "ok" if ens.problem.regression else f"temperature {ens.temperature:.3f}"
+
+
 def test_scores(ens: Ensemble, rows: Rows, timer) -> tuple[dict[str, float], dict[str, float]]:
     """(member → test metric, member → predict seconds) for every member that finished, and the ensemble."""
     names = [n for n, r in ens.results.items() if r.folds and r.status == "ok"]
@@ -99,12 +108,15 @@ def test_scores(ens: Ensemble, rows: Rows, timer) -> tuple[dict[str, float], dic
         t = timer()
         preds.update(member_predictions(ens, rows, [name]))
         seconds[name] = round(timer() - t, 3)
-    scores = {n: metric_value(ens.metric, p, rows.y) for n, p in preds.items()}
-    scores["ensemble"] = metric_value(ens.metric, ensemble_output(ens, preds), rows.y)
+    task = task_from_prep(ens.featurizer.prep, ens.config) if ens.problem.multitask else None
+    scores = {n: metric_value(ens.metric, p, rows.y, task) for n, p in preds.items()}
+    scores["ensemble"] = metric_value(ens.metric, ensemble_output(ens, preds), rows.y, task)
     return scores, seconds
 
 
 def ensemble_output(ens: Ensemble, preds: dict[str, np.ndarray]) -> np.ndarray:
+    if ens.tasks is not None:
+        return multitask_output(preds, ens.tasks, ens.problem)
     out = blend(preds, ens.weights)
     return out if ens.problem.regression else apply_temperature(out, ens.temperature, ens.problem.multilabel)
 
@@ -127,7 +139,8 @@ def save_ensemble(ens: Ensemble, path: str | os.PathLike, metrics: dict) -> Path
         "polymodal_version": __version__, "kind": ENSEMBLE_RUN, "fit": ens.config.to_dict(),
         "ensemble": ens.settings.to_dict(), "problem_type": ens.problem.problem_type, "classes": ens.problem.classes,
         "eval_metric": ens.metric, "members": members, "weights": ens.weights, "temperature": ens.temperature,
-        "scores": ens.scores, "fit_seconds": ens.fit_seconds})
+        "scores": ens.scores, "fit_seconds": ens.fit_seconds,
+        **({"tasks": {k: b.to_dict() for k, b in ens.tasks.items()}} if ens.tasks is not None else {})})
     files = sorted(p for p in root.rglob("*") if p.is_file() and (p.parent != root or p.name == artifacts.CONFIG))
     artifacts.atomic_write_json(root / artifacts.MANIFEST, {"polymodal_version": __version__, "sha256": {
         p.relative_to(root).as_posix(): sha256_file(p) for p in files if p.name != artifacts.MANIFEST}})
@@ -145,21 +158,25 @@ def load_ensemble(path: str | os.PathLike) -> tuple[Ensemble, dict]:
         raise PolymodalError(f"{root} is an ensemble run without {artifacts.MANIFEST}: it cannot be checked before "
                              "its pickled members are read")
     c = artifacts.read_json(root / artifacts.CONFIG)
+    featurizer = Featurizer.load(root / "featurizer")
     try:
         config, settings = FitConfig.from_dict(c["fit"]), EnsembleSettings.from_dict(c["ensemble"])
-        problem = Problem(c["problem_type"], list(c["classes"]), config.seed)
+        problem = problem_of(featurizer.prep, config.seed)
+        if problem.problem_type != c["problem_type"]:
+            raise ValueError(f"problem_type {c['problem_type']!r}, but the featurizer's is {problem.problem_type!r}")
         results = {}
         for name, m in c["members"].items():
-            res = MemberResult(build_member(name, config), status=m["status"], fit_seconds=m["fit_seconds"],
-                               predict_seconds=m["predict_seconds"])
+            res = MemberResult(for_problem(build_member(name, config), problem), status=m["status"],
+                               fit_seconds=m["fit_seconds"], predict_seconds=m["predict_seconds"])
             if m["status"] == "ok":
                 res.folds = [[member_dir(root, name, r, i) for i in range(n)] for r, n in enumerate(m["folds"])]
             results[name] = res
+        tasks = {k: TaskBlend(**b) for k, b in c["tasks"].items()} if "tasks" in c else None
+        ens = Ensemble(config, settings, featurizer, problem, c["eval_metric"], results,
+                       {k: float(v) for k, v in c["weights"].items()}, float(c["temperature"]), dict(c["scores"]),
+                       float(c.get("fit_seconds", 0.0)), tasks=tasks)
     except (KeyError, TypeError, ValueError) as exc:
         raise artifacts.damaged(root / artifacts.CONFIG, f"{type(exc).__name__}: {exc}") from None
-    ens = Ensemble(config, settings, Featurizer.load(root / "featurizer"), problem, c["eval_metric"], results,
-                   {k: float(v) for k, v in c["weights"].items()}, float(c["temperature"]), dict(c["scores"]),
-                   float(c.get("fit_seconds", 0.0)))
     metrics_path = root / artifacts.METRICS
     return ens, (artifacts.read_json(metrics_path) if metrics_path.exists() else {})
 
@@ -170,7 +187,8 @@ def write_card(root: Path, ens: Ensemble, board: pd.DataFrame, metrics: dict) ->
              f"- problem type: **{ens.problem.problem_type}**; eval metric: {ens.metric}",
              f"- preset `{ens.settings.preset}`: {ens.settings.folds}-fold bagging, up to {ens.settings.repeats} "
              f"repeat(s), ensemble selection (Caruana et al. 2004)"
-             + (f", temperature {ens.temperature:.3f}" if not ens.problem.regression else ""),
+             + ("; per label (multi-task)" if ens.tasks is not None else
+                f", temperature {ens.temperature:.3f}" if not ens.problem.regression else ""),
              f"- inputs: {', '.join(prep.feature_columns())}",
              f"- fit time: {ens.fit_seconds:.1f} s", "", "## Leaderboard (out-of-fold scores)", "",
              board.to_markdown(index=False), "",

@@ -13,7 +13,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from polymodal.errors import PolymodalError
-from polymodal.problem_types import BINARY, MULTICLASS, MULTILABEL, REGRESSION
+from polymodal.problem_types import BINARY, MULTICLASS, MULTILABEL, MULTITASK, REGRESSION
 
 CLASSES = (BINARY, MULTICLASS, MULTILABEL)
 # name → (problem types it applies to, greater is better)
@@ -28,8 +28,12 @@ EVAL_METRICS: dict[str, tuple[tuple[str, ...], bool]] = {
     "rmse": ((REGRESSION,), False),
     "mae": ((REGRESSION,), False),
     "r2": ((REGRESSION,), True),
+    # multi-task: evaluate's "score", the mean over labels of accuracy / macro F1 / R² (each label's blend is
+    # selected on its own type's default below: ensemble/multitask.py)
+    "score": ((MULTITASK,), True),
 }
-DEFAULT_METRIC = {BINARY: "accuracy", MULTICLASS: "accuracy", MULTILABEL: "f1_macro", REGRESSION: "rmse"}
+DEFAULT_METRIC = {BINARY: "accuracy", MULTICLASS: "accuracy", MULTILABEL: "f1_macro", REGRESSION: "rmse",
+                  MULTITASK: "score"}
 
 
 def check_metric(name: str | None, problem_type: str) -> str:
@@ -45,9 +49,12 @@ def check_metric(name: str | None, problem_type: str) -> str:
     return name
 
 
-def metric_value(name: str, pred: np.ndarray, y: np.ndarray) -> float:
+def metric_value(name: str, pred: np.ndarray, y: np.ndarray, task=None) -> float:
     """The metric as usually reported (log loss and RMSE: lower is better). `pred`: (N, C) probabilities or
-    (N,) values; `y`: class ids, values, or (N, L) 0/1 for multi-label."""
+    (N,) values; `y`: class ids, values, or (N, L) 0/1 for multi-label; "score" (multi-task): the encoded
+    target, scored by `task` (a tasks.MultiTask) as `evaluate` does."""
+    if name == "score":
+        return float(task.metrics(np.asarray(pred), y)["score"])
     if np.ndim(y) == 2:
         return multilabel_value(name, np.asarray(pred, np.float64), np.asarray(y))
     if name in ("rmse", "mae", "r2"):

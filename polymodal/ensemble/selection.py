@@ -62,6 +62,19 @@ def blend(preds: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray
     return sum(weights[n] * np.asarray(preds[n], np.float64) for n in used)
 
 
+def calibrate(blended: np.ndarray, y: np.ndarray, metric: str) -> tuple[float, np.ndarray]:
+    """(temperature, calibrated blend) for class probabilities. Decisions are unchanged, but a ranking metric
+    (multiclass one-vs-rest ROC AUC) can move: the metric decides, so a temperature that lowers it is not
+    applied (1.0)."""
+    t = fit_temperature(blended, y)
+    if t == 1.0:
+        return t, blended
+    calibrated = apply_temperature(blended, t, np.ndim(y) == 2)
+    if score(metric, calibrated, y) >= score(metric, blended, y) - 1e-12:
+        return t, calibrated
+    return 1.0, blended
+
+
 def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
     """The T minimising the negative log-likelihood of softmax(log p / T) (multi-label, `y` (N, L): of
     sigmoid(logit p / T)) on these rows (searched over log T in [-3, 3]); the decisions, and so accuracy and
