@@ -90,3 +90,27 @@ def test_cli_fit_leaderboard_predict_and_refusals(tmp_path):
     r = CliRunner().invoke(app, ["fit", str(tmp_path / "train.csv"), "--label", "cultivar", "--out",
                                  str(tmp_path / "x"), "--preset", "huge"])
     assert r.exit_code == 2 and "--preset must be one of" in r.output
+
+
+def test_cli_multilabel_preset_fit_predict_evaluate(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(150, 3))
+    df = pd.DataFrame(x, columns=["x0", "x1", "x2"])
+    df["genres"] = ["|".join(g for g, on in zip(("drama", "comedy"), (r[0] > 0, r[1] > 0)) if on) or "other"
+                    for r in x]
+    df.iloc[:120].to_csv(tmp_path / "train.csv", index=False)
+    df.iloc[120:].to_csv(tmp_path / "test.csv", index=False)
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["fit", str(tmp_path / "train.csv"), "--label", "genres", "--out", str(run),
+                                 "--preset", "balanced", "--time-limit", "20", "--epochs", "4"])
+    assert r.exit_code == 0, r.output
+    assert "problem type: multilabel" in r.output and "out-of-fold f1_macro" in r.output
+    r = CliRunner().invoke(app, ["predict", str(run), str(tmp_path / "test.csv"), "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 0, r.output
+    pred = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
+    assert {"proba_drama", "proba_comedy", "proba_other"} <= set(pred.columns)
+    expected = load_run(run).predict(df.iloc[120:])
+    assert list(pred["predicted_genres"]) == list(expected)
+    r = CliRunner().invoke(app, ["evaluate", str(run), str(tmp_path / "test.csv")])
+    assert r.exit_code == 0, r.output
+    assert "f1_macro" in r.output and "subset_accuracy" in r.output

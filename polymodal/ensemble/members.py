@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -309,12 +310,17 @@ def place_output(probs: np.ndarray, seen: list[str], problem: Problem) -> np.nda
 
 @contextmanager
 def quiet_lightning():
-    """Lightning's per-Trainer banners and warnings (devices, tips, batch counts), once per fold, would bury
-    the ensemble's own progress lines; errors still raise."""
+    """Lightning's per-Trainer banners and warnings (devices, tips, batch counts) and transformers' "Loading
+    weights" bar (a text encoder is built again for every fold), once per fold, would bury the ensemble's own
+    progress lines; errors still raise."""
     loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
+    bars = sys.modules.get("transformers.utils.logging")  # only when a text encoder brought transformers in
+    shown = bars is not None and bars.is_progress_bar_enabled()
+    if shown:
+        bars.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -322,6 +328,8 @@ def quiet_lightning():
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+        if shown:
+            bars.enable_progress_bar()
 
 
 SHARES = {"linear": 1.0, "knn": 1.0, "lightgbm": 4.0, "extra_trees": 2.0}
