@@ -131,88 +131,14 @@ def summary_ms(times: list[float]) -> dict:
             "calls": len(ms)}
 
 
-def threaded_batcher_class():
-    """A prototype, to test why batching loses at 64 clients: MicroBatcher whose collect-and-forward loop runs
-    in its own thread (a thread-safe queue; futures resolved with call_soon_threadsafe), so the forward never
-    waits for the event loop to resume a coroutine between batches."""
-    import asyncio
-    import queue
-    import threading
-
-    from polymodal.serve.batching import MicroBatcher
-
-    class ThreadedBatcher(MicroBatcher):
-        async def start(self) -> None:
-            await super().start()  # the executor (run_now: the warm-up probe) and, unused, the coroutine worker
-            if self._worker is not None:
-                self._worker.cancel()
-            self._loop_ref, self._q, self._stop = asyncio.get_running_loop(), queue.Queue(), threading.Event()
-            self._thread = threading.Thread(target=self._work, name="polymodal-batch-thread", daemon=True)
-            self._thread.start()
-
-        @property
-        def running(self) -> bool:
-            return getattr(self, "_thread", None) is not None and self._thread.is_alive()
-
-        async def stop(self) -> None:
-            if getattr(self, "_thread", None) is not None:
-                self._stop.set()
-                self._thread.join(timeout=5)
-            await super().stop()
-
-        async def submit(self, item):
-            if not self.enabled:
-                return await super().submit(item)
-            fut = asyncio.get_running_loop().create_future()
-            self._q.put((item, fut))
-            return await fut
-
-        def _work(self) -> None:
-            while not self._stop.is_set():
-                try:
-                    batch = [self._q.get(timeout=0.1)]
-                except queue.Empty:
-                    continue
-                deadline = time.monotonic() + self.max_wait
-                while len(batch) < self.max_batch:
-                    try:
-                        batch.append(self._q.get(timeout=max(0.0, deadline - time.monotonic()))
-                                     if deadline > time.monotonic() else self._q.get_nowait())
-                    except queue.Empty:
-                        break
-                live = [(i, f) for i, f in batch if not f.cancelled()]
-                try:
-                    results, error = self.fn([i for i, _ in live]), None
-                except Exception as exc:
-                    results, error = None, exc
-
-                def resolve(live=live, results=results, error=error) -> None:
-                    for n, (_, fut) in enumerate(live):
-                        if not fut.done():
-                            fut.set_exception(error) if error else fut.set_result(results[n])
-                    self._report(len(live))
-
-                self._loop_ref.call_soon_threadsafe(resolve)
-
-    return ThreadedBatcher
-
-
-def serve_threaded(argv: list[str]) -> None:
-    """`polymodal serve` with the prototype batcher (the server process of `--serve --threaded-batcher`)."""
-    import typer
-
-    import polymodal.serve.app as app_module
-    from polymodal.serve.cli import serve
-
-    app_module.MicroBatcher = threaded_batcher_class()
-    sys.argv = ["polymodal-serve", *argv]
-    typer.run(serve)
-
-
 def serve_phases(seconds: float, out: Path, engines: list[str], waits: list[float], batching_modes: list[bool],
-                 threaded: bool = False) -> None:
+                 rounds: int = 2, clients_list: tuple[int, ...] = (1, 8, 64)) -> None:
     """`polymodal serve` at 1/8/64 clients, micro-batching on (per --max-wait-ms) and off, per engine
-    (POLYMODAL_ENGINE in the server's environment), with benchmarks/serve_load.py's model, client and phases."""
+    (POLYMODAL_ENGINE in the server's environment), with benchmarks/serve_load.py's model, client and phases.
+
+    One server per setting, all started up front; the phases are interleaved (for each round, each client
+    count, each setting in turn), so that load from other processes drifts over every setting alike. Each
+    row's mean batch is that phase's own (from /metrics before and after it)."""
     import asyncio
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -221,41 +147,54 @@ def serve_phases(seconds: float, out: Path, engines: list[str], waits: list[floa
     root = WORK / "serve_load"
     run = S.make_run(root, "efficientnet-lite0")
     image = (root / "imgs" / "0.png").read_bytes()
+    settings = [(e, b, w) for e in engines for b in batching_modes for w in (waits if b else [0.0])]
+    servers: dict[tuple, tuple[int, subprocess.Popen]] = {}
     rows = []
-    phases = [(e, b, w) for e in engines for b in batching_modes for w in (waits if b else [0.0])]
-    for engine, batching, wait in phases:
-        os.environ["POLYMODAL_ENGINE"] = engine  # inherited by the server subprocess
-        port = S.free_port()
-        server = [str(Path(__file__).resolve()), "--serve-threaded"] if threaded and batching else None
-        proc = S.start_server(run, port, batching, wait, server, timeout=180)
-        try:
-            for clients in (1, 8, 64):
-                row = {"engine": engine, "batching": batching, "max_wait_ms": wait, "clients": clients,
-                       "batcher": "thread prototype" if threaded and batching else "MicroBatcher"}
-                try:
+    try:
+        for engine, batching, wait in settings:
+            os.environ["POLYMODAL_ENGINE"] = engine  # inherited by the server subprocess
+            port = S.free_port()
+            servers[(engine, batching, wait)] = (port, S.start_server(run, port, batching, wait, timeout=180))
+        for r in range(rounds):
+            for clients in clients_list:
+                for (engine, batching, wait), (port, _) in servers.items():
+                    row = {"round": r, "engine": engine, "batching": batching, "max_wait_ms": wait,
+                           "clients": clients}
+                    before = S.batch_counts(port)
                     res = asyncio.run(S.load(f"http://127.0.0.1:{port}/predict", image, clients,
                                              S.REQUESTS[clients], seconds))
-                    row.update({k: round(v, 2) for k, v in res.items()}, mean_batch=S.batch_sizes(port))
-                except Exception as err:  # a dropped connection under load is a result too, not the end of the run
-                    row["failed"] = f"{type(err).__name__}: {err}"
-                rows.append({**row, "load_avg_1min": round(os.getloadavg()[0], 2)})
-                print(rows[-1], flush=True)
-                if "failed" in row:
-                    break
-        finally:
+                    after = S.batch_counts(port)
+                    forwards = after[1] - before[1]
+                    row.update({k: round(v, 2) for k, v in res.items()},
+                               mean_batch=round((after[0] - before[0]) / max(forwards, 1), 2),
+                               load_avg_1min=round(os.getloadavg()[0], 2))
+                    rows.append(row)
+                    print(row, flush=True)
+    finally:
+        for _, proc in servers.values():
             proc.terminate()
+        for _, proc in servers.values():
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:  # still draining queued requests
                 proc.kill()
                 proc.wait()
+    summary = []
+    for (engine, batching, wait) in servers:
+        for clients in clients_list:
+            mine = [x for x in rows if (x["engine"], x["batching"], x["max_wait_ms"], x["clients"])
+                    == (engine, batching, wait, clients)]
+            summary.append({"engine": engine, "batching": batching, "max_wait_ms": wait, "clients": clients,
+                            **{k: round(statistics.median(x[k] for x in mine), 2)
+                               for k in ("throughput_rps", "p50_ms", "p99_ms", "mean_batch")},
+                            "errors": sum(x["errors"] for x in mine), "rounds": len(mine)})
     out.write_text(json.dumps({"command": "python benchmarks/inference.py " + " ".join(sys.argv[1:]),
-                               "rows": rows}, indent=1) + "\n")
+                               "summary (medians over rounds)": summary, "rows": rows}, indent=1) + "\n")
+    for x in summary:
+        print(x)
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--serve-threaded"]:
-        return serve_threaded(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-images", type=int, default=60)
     ap.add_argument("--test-images", type=int, default=20)
@@ -268,13 +207,18 @@ def main() -> None:
     ap.add_argument("--engines", default="torch,onnx", help="--serve: engines to serve with")
     ap.add_argument("--max-wait-ms", default="5", help="--serve: comma list of batching waits")
     ap.add_argument("--batching", default="on,off", help="--serve: on, off or both")
-    ap.add_argument("--serve-out", default="inference_serve.json", help="--serve: file name under results/")
-    ap.add_argument("--threaded-batcher", action="store_true", help="--serve: the prototype thread batcher")
+    ap.add_argument("--serve-out", default="inference_serve.json",
+                    help="--serve: output file (a bare name goes beside --out)")
+    ap.add_argument("--serve-rounds", type=int, default=2, help="--serve: interleaved rounds of every phase")
+    ap.add_argument("--clients", default="1,8,64", help="--serve: comma list of client counts")
     args = ap.parse_args()
     if args.serve:
-        return serve_phases(args.seconds, args.out.with_name(args.serve_out), args.engines.split(","),
-                            [float(w) for w in args.max_wait_ms.split(",")],
-                            [b == "on" for b in args.batching.split(",")], args.threaded_batcher)
+        serve_out = Path(args.serve_out)
+        serve_out = serve_out if serve_out.parent != Path(".") else args.out.with_name(args.serve_out)
+        return serve_phases(args.seconds, serve_out,
+                            args.engines.split(","), [float(w) for w in args.max_wait_ms.split(",")],
+                            [b == "on" for b in args.batching.split(",")], args.serve_rounds,
+                            tuple(int(c) for c in args.clients.split(",")))
 
     run = demo_run(WORK / "inference-run", args.train_images, args.refit)
     test = easy_vqa_table("test", args.test_images)

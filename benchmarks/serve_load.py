@@ -88,8 +88,12 @@ async def load(url: str, image: bytes, clients: int, n: int, seconds: float) -> 
         while sent < n and time.perf_counter() < stop_at:
             sent += 1
             t0 = time.perf_counter()
-            r = await client.post(url, files={"image": ("q.png", image, "image/png")},
-                                  data={"size": "0.3", "shop": "b"})
+            try:
+                r = await client.post(url, files={"image": ("q.png", image, "image/png")},
+                                      data={"size": "0.3", "shop": "b"})
+            except httpx.TransportError:  # a dropped connection is a failed request, not the end of the phase
+                errors += 1
+                continue
             if r.status_code == 200:
                 latencies.append(time.perf_counter() - t0)
             else:
@@ -106,11 +110,18 @@ async def load(url: str, image: bytes, clients: int, n: int, seconds: float) -> 
             "p99_ms": float(np.percentile(ms, 99)), "throughput_rps": len(latencies) / wall}
 
 
-def batch_sizes(port: int) -> float:
+def batch_counts(port: int) -> tuple[float, float]:
+    """(rows, forwards) the server has run so far, from /metrics."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     vals = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
             if line.startswith("polymodal_batch")}
-    return vals["polymodal_batch_size_sum"] / max(vals["polymodal_batch_size_count"], 1)
+    return vals.get("polymodal_batch_size_sum", 0.0), vals.get("polymodal_batch_size_count", 0.0)
+
+
+def batch_sizes(port: int) -> float:
+    """Mean rows per forward since the server started."""
+    rows, forwards = batch_counts(port)
+    return rows / max(forwards, 1)
 
 
 def in_process_latency(run: Path, root: Path, repeats: int = 40) -> float:

@@ -173,6 +173,8 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batc
         if batcher is not None:
             await batcher.start()
             await model_health.probe()  # warm-up (the first forward allocates; not a client's); sets metrics.ready
+            if model_health.fault is None:  # how large a batch pays on this machine (serve/batching.py)
+                await batcher.calibrate(builder.probe_item())
         else:
             metrics.ready = True
         yield

@@ -1,26 +1,123 @@
-"""Dynamic micro-batching: concurrent requests are grouped into one model forward.
+"""Dynamic micro-batching: concurrent requests are grouped into one model forward, when that pays.
 
-A worker takes the first waiting item, then collects more until `max_batch` items or `max_wait_ms` have
-passed, runs `fn(items)` once in a single-thread executor (the event loop stays free to accept requests
-while the model runs) and resolves each caller's future with its own result.
+One forward thread takes waiting items from a thread-safe queue, runs `fn(items)` and resolves each caller's
+future on the event loop with its own result. The thread picks the next batch itself, so forwards run back to
+back without waiting for the event loop between them (as a plain executor queue does without batching).
+
+How many items go into one forward and how long a lone item waits for company come from `BatchPolicy`, from
+measured forward latency rather than fixed settings. Measured on the 2-core machine (docs/benchmarks.md,
+"Inference engines"): a CNN's forward on CPU costs about the same per row at batch 1 as at batch 8 (24.7 vs
+25.0 ms with one onnxruntime thread) and more at batch 16 (26.4; 31.7 with two threads: larger activations
+leave the caches), so the old fixed policy, which took every queued request into one forward (mean 5-12 rows
+at 64 clients), made the forwards slower per row than no batching. The server calibrates at startup
+(`calibrate`: per-row cost at each batch size, sizes interleaved) and batches only up to the size that is
+measurably cheaper per row; where none is, batching runs exactly as no batching does.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 BatchFn = Callable[[list[Any]], list[Any]]
+log = logging.getLogger("polymodal.serve")
+
+
+class BatchPolicy:
+    """Adaptive batch size and wait from measured forward latency (thread-safe under its caller's lock).
+
+    `calibrate(costs)` takes the forward's seconds per row at batch sizes 1, 2, 4, ... measured side by side
+    (`MicroBatcher.calibrate`: interleaved rounds at startup, so load from other processes hits every size
+    alike); `limit()` is then the smallest size whose cost per row is within `tolerance` of the cheapest (a
+    larger batch makes its rows wait longer for the same throughput). Costs measured while serving are not
+    used for the limit: each batch size occurs at its own load level (large batches only when the queue is
+    deep), so comparing them would compare loads, not sizes. Before calibration every queued item is taken.
+
+    `wait()` is how long a lone item waits for company: at most `max_wait`, never longer than one forward of a
+    single row (EWMA while serving), and only when batching pays (or is not measured) and the mean gap between
+    arrivals (EWMA) is shorter than that wait, so that company is expected.
+    """
+
+    def __init__(self, max_batch: int, max_wait_s: float, alpha: float = 0.25, tolerance: float = 0.05) -> None:
+        self.max_batch, self.max_wait, self.alpha, self.tolerance = max_batch, max_wait_s, alpha, tolerance
+        self.sizes = sorted({min(max_batch, 1 << i) for i in range(max_batch.bit_length() + 1)})
+        self.costs: dict[int, float] = {}  # calibrated seconds per row by batch size
+        self.single: float | None = None  # EWMA seconds of a one-row forward while serving
+        self.gap: float | None = None  # EWMA seconds between arrivals
+        self._last_arrival: float | None = None
+        self._limit = max_batch
+
+    def calibrate(self, costs: dict[int, float]) -> None:
+        """Set the limit from seconds per row measured at several batch sizes."""
+        self.costs = {int(k): float(v) for k, v in costs.items() if 1 <= int(k) <= self.max_batch}
+        if not self.costs:
+            return
+        best = min(self.costs.values())
+        self._limit = min(k for k, v in self.costs.items() if v <= best * (1 + self.tolerance))
+        if 1 in self.costs:
+            self.single = self.costs[1]
+
+    def arrived(self, now: float) -> None:
+        if self._last_arrival is not None:
+            gap = now - self._last_arrival
+            self.gap = gap if self.gap is None else self.gap + self.alpha * (gap - self.gap)
+        self._last_arrival = now
+
+    def observe(self, size: int, seconds: float) -> None:
+        """One forward of `size` rows took `seconds` (one-row forwards bound the wait)."""
+        if size == 1:
+            self.single = seconds if self.single is None else self.single + self.alpha * (seconds - self.single)
+
+    def limit(self) -> int:
+        """Most items to put in the next forward."""
+        return self._limit
+
+    def pays(self) -> bool | None:
+        """Whether the calibrated limit's forward costs less per row than one row's (None: not calibrated)."""
+        if 1 not in self.costs:
+            return None
+        return self._limit > 1 and self.costs[self._limit] < self.costs[1] * (1 - self.tolerance)
+
+    def wait(self) -> float:
+        """Seconds a lone item waits for company before its forward starts."""
+        if self._limit < 2 or self.max_wait <= 0 or self.pays() is False:
+            return 0.0
+        wait = self.max_wait if self.single is None else min(self.max_wait, self.single)
+        return wait if self.gap is None or self.gap < wait else 0.0  # None: nothing to go by yet
+
+    def state(self) -> dict:
+        """What the policy has measured (for logs and tests)."""
+        return {"limit": self._limit, "wait_s": self.wait(), "single_row_s": self.single, "gap_s": self.gap,
+                "calibrated_s_per_row": dict(self.costs)}
+
+
+class _Entry:
+    """Queued work: one submitted item, or a job (`call`) that runs alone (run_now, calibration)."""
+
+    __slots__ = ("items", "future", "loop", "call")
+
+    def __init__(self, items: list[Any], future: asyncio.Future, loop: asyncio.AbstractEventLoop,
+                 call: Callable[[], Any] | None = None):
+        self.items, self.future, self.loop, self.call = items, future, loop, call
+
+
+def _resolve(fut: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
+    if not fut.done():  # the caller may have gone (cancelled) meanwhile
+        fut.set_exception(error) if error is not None else fut.set_result(result)
 
 
 class MicroBatcher:
     """`await batcher.submit(item)` → `fn([..., item, ...])[i]`.
 
-    With `enabled=False` every item is run alone (batch size 1) through the same executor, so a benchmark
-    compares batching on/off with everything else equal. `on_batch(size)` is called after each forward.
+    With `enabled=False` every item is run alone (batch size 1) by the same forward thread, so a benchmark
+    compares batching on/off with everything else equal. `on_batch(size)` is called (on the event loop) after
+    each forward. A batch whose forward fails is run again one item at a time, so only the items that fail
+    alone get an error.
     """
 
     def __init__(self, fn: BatchFn, max_batch: int = 32, max_wait_ms: float = 5.0, enabled: bool = True,
@@ -31,98 +128,160 @@ class MicroBatcher:
             raise ValueError("max_wait_ms must be >= 0")
         self.fn, self.max_batch, self.max_wait = fn, max_batch, max_wait_ms / 1000.0
         self.enabled, self.on_batch = enabled, on_batch
-        self._queue: asyncio.Queue | None = None
-        self._worker: asyncio.Task | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self.policy = BatchPolicy(max_batch if enabled else 1, self.max_wait if enabled else 0.0)
+        self._queue: deque[_Entry] = deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
 
     @property
     def running(self) -> bool:
-        return self._worker is not None and not self._worker.done()
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
 
     @property
     def accepting(self) -> bool:
-        """Submitted items will run: the worker runs (batching on) or the executor is up (batching off)."""
-        return self._executor is not None and (self.running or not self.enabled)
+        """Submitted items will run: the forward thread is up."""
+        return self.running
 
     async def start(self) -> None:
         if self.running:
             return
-        if self._executor is None:
-            # One thread: forwards run one at a time; torch's own intra-op threads use the cores.
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polymodal-forward")
-        self._queue = asyncio.Queue()
-        if self.enabled:
-            self._worker = asyncio.create_task(self._loop(), name="polymodal-microbatcher")
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, name="polymodal-forward", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
-        if self._queue is not None:  # callers still waiting learn that the server is shutting down
-            while not self._queue.empty():
-                _, fut = self._queue.get_nowait()
-                if not fut.done():
-                    fut.set_exception(RuntimeError("server shutting down"))
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        if self._thread is None:
+            return
+        with self._cond:
+            self._stopping = True
+            left = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        for e in left:  # callers still waiting learn that the server is shutting down
+            e.loop.call_soon_threadsafe(_resolve, e.future, None, RuntimeError("server shutting down"))
+        await asyncio.to_thread(self._thread.join)  # the forward in progress finishes
+        self._thread = None
 
     async def run_now(self, items: list[Any]) -> list[Any]:
-        """Run `fn(items)` in the forward executor, bypassing the queue (warm-up, direct calls)."""
-        if self._executor is None:
-            raise RuntimeError("the micro-batcher is not started")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.fn, items)
+        """Run `fn(items)` as one forward of its own on the forward thread (warm-up, direct calls)."""
+        return await self._put(items, lambda: self.fn(items))
 
     async def submit(self, item: Any) -> Any:
-        if not self.enabled:
-            out = await self.run_now([item])  # raises when not started, like the batching path
-            self._report(1)
-            return out[0]
+        return (await self._put([item]))[0]
+
+    async def calibrate(self, item: Any, rounds: int = 3, budget_s: float = 6.0) -> dict:
+        """Measure the forward's seconds per row at batch sizes 1, 2, 4, ... max_batch with copies of `item`
+        (rounds interleaved: each round runs every size once; sizes are added in the first round until a
+        third of `budget_s` is spent) and set the batch limit from them. Batching off: nothing to measure."""
+        if not self.enabled or self.max_batch < 2:
+            return {}
+        try:
+            state = await self._put([], lambda: self._calibrate(item, rounds, budget_s))
+        except Exception as exc:  # a model that fails on a batch of copies still serves; the limit stays
+            log.warning("micro-batching: calibration failed (%s: %s); batches of up to %d rows", type(exc).__name__,
+                        exc, self.max_batch)
+            return {}
+        log.info("micro-batching: forward ms per row by batch size %s; batches of up to %d rows",
+                 {k: round(v * 1000, 2) for k, v in state["calibrated_s_per_row"].items()}, state["limit"])
+        return state
+
+    def _calibrate(self, item: Any, rounds: int, budget_s: float) -> dict:
+        times: dict[int, list[float]] = {}
+        start = time.perf_counter()
+        for r in range(rounds):
+            for size in self.policy.sizes if r == 0 else list(times):
+                if r == 0 and times and time.perf_counter() - start > budget_s / rounds:
+                    break
+                t = time.perf_counter()
+                self.fn([item] * size)
+                times.setdefault(size, []).append((time.perf_counter() - t) / size)
+        costs = {k: sorted(v)[len(v) // 2] for k, v in times.items()}  # median of the rounds
+        with self._cond:
+            self.policy.calibrate(costs)
+        return self.policy.state()
+
+    async def _put(self, items: list[Any], call: Callable[[], Any] | None = None) -> Any:
         if not self.running:
             raise RuntimeError("the micro-batcher is not started")
-        fut = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, fut))
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._cond:
+            if call is None:
+                self.policy.arrived(time.perf_counter())
+            self._queue.append(_Entry(items, fut, loop, call))
+            self._cond.notify()
         return await fut
 
-    def _report(self, size: int) -> None:
+    def _take(self) -> list[_Entry] | None:
+        """The next forward's entries (None: stopping). A run_now entry goes alone."""
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            first = self._queue.popleft()
+            if first.call is not None:
+                return [first]
+            batch, limit = [first], self.policy.limit()
+            deadline = time.perf_counter() + self.policy.wait()
+            while len(batch) < limit:
+                if self._queue and self._queue[0].call is None:
+                    batch.append(self._queue.popleft())
+                    continue
+                remaining = deadline - time.perf_counter()
+                if self._queue or remaining <= 0 or self._stopping:  # a job waits its turn
+                    break
+                self._cond.wait(remaining)
+            return batch
+
+    def _work(self) -> None:
+        while (batch := self._take()) is not None:
+            live = [e for e in batch if not e.future.cancelled()]  # client gone: skip its work
+            if live:
+                self._run(live)
+
+    def _forward(self, items: list[Any]) -> list[Any]:
+        t = time.perf_counter()
+        results = self.fn(items)
+        if len(results) != len(items):
+            raise RuntimeError(f"batch function returned {len(results)} results for {len(items)} items")
+        with self._cond:
+            self.policy.observe(len(items), time.perf_counter() - t)
+        return results
+
+    def _run(self, live: list[_Entry]) -> None:
+        if live[0].call is not None:
+            try:
+                self._deliver(live[0], live[0].call())
+            except Exception as exc:
+                self._fail(live[0], exc)
+            return
+        try:
+            results = self._forward([e.items[0] for e in live])
+        except Exception as exc:
+            if len(live) == 1:
+                self._fail(live[0], exc)
+                return
+            # one bad item must not fail the others: each runs alone, and only those that fail alone get an error
+            for e in live:
+                try:
+                    self._deliver(e, self._forward(e.items), 1)
+                except Exception as alone:
+                    self._fail(e, alone)
+            return
+        self._report(live[0].loop, len(live))
+        for e, res in zip(live, results):
+            self._deliver(e, [res])
+
+    def _deliver(self, e: _Entry, results: list[Any], report: int = 0) -> None:
+        if report:
+            self._report(e.loop, report)
+        e.loop.call_soon_threadsafe(_resolve, e.future, results)
+
+    def _fail(self, e: _Entry, exc: Exception) -> None:
+        e.loop.call_soon_threadsafe(_resolve, e.future, None, exc)
+
+    def _report(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
         if self.on_batch is not None:
-            self.on_batch(size)
-
-    async def _collect(self) -> list[tuple[Any, asyncio.Future]]:
-        loop = asyncio.get_running_loop()
-        batch = [await self._queue.get()]
-        deadline = loop.time() + self.max_wait
-        while len(batch) < self.max_batch:
-            if not self._queue.empty():  # take what is already waiting without a timer
-                batch.append(self._queue.get_nowait())
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except asyncio.TimeoutError:
-                break
-        return batch
-
-    async def _loop(self) -> None:
-        while True:
-            batch = await self._collect()
-            live = [(item, fut) for item, fut in batch if not fut.cancelled()]  # client gone: skip its work
-            if not live:
-                continue
-            try:
-                results = await self.run_now([item for item, _ in live])
-                if len(results) != len(live):
-                    raise RuntimeError(f"batch function returned {len(results)} results for {len(live)} items")
-            except Exception as exc:  # every caller of this batch gets the error; the worker keeps going
-                for _, fut in live:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            self._report(len(live))
-            for (_, fut), res in zip(live, results):
-                if not fut.done():
-                    fut.set_result(res)
+            loop.call_soon_threadsafe(self.on_batch, size)

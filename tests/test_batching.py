@@ -1,0 +1,198 @@
+"""Micro-batching (polymodal/serve/batching.py): the adaptive policy's choices from measured forward costs, and
+the batcher's behaviour — answers equal to running each item alone, a failing item does not fail its batch,
+callers gone and shutdown handled. No timing asserts: the policy is fed measured costs directly, and the
+batcher's tests check answers and batch contents, not speed."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from polymodal.serve.batching import BatchPolicy, MicroBatcher
+
+
+def test_policy_takes_what_is_queued_until_calibrated():
+    p = BatchPolicy(max_batch=32, max_wait_s=0.005)
+    assert p.limit() == 32 and p.pays() is None and p.sizes == [1, 2, 4, 8, 16, 32]
+    assert p.wait() == 0.005  # nothing known about arrivals or batching: the configured wait
+    assert BatchPolicy(max_batch=5, max_wait_s=0).sizes == [1, 2, 4, 5]
+
+
+def test_policy_does_not_batch_when_larger_batches_cost_as_much_per_row():
+    """A CNN on CPU: per-row cost flat up to 8 rows, worse beyond (the measured shape in docs/benchmarks.md)."""
+    p = BatchPolicy(max_batch=32, max_wait_s=0.005)
+    p.calibrate({1: 0.0250, 2: 0.0245, 4: 0.0250, 8: 0.0251, 16: 0.032, 32: 0.040})
+    assert p.limit() == 1 and p.pays() is False
+    p.arrived(0.0)
+    p.arrived(0.0001)  # even with company arriving, a lone item does not wait
+    assert p.wait() == 0.0
+
+
+def test_policy_batches_up_to_the_smallest_size_that_is_nearly_cheapest():
+    p = BatchPolicy(max_batch=32, max_wait_s=0.005)
+    p.calibrate({1: 0.010, 2: 0.006, 4: 0.0041, 8: 0.0040, 16: 0.0042, 32: 0.006})
+    assert p.limit() == 4 and p.pays() is True  # 8 is cheapest, but 4 is within 5 % and its rows wait less
+    p.calibrate({1: 0.010, 2: 0.006, 4: 0.005, 8: 0.0040})
+    assert p.limit() == 8
+
+
+def test_policy_waits_only_when_company_is_expected_and_never_longer_than_one_forward():
+    p = BatchPolicy(max_batch=8, max_wait_s=0.005)
+    p.calibrate({1: 0.010, 2: 0.006, 4: 0.004, 8: 0.004})
+    p.arrived(0.0)
+    p.arrived(0.001)  # arrivals 1 ms apart: company is expected within the wait
+    assert p.wait() == pytest.approx(0.005)
+    for t in (0.101, 0.201, 0.301, 0.401, 0.501):
+        p.arrived(t)  # 100 ms apart (one client): waiting would only delay it
+    assert p.wait() == 0.0
+    fast = BatchPolicy(max_batch=8, max_wait_s=0.050)
+    fast.calibrate({1: 0.002, 8: 0.0002})
+    fast.arrived(0.0)
+    fast.arrived(0.0001)
+    assert fast.wait() == pytest.approx(0.002)  # a 2 ms forward: waiting 50 ms for company never pays
+    for _ in range(20):
+        fast.observe(1, 0.004)  # the load doubled the forward's time: the cap follows
+    assert fast.wait() == pytest.approx(0.004, rel=0.01)
+    fast.observe(8, 1.0)  # batch forwards do not move the one-row estimate
+    assert fast.wait() == pytest.approx(0.004, rel=0.01)
+
+
+def test_batching_off_is_one_row_per_forward_and_never_waits():
+    p = BatchPolicy(max_batch=1, max_wait_s=0.0)
+    p.arrived(0.0)
+    p.arrived(0.0)
+    assert p.limit() == 1 and p.wait() == 0.0 and p.sizes == [1]
+
+
+def test_calibration_measures_every_size_and_sets_the_limit():
+    """The batch function's cost per row is made to fall steeply with size (a 4 ms sleep per call), so the
+    calibrated limit is the largest size (flat costs are the policy tests' part)."""
+    import time
+
+    calls = []
+
+    def cheap_when_batched(xs):
+        calls.append(len(xs))
+        time.sleep(0.004 + 0.0001 * len(xs))  # fixed overhead per forward: batching pays
+        return xs
+
+    async def main(fn):
+        b = MicroBatcher(fn, max_batch=8, max_wait_ms=5)
+        await b.start()
+        state = await b.calibrate("probe", rounds=3)
+        await b.stop()
+        return state
+
+    state = asyncio.run(main(cheap_when_batched))
+    assert sorted(set(calls)) == [1, 2, 4, 8] and calls.count(8) == 3  # every size, three rounds, interleaved
+    assert calls[:4] == [1, 2, 4, 8] and state["limit"] == 8
+    off = MicroBatcher(lambda xs: xs, enabled=False)
+    assert asyncio.run(off.calibrate("probe")) == {}  # batching off: nothing to calibrate
+
+
+def run_batcher(fn, items, **kw):
+    sizes: list[int] = []
+
+    async def main():
+        b = MicroBatcher(fn, on_batch=sizes.append, **kw)
+        await b.start()
+        out = await asyncio.gather(*(b.submit(i) for i in items), return_exceptions=True)
+        await b.stop()
+        return out, b
+
+    out, b = asyncio.run(main())
+    return out, sizes, b
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_answers_equal_with_and_without_batching(enabled):
+    calls = []
+
+    def fn(xs):
+        calls.append(list(xs))
+        return [x * x + len(xs) * 0 for x in xs]  # an answer must not depend on its batch-mates
+
+    out, sizes, _ = run_batcher(fn, list(range(20)), max_batch=8, max_wait_ms=50, enabled=enabled)
+    assert out == [i * i for i in range(20)]
+    assert sum(sizes) == 20 and max(sizes) <= (8 if enabled else 1)
+    assert sorted(x for c in calls for x in c) == list(range(20))  # each item forwarded once
+    assert (len(calls) < 20) == enabled
+
+
+def test_a_failing_item_does_not_fail_its_batch_mates():
+    calls = []
+
+    def fn(xs):
+        calls.append(list(xs))
+        if any(x in (3, 7) for x in xs):
+            raise ValueError(f"bad item in {xs}")
+        return [-x for x in xs]
+
+    out, _, b = run_batcher(fn, list(range(10)), max_batch=16, max_wait_ms=100)
+    for i, r in enumerate(out):
+        if i in (3, 7):
+            assert isinstance(r, ValueError) and f"[{i}]" in str(r)  # its own error, from its own forward
+        else:
+            assert r == -i
+    assert len(calls[0]) > 1  # they were batched before the failure split them
+
+
+def test_wrong_number_of_results_is_an_error_not_a_hang():
+    out, _, _ = run_batcher(lambda xs: xs[:1] if len(xs) > 1 else [], [1, 2], max_batch=4, max_wait_ms=50)
+    assert all(isinstance(r, RuntimeError) and "results" in str(r) for r in out)
+
+
+def test_run_now_goes_alone_and_cancelled_callers_are_skipped():
+    seen = []
+    gate = threading.Event()
+
+    def fn(xs):
+        seen.append(list(xs))
+        gate.wait(5)
+        return xs
+
+    async def main():
+        b = MicroBatcher(fn, max_batch=8, max_wait_ms=0)
+        await b.start()
+        first = asyncio.create_task(b.submit("first"))  # occupies the forward thread until the gate opens
+        await asyncio.sleep(0.05)
+        gone = asyncio.create_task(b.submit("gone"))
+        kept = asyncio.create_task(b.submit("kept"))
+        whole = asyncio.create_task(b.run_now(["probe-a", "probe-b"]))
+        await asyncio.sleep(0.05)
+        gone.cancel()
+        gate.set()
+        res = await asyncio.gather(first, kept, whole)
+        await b.stop()
+        return res
+
+    res = asyncio.run(main())
+    assert res == ["first", "kept", ["probe-a", "probe-b"]]
+    assert ["probe-a", "probe-b"] in seen and all("gone" not in s for s in seen)
+    assert all(s == ["probe-a", "probe-b"] or "probe-a" not in s for s in seen)  # never merged with others
+
+
+def test_stop_fails_waiting_callers_and_submit_needs_a_started_batcher():
+    gate = threading.Event()
+
+    async def main():
+        b = MicroBatcher(lambda xs: gate.wait(5) and xs, max_batch=1, max_wait_ms=0)
+        with pytest.raises(RuntimeError, match="not started"):
+            await b.submit(1)
+        await b.start()
+        busy = asyncio.create_task(b.submit(1))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(b.submit(2))
+        await asyncio.sleep(0.05)
+        stopping = asyncio.create_task(b.stop())
+        await asyncio.sleep(0.05)
+        gate.set()
+        await stopping
+        assert not b.accepting
+        return await asyncio.gather(busy, queued, return_exceptions=True)
+
+    busy, queued = asyncio.run(main())
+    assert busy == 1  # the forward in progress finishes
+    assert isinstance(queued, RuntimeError) and "shutting down" in str(queued)
