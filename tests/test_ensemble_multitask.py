@@ -52,6 +52,8 @@ def test_multitask_preset_per_label_blends_predict_like_fast(tmp_path):
         singles = [refs[b.metric](block(r.oof, ens.problem, label)[known], t) for r in ens.results.values()]
         sign = -1 if b.metric == "rmse" else 1
         assert sign * b.score >= max(singles) - 1e-9, (label, b.score, singles)  # never below its best member
+    # so the mean over labels (evaluate's "score") is never below any member's either
+    assert ens.scores["ensemble"] >= max(v for n, v in ens.scores.items() if n != "ensemble") - 1e-6
 
     fast = MultimodalPredictor(label=LABELS, verbose=False, max_epochs=2, progress=False).fit(train)
     pred, fast_pred = p.predict(test), fast.predict(test)

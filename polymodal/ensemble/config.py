@@ -26,7 +26,7 @@ class EnsembleSettings:
 
     preset: str = BEST
     time_limit: float | None = None  # seconds for the whole fit (features, members, selection, saving)
-    eval_metric: str | None = None  # None: accuracy for classification, rmse for regression
+    eval_metric: str | None = None  # None: accuracy (classes), f1_macro (multi-label), rmse, score (multi-task)
     folds: int | None = None  # None: the preset's
     repeats: int | None = None  # most bagging repeats (each with new folds) while time remains
     members: list[str] = field(default_factory=list)  # empty: the preset's
