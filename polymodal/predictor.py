@@ -152,7 +152,8 @@ class MultimodalPredictor:
         df, problems = raise_or_drop(df, check_rows(df, self.prep, with_target), "error", can_skip=False)
         module = self.inference_module(engine, df)
         keys = frozen_keys(self.model, self.prep, self.config) if len(df) > 64 and module is self.model else []
-        df, feats, _, _ = features_for(df, self.prep, self.model, keys, self.config, self.device, self._log, "error")
+        df, feats, _, _ = features_for(df, self.prep, self.model, keys, self.config, self.device, self._log, "error",
+                                       engine)  # the cache's encoder passes follow the engine choice too
         return df, feats, module
 
     def inference_module(self, engine: str | None = None, rows: pd.DataFrame | None = None) -> torch.nn.Module:

@@ -18,13 +18,14 @@ export is recorded too, so later processes do not retry it.
 
 Threads: onnxruntime's intra-op threads = physical cores (`POLYMODAL_ORT_THREADS` overrides), inter-op 1,
 and no spin-waiting between ops (`POLYMODAL_ORT_SPIN=1` turns it on): on a shared 2-core machine spinning
-threads take the cores the other thread needs (measured in docs/benchmarks.md, "Inference engines").
+threads take the cores the other thread needs (measured in docs/benchmarks.md, "Inference engines"). The
+engine names and these settings are defined in `encoders/onnx_runner.py`, which the feature cache's encoder
+passes share (it sits below this module in the pipeline).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -46,12 +47,21 @@ from polymodal.compress.onnx_export import (
     to_numpy_feeds,
 )
 from polymodal.data.preprocess import Preprocessor
+from polymodal.encoders.onnx_runner import (  # noqa: F401  (ENGINES, default_engine...: this module's API too)
+    ENGINES,
+    atomic_bytes,
+    default_engine,
+    ort_session,
+    ort_threads,
+    physical_cores,
+    resolve_engine,
+    sha256,
+)
 from polymodal.errors import PolymodalError
 from polymodal.problem_types import REGRESSION
 from polymodal.training.artifacts import atomic_write_json
 from polymodal.version import __version__
 
-ENGINES = ("auto", "torch", "onnx")
 ENGINE_HELP = ("auto: onnxruntime when the run's ONNX graph (exported on first use into <run>/onnx/) matches "
                "PyTorch, PyTorch otherwise; torch; onnx. Default: $POLYMODAL_ENGINE, else auto")
 FOLDER, GRAPH, PARITY = "onnx", "model.onnx", "parity.json"
@@ -63,38 +73,6 @@ _log = logging.getLogger(__name__)
 _warned: set[str] = set()
 
 
-def default_engine() -> str:
-    """The engine used when none is given: `POLYMODAL_ENGINE` (auto|torch|onnx), else "auto"."""
-    engine = os.environ.get("POLYMODAL_ENGINE", "auto").strip().lower()
-    return engine if engine in ENGINES else "auto"
-
-
-def resolve_engine(engine: str | None) -> str:
-    engine = default_engine() if engine is None else str(engine).strip().lower()
-    if engine not in ENGINES:
-        raise PolymodalError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
-    return engine
-
-
-def physical_cores() -> int:
-    """Physical cores (hyper-threads share one core's units: more ORT threads than cores only contend)."""
-    try:
-        blocks = Path("/proc/cpuinfo").read_text().split("\n\n")
-        pairs = {tuple(line.split(":")[1].strip() for line in b.splitlines()
-                       if line.startswith(("physical id", "core id"))) for b in blocks if "core id" in b}
-        if pairs:
-            return len(pairs)
-    except OSError:
-        pass
-    return max(1, os.cpu_count() or 1)
-
-
-def ort_threads() -> int:
-    """onnxruntime intra-op threads: `POLYMODAL_ORT_THREADS`, else the physical cores."""
-    value = os.environ.get("POLYMODAL_ORT_THREADS", "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else physical_cores()
-
-
 def warn_once(key: str, msg: str, level: int = logging.WARNING) -> None:
     if key not in _warned:
         _warned.add(key)
@@ -103,20 +81,6 @@ def warn_once(key: str, msg: str, level: int = logging.WARNING) -> None:
 
 def info_once(key: str, msg: str) -> None:
     warn_once(key, msg, logging.INFO)
-
-
-def ort_session(graph: bytes, threads: int | None = None):
-    """An onnxruntime CPU session with the thread settings above, from the graph's bytes."""
-    import onnxruntime as ort  # optional heavy dependency: only the ONNX engine needs it
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or ort_threads()
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    spin = "1" if os.environ.get("POLYMODAL_ORT_SPIN", "0") == "1" else "0"
-    so.add_session_config_entry("session.intra_op.allow_spinning", spin)
-    return ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
 
 
 class OnnxModule(nn.Module):
@@ -176,21 +140,6 @@ def parity(model: nn.Module, module: OnnxModule, task, prep: Preprocessor, df: p
             "passed": bool(diff <= TOLERANCE * scale and agreement == 1.0)}
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cached_graph(folder: Path, model_id: str | None) -> tuple[dict, bytes | None] | None:
     """(parity report, graph bytes) of a cache made for `model_id`; None when absent, stale or damaged.
     A recorded failure comes back with no bytes."""
@@ -204,7 +153,7 @@ def cached_graph(folder: Path, model_id: str | None) -> tuple[dict, bytes | None
         graph = (folder / GRAPH).read_bytes()
     except (OSError, ValueError):
         return None
-    return (report, graph) if _sha256(graph) == report["sha256"] else None
+    return (report, graph) if sha256(graph) == report["sha256"] else None
 
 
 def export_graph(model: nn.Module, prep: Preprocessor) -> bytes:
@@ -229,7 +178,7 @@ def build_onnx(run_dir: str | Path | None, model: nn.Module, task, prep: Preproc
     try:
         graph = export_graph(model, prep)
         module = OnnxModule(graph, spec)
-        report = {"model_id": model_id, "polymodal_version": __version__, "sha256": _sha256(graph),
+        report = {"model_id": model_id, "polymodal_version": __version__, "sha256": sha256(graph),
                   **parity(model.eval(), module, task, prep, check_df)}
     except Exception as err:  # an op without an ONNX form, an input kind the graph cannot take: PyTorch runs
         graph, module = None, None
@@ -239,7 +188,7 @@ def build_onnx(run_dir: str | Path | None, model: nn.Module, task, prep: Preproc
         try:
             folder.mkdir(exist_ok=True)
             if graph is not None:
-                _atomic_bytes(folder / GRAPH, graph)
+                atomic_bytes(folder / GRAPH, graph)
             atomic_write_json(folder / PARITY, report)  # last: the commit marker
         except OSError as err:  # a read-only run folder: use the graph in memory, export again next process
             warn_once(f"write:{folder}", f"cannot cache the ONNX graph in {folder} ({err}); it is kept in memory")

@@ -29,6 +29,7 @@ from polymodal.data.text import get_tokenizer
 from polymodal.data.transforms import load_audio_features, load_image
 from polymodal.data.video import frame_files, has_audio_track, load_video
 from polymodal.distributed import global_rank, world_size
+from polymodal.encoders.onnx_runner import OrtEncoder
 from polymodal.encoders.tokens import token_features
 from polymodal.errors import DataError, PolymodalError
 from polymodal.types import AUDIO, IMAGE, TEXT, TIMESERIES, VIDEO
@@ -215,11 +216,15 @@ def namespace(encoder: torch.nn.Module, spec: InputSpec, tokens: bool = False) -
 def encode_values(encoder: torch.nn.Module, spec: InputSpec, values: list[str], batch_size: int = 64,
                   device: str | torch.device = "cpu", num_workers: int = 0,
                   progress: Callable[[int], None] | None = None,
-                  tokens: bool = False) -> tuple[np.ndarray, dict[int, str]]:
+                  tokens: bool = False, engine: str | None = "torch",
+                  graph_dir: Path | None = None) -> tuple[np.ndarray, dict[int, str]]:
     """Run a frozen encoder over unique values; returns (features, {index: error}) for undecodable ones.
     `tokens`: token sequences (N, T, D) as `encoders.tokens.token_features` makes them, as float16. An encoder
-    with `train_top` gives its frozen prefix's output (float16) instead."""
+    with `train_top` gives its frozen prefix's output (float16) instead. `engine` "auto"/"onnx" (None: the
+    default engine): pooled image and text features in onnxruntime once the encoder's graph (kept in
+    `graph_dir`) passes its check on the first batch (encoders/onnx_runner.py); PyTorch otherwise."""
     encoder.eval().to(device)
+    pooled = not getattr(encoder, "train_top", 0) and not tokens
     if getattr(encoder, "train_top", 0):  # the frozen prefix's activations, as float16 like token sequences
         def run(x):
             return encoder.prefix(x).half()
@@ -227,7 +232,8 @@ def encode_values(encoder: torch.nn.Module, spec: InputSpec, values: list[str], 
         def run(x):
             return token_features(encoder, x, spec.modality, spec.config).half()
     else:
-        run = encoder
+        run = OrtEncoder.for_values(encoder, spec.modality, spec.config, graph_dir, engine, len(values), device,
+                                    pooled) or encoder
     errors: dict[int, str] = {}
     out: np.ndarray | None = None
     if spec.modality == TEXT:
@@ -309,9 +315,11 @@ def precompute_features(df: pd.DataFrame, prep: Preprocessor, encoders: dict[str
                         keys: list[str], cache_dir: str | os.PathLike | None = None, batch_size: int = 64,
                         device: str | torch.device = "cpu", num_workers: int = 0,
                         progress: Callable[[str, int, int], None] | None = None, token_keys=(),
+                        engine: str | None = None,
                         ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[Problem], dict[str, int]]:
     """Row-aligned features for frozen inputs, reusing and filling the cache (`token_keys`: those cached
-    as float16 token sequences, see `encoders.tokens`).
+    as float16 token sequences, see `encoders.tokens`; `engine`: what encodes, see `encode_values`; each
+    encoder's ONNX graph is kept in its cache folder).
 
     Returns ({key: (features (N, D), present (N,))}, problems for undecodable files, {"computed", "reused"}).
     """
@@ -359,7 +367,8 @@ def precompute_features(df: pd.DataFrame, prep: Preprocessor, encoders: dict[str
                 if progress:
                     progress(key, done[0], total)
 
-            arr, errors = encode_values(enc, spec, mine, batch_size, device, num_workers, tick, as_tokens)
+            arr, errors = encode_values(enc, spec, mine, batch_size, device, num_workers, tick, as_tokens, engine,
+                                        cache.dir)
             ok = [i for i in range(len(mine)) if i not in errors]
             cache.put([ckeys[mine[i]] for i in ok], arr[ok])
             cache.put_errors({ckeys[mine[i]]: err for i, err in errors.items()})

@@ -181,9 +181,10 @@ def fit_in_memory(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config:
 
 
 def features_for(df: pd.DataFrame, prep: Preprocessor, model: nn.Module, keys: list[str],
-                 config: RunSettings, device, log: Log, on_bad_rows: str,
+                 config: RunSettings, device, log: Log, on_bad_rows: str, engine: str | None = None,
                  ) -> tuple[pd.DataFrame, dict, list[Problem], dict]:
-    """Cached features for frozen inputs; undecodable files are raised or dropped per `on_bad_rows`."""
+    """Cached features for frozen inputs; undecodable files are raised or dropped per `on_bad_rows`; `engine`
+    encodes new values (None: the default engine, see `encoders.cache.encode_values`)."""
     if not keys:
         return df, {}, [], {"computed": 0, "reused": 0}
 
@@ -193,7 +194,7 @@ def features_for(df: pd.DataFrame, prep: Preprocessor, model: nn.Module, keys: l
 
     feats, problems, stats = precompute_features(
         df, prep, {k: model.encoders[k] for k in keys}, keys, config.cache_dir, config.batch_size, device,
-        config.num_workers, progress, token_keys=[k for k in keys if k in model.token_inputs])
+        config.num_workers, progress, token_keys=[k for k in keys if k in model.token_inputs], engine=engine)
     if problems:
         kept, problems = raise_or_drop(df, problems, on_bad_rows)
         mask = df.index.isin(kept.index)
