@@ -192,7 +192,8 @@ class MultimodalPredictor:
             return pd.Series(texts, index=df.index, name=self.config.label) if as_pandas else np.asarray(texts)
         if decode:
             raise PolymodalError(f"{', '.join(decode)}: decoding settings apply to text generators only")
-        data = as_table(data)  # once (a file path would otherwise be read twice)
+        # a file is read once (not again in predict_proba); a DataFrame is copied once, there
+        data = data if isinstance(data, pd.DataFrame) else as_table(data)
         probs = self.predict_proba(data, as_pandas=False, allow_missing=allow_missing, engine=engine)
         values = self.task.labels(probs)
         index = data.index if as_pandas else None
