@@ -231,6 +231,8 @@ class MultimodalPredictor:
     def answer_batch(self, batch: Batch) -> list[dict]:
         """Per-row answers {"prediction", "probabilities"} for a collated batch (what the server batches),
         through the same inference loop as predict."""
+        if self._ensemble:
+            return self._ensemble.answer_batch(batch)
         self.require_model()
         vocab, decode = getattr(self.task, "vocab", None), self.decode_config() if self.kind == GENERATION_RUN else None
 

@@ -12,10 +12,12 @@ from sklearn.datasets import load_wine
 from typer.testing import CliRunner
 
 from polymodal.cli import app
+from polymodal.data.dataset import Collator
 from polymodal.ensemble import EnsemblePredictor
 from polymodal.errors import PolymodalError
 from polymodal.predictor import MultimodalPredictor
 from polymodal.runs import load_run
+from polymodal.serve.inputs import RowBuilder
 
 
 def wine() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -46,6 +48,12 @@ def test_preset_best_from_python(tmp_path):
     assert (q.predict(test) == p.predict(test)).all()
     assert q.evaluate(test) == p.evaluate(test)
     assert p.metrics["test"]["accuracy"] == pytest.approx(np.mean(p.predict(test) == test["cultivar"]))
+    # what the server calls (serve/runner.py): rows built and collated with the run's Preprocessor
+    items = [RowBuilder(p.prep).build({c: float(v) for c, v in row.items() if c != "cultivar"})
+             for _, row in test.iloc[:3].iterrows()]
+    answers = p.answer_batch(Collator(p.prep)(items))
+    np.testing.assert_allclose([[a["probabilities"][c] for c in probs.columns] for a in answers],
+                               probs.iloc[:3].to_numpy(), atol=1e-5)
 
 
 def test_preset_choices_are_checked():
