@@ -104,3 +104,14 @@ def test_cli_group_column_reaches_the_run(image_table, tmp_path):
     assert "validation keeps the rows of each 'patient' value together (12 groups)" in r.output
     assert json.loads((out / "config.json").read_text())["fit"]["group_column"] == "patient"
     assert json.loads((out / "preprocess.json").read_text())["schema"]["columns"]["patient"] == "id"
+
+
+def test_row_split_keeps_rows_whose_stratifying_label_is_missing():
+    """A multi-task table's first label can be missing on some rows: they split like any other stratum (this
+    raised sklearn's bare 'Input contains NaN' before)."""
+    n = 60
+    y = pd.Series(["p", "q", None] * (n // 3), dtype=object)
+    df = pd.DataFrame({"y": y, "i": np.arange(n)})
+    tr, va = split_rows(df, "y", "multiclass", 0.25, 0)
+    assert sorted(tr["i"].tolist() + va["i"].tolist()) == list(range(n))
+    assert va["y"].isna().sum() == 5 and set(va["y"].dropna()) == {"p", "q"}  # stratified, missing included

@@ -22,7 +22,9 @@ def split_train_valid(df: pd.DataFrame, label: str, problem_type: str, fraction:
     keep = pd.Series(False, index=df.index)
     strat = None
     if problem_type not in (REGRESSION, MULTILABEL):
-        y = df[label].astype(str)
+        # A multi-task table's first label may be missing on some rows: those rows form their own stratum
+        # (astype(str) keeps NaN under pandas' string dtype, which train_test_split refuses).
+        y = df[label].astype(object).where(df[label].notna(), "\0missing").astype(str)
         counts = y.map(y.value_counts())
         keep = counts < 2
         rest = y[~keep]
