@@ -15,6 +15,13 @@ Targets (issue 20): single-row predict < 15 ms median; predict >= 0.95x the hand
 batch-32 throughput >= 4x today's (today = the PyTorch engine's predict).
 
   python benchmarks/inference.py --out benchmarks/results/inference.json
+
+--serve instead runs benchmarks/serve_load.py's model and client against `polymodal serve` per engine, with
+micro-batching on and off: one server per setting, phases interleaved over --serve-rounds rounds (each client
+count, each setting in turn), per-phase mean batch from /metrics, medians over the rounds in the output:
+
+  python benchmarks/inference.py --serve --engines onnx --batching on,off --seconds 8 --serve-rounds 3 \
+      --serve-out inference_serve_adaptive.json
 """
 
 from __future__ import annotations
