@@ -38,6 +38,14 @@ def test_policy_batches_up_to_the_smallest_size_that_is_nearly_cheapest():
     assert p.limit() == 8
 
 
+def test_policy_ignores_gains_within_the_calibration_noise():
+    p = BatchPolicy(max_batch=8, max_wait_s=0.005)
+    p.calibrate({1: 0.0250, 2: 0.0230, 4: 0.0225, 8: 0.0240})  # 10 % cheaper at best: not clearly paying
+    assert p.limit() == 1 and p.pays() is False and p.wait() == 0.0
+    p.calibrate({1: 0.0250, 2: 0.0230, 4: 0.0200, 8: 0.0240})  # 20 %: batches of up to 4
+    assert p.limit() == 4 and p.pays() is True
+
+
 def test_policy_waits_only_when_company_is_expected_and_never_longer_than_one_forward():
     p = BatchPolicy(max_batch=8, max_wait_s=0.005)
     p.calibrate({1: 0.010, 2: 0.006, 4: 0.004, 8: 0.004})

@@ -10,8 +10,8 @@ measured forward latency rather than fixed settings. Measured on the 2-core mach
 25.0 ms with one onnxruntime thread) and more at batch 16 (26.4; 31.7 with two threads: larger activations
 leave the caches), so the old fixed policy, which took every queued request into one forward (mean 5-12 rows
 at 64 clients), made the forwards slower per row than no batching. The server calibrates at startup
-(`calibrate`: per-row cost at each batch size, sizes interleaved) and batches only up to the size that is
-measurably cheaper per row; where none is, batching runs exactly as no batching does.
+(`calibrate`: per-row cost at each batch size, sizes interleaved) and batches only up to a size that is
+clearly cheaper per row (by 15 %); where none is, batching runs exactly as no batching does.
 """
 
 from __future__ import annotations
@@ -33,8 +33,11 @@ class BatchPolicy:
 
     `calibrate(costs)` takes the forward's seconds per row at batch sizes 1, 2, 4, ... measured side by side
     (`MicroBatcher.calibrate`: interleaved rounds at startup, so load from other processes hits every size
-    alike); `limit()` is then the smallest size whose cost per row is within `tolerance` of the cheapest (a
-    larger batch makes its rows wait longer for the same throughput). Costs measured while serving are not
+    alike). Batching engages only when the cheapest size costs at least `min_gain` less per row than one row:
+    a few rounds on a loaded machine scatter by several per cent, and rows of a batch wait for each other, so
+    a smaller gain is as likely noise as it is paid back. `limit()` is then the smallest size whose cost per
+    row is within `tolerance` of the cheapest (a larger batch makes its rows wait longer for the same
+    throughput); otherwise 1, and batching runs as no batching does. Costs measured while serving are not
     used for the limit: each batch size occurs at its own load level (large batches only when the queue is
     deep), so comparing them would compare loads, not sizes. Before calibration every queued item is taken.
 
@@ -43,8 +46,10 @@ class BatchPolicy:
     arrivals (EWMA) is shorter than that wait, so that company is expected.
     """
 
-    def __init__(self, max_batch: int, max_wait_s: float, alpha: float = 0.25, tolerance: float = 0.05) -> None:
+    def __init__(self, max_batch: int, max_wait_s: float, alpha: float = 0.25, tolerance: float = 0.05,
+                 min_gain: float = 0.15) -> None:
         self.max_batch, self.max_wait, self.alpha, self.tolerance = max_batch, max_wait_s, alpha, tolerance
+        self.min_gain = min_gain
         self.sizes = sorted({min(max_batch, 1 << i) for i in range(max_batch.bit_length() + 1)})
         self.costs: dict[int, float] = {}  # calibrated seconds per row by batch size
         self.single: float | None = None  # EWMA seconds of a one-row forward while serving
@@ -61,6 +66,8 @@ class BatchPolicy:
         self._limit = min(k for k, v in self.costs.items() if v <= best * (1 + self.tolerance))
         if 1 in self.costs:
             self.single = self.costs[1]
+            if best > self.costs[1] * (1 - self.min_gain):
+                self._limit = 1
 
     def arrived(self, now: float) -> None:
         if self._last_arrival is not None:
@@ -78,10 +85,10 @@ class BatchPolicy:
         return self._limit
 
     def pays(self) -> bool | None:
-        """Whether the calibrated limit's forward costs less per row than one row's (None: not calibrated)."""
+        """Whether batches of the calibrated limit cost less per row than one row (None: not calibrated)."""
         if 1 not in self.costs:
             return None
-        return self._limit > 1 and self.costs[self._limit] < self.costs[1] * (1 - self.tolerance)
+        return self._limit > 1
 
     def wait(self) -> float:
         """Seconds a lone item waits for company before its forward starts."""
