@@ -166,7 +166,7 @@ class MicroBatcher:
             self._queue.clear()
             self._cond.notify_all()
         for e in left:  # callers still waiting learn that the server is shutting down
-            e.loop.call_soon_threadsafe(_resolve, e.future, None, RuntimeError("server shutting down"))
+            _on_loop(e.loop, _resolve, e.future, None, RuntimeError("server shutting down"))
         await asyncio.to_thread(self._thread.join)  # the forward in progress finishes
         self._thread = None
 
@@ -284,11 +284,20 @@ class MicroBatcher:
     def _deliver(self, e: _Entry, results: list[Any], report: int = 0) -> None:
         if report:
             self._report(e.loop, report)
-        e.loop.call_soon_threadsafe(_resolve, e.future, results)
+        _on_loop(e.loop, _resolve, e.future, results)
 
     def _fail(self, e: _Entry, exc: Exception) -> None:
-        e.loop.call_soon_threadsafe(_resolve, e.future, None, exc)
+        _on_loop(e.loop, _resolve, e.future, None, exc)
 
     def _report(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
         if self.on_batch is not None:
-            loop.call_soon_threadsafe(self.on_batch, size)
+            _on_loop(loop, self.on_batch, size)
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable, *args: Any) -> None:
+    """Run `fn(*args)` on the caller's event loop; a closed loop means the caller is gone (the forward thread
+    must not die of it)."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass
