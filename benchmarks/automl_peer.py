@@ -315,6 +315,17 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def save(out: Path, name: str, table: dict) -> None:
+    """One table's results into `out` after every seed (partial results kept), merged into the file as it
+    is now (two runs may share it)."""
+    current = json.loads(out.read_text()) if out.exists() else {"tables": {}}
+    current.setdefault("tables", {})[name] = table
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(current, indent=2, default=float))
+    tmp.replace(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tables", nargs="+", default=["breast_cancer", "wine", "diabetes"])
@@ -331,11 +342,8 @@ def main() -> None:
     if args.markdown:
         print(markdown(json.loads(args.out.read_text())))
         return
-    results = json.loads(args.out.read_text()) if args.out.exists() else {"tables": {}}
-    command = "nice -n 10 .venv/bin/python " + " ".join(sys.argv)
+    command = "nice -n 10 .venv/bin/python " + " ".join(sys.argv)  # every table keeps the command that made it
     machine = f"{os.cpu_count()} CPU cores, shared with other jobs; no GPU"
-    results.setdefault("command", command)  # the first run's; every table keeps the command that made it
-    results.setdefault("machine", machine)
     for name in args.tables:
         problem = problem_of(name)
         per_system: dict[str, list[dict]] = {}
@@ -366,19 +374,12 @@ def main() -> None:
                               print))
             extra.setdefault("load_average_1_5_15", []).append(
                 {"before": [round(x, 2) for x in load0], "after": [round(x, 2) for x in os.getloadavg()]})
-        results["tables"][name] = {"rows": extra.get("train_rows", 0) + extra.get("test_rows", 0) or len(df),
-                                   "command": command, "time_limit_s": args.time_limit, "seeds": args.seeds,
-                                   "machine": machine, "polymodal": code_version(),
-                                   "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                   "problem": problem, **extra,
-                                   "systems": {s: {"summary": summary(r), "runs": r} for s, r in per_system.items()}}
-        # after every table (partial results kept), merged into the file as it is now: two runs may share it
-        current = json.loads(args.out.read_text()) if args.out.exists() else results
-        current.setdefault("tables", {})[name] = results["tables"][name]
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(current, indent=2, default=float))
-        tmp.replace(args.out)
+            done = args.seeds[:len(per_system["polymodal_best"])]
+            save(args.out, name, {
+                "rows": extra.get("train_rows", 0) + extra.get("test_rows", 0) or len(df), "command": command,
+                "time_limit_s": args.time_limit, "seeds": done, "machine": machine, "polymodal": code_version(),
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "problem": problem, **extra,
+                "systems": {s: {"summary": summary(r), "runs": r} for s, r in per_system.items()}})
     print(f"wrote {args.out}")
 
 
