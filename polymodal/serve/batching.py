@@ -7,9 +7,10 @@ back without waiting for the event loop between them (as a plain executor queue 
 How many items go into one forward and how long a lone item waits for company come from `BatchPolicy`, from
 measured forward latency rather than fixed settings. Measured on the 2-core machine (docs/benchmarks.md,
 "Inference engines"): a CNN's forward on CPU costs about the same per row at batch 1 as at batch 8 (24.7 vs
-25.0 ms with one onnxruntime thread) and more at batch 16 (26.4; 31.7 with two threads: larger activations
-leave the caches), so the old fixed policy, which took every queued request into one forward (mean 5-12 rows
-at 64 clients), made the forwards slower per row than no batching. The server calibrates at startup
+25.0 ms with one onnxruntime thread; ~20 % less at 4-8 rows with two) and more at batch 16 (26.4; 31.7 with
+two threads), and the old fixed policy, which took every queued request into one forward, lost to no
+batching at 64 clients: rows of a batch wait for each other, and a saving measured in isolation did not
+survive decoding threads competing for the same cores. The server calibrates at startup
 (`calibrate`: per-row cost at each batch size, sizes interleaved) and batches only up to a size that is
 clearly cheaper per row (by 15 %); where none is, batching runs exactly as no batching does.
 """
