@@ -204,3 +204,26 @@ def test_stop_fails_waiting_callers_and_submit_needs_a_started_batcher():
     busy, queued = asyncio.run(main())
     assert busy == 1  # the forward in progress finishes
     assert isinstance(queued, RuntimeError) and "shutting down" in str(queued)
+
+
+def test_the_server_calibrates_its_batcher_at_startup(tmp_path):
+    """create_app: after the warm-up probe, the batching server measures its forward at each batch size and
+    sets its limit from that; a server without batching measures nothing and forwards one row at a time."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from polymodal.runs import load_run
+    from polymodal.serve.app import create_app
+    from tests.test_golden_run import GOLDEN
+
+    shutil.copytree(GOLDEN / "run", tmp_path / "run")  # the ONNX engine caches its graph beside the run
+    p = load_run(tmp_path / "run")
+    with TestClient(create_app(p, max_batch=8)) as c:
+        assert c.get("/ready").status_code == 200
+        policy = c.app.state.batcher.policy
+        assert sorted(policy.costs) == [1, 2, 4, 8] and policy.limit() in (1, 2, 4, 8)
+        assert all(v > 0 for v in policy.costs.values())
+    with TestClient(create_app(p, batching=False)) as c:
+        assert c.get("/ready").status_code == 200
+        assert c.app.state.batcher.policy.costs == {} and c.app.state.batcher.policy.limit() == 1
