@@ -22,6 +22,11 @@ count, each setting in turn), per-phase mean batch from /metrics, medians over t
 
   python benchmarks/inference.py --serve --engines onnx --batching on,off --seconds 8 --serve-rounds 3 \
       --serve-out inference_serve_adaptive.json
+
+--encode N instead times the feature cache's encoder pass per engine (PyTorch, onnxruntime with its export,
+onnxruntime with the graph cached) on N easy-vqa test images and their questions:
+
+  python benchmarks/inference.py --encode 256   # writes results/inference_encode.json
 """
 
 from __future__ import annotations
@@ -201,6 +206,40 @@ def serve_phases(seconds: float, out: Path, engines: list[str], waits: list[floa
         print(x)
 
 
+def encode_phases(run: Path, values: int, out: Path) -> None:
+    """The feature cache's encoder pass (`encoders.cache.encode_values`) over `values` easy-vqa test images and
+    their unique questions, per frozen encoder of the demo model: PyTorch, onnxruntime's first pass (export +
+    check on the first batch) and onnxruntime with the graph cached; max |diff| vs PyTorch."""
+    import tempfile
+
+    from polymodal.encoders import onnx_runner
+    from polymodal.encoders.cache import encode_values
+
+    p = load_run(run)
+    df = easy_vqa_table("test", values)
+    rows = {}
+    for key, enc in p.model.encoders.items():
+        spec = p.prep.inputs[key]
+        if spec.modality not in (IMAGE, TEXT):
+            continue
+        vals = sorted({str(v) for v in df[spec.columns[0]]})[:values]
+        with tempfile.TemporaryDirectory(prefix="polymodal-encode-") as tmp:
+            times, feats = {}, {}
+            for name, engine in (("torch", "torch"), ("onnx_first_pass_with_export", "onnx"),
+                                 ("onnx_graph_cached", "onnx")):
+                t = time.perf_counter()
+                feats[name], _ = encode_values(enc, spec, vals, 64, engine=engine, graph_dir=Path(tmp))
+                times[name] = round(time.perf_counter() - t, 2)
+            report = json.loads((Path(tmp) / onnx_runner.PARITY).read_text())
+        rows[key] = {"modality": spec.modality, "values": len(vals), "seconds": times,
+                     "speedup_cached": round(times["torch"] / times["onnx_graph_cached"], 2),
+                     "max_abs_diff": float(np.abs(feats["onnx_graph_cached"] - feats["torch"]).max()),
+                     "check_passed": report["passed"]}
+        print(key, rows[key], flush=True)
+    out.write_text(json.dumps({"command": "python benchmarks/inference.py " + " ".join(sys.argv[1:]),
+                               "load_avg_1min_end": round(os.getloadavg()[0], 2), "encoders": rows}, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-images", type=int, default=60)
@@ -218,6 +257,9 @@ def main() -> None:
                     help="--serve: output file (a bare name goes beside --out)")
     ap.add_argument("--serve-rounds", type=int, default=2, help="--serve: interleaved rounds of every phase")
     ap.add_argument("--clients", default="1,8,64", help="--serve: comma list of client counts")
+    ap.add_argument("--encode", type=int, default=0,
+                    help="instead: time the feature cache's encoder pass per engine on this many test images "
+                         "(written beside --out as inference_encode.json)")
     args = ap.parse_args()
     if args.serve:
         serve_out = Path(args.serve_out)
@@ -228,6 +270,8 @@ def main() -> None:
                             tuple(int(c) for c in args.clients.split(",")))
 
     run = demo_run(WORK / "inference-run", args.train_images, args.refit)
+    if args.encode:
+        return encode_phases(run, args.encode, args.out.with_name("inference_encode.json"))
     test = easy_vqa_table("test", args.test_images)
     shutil.rmtree(run / "onnx", ignore_errors=True)  # export timed below, as a user's first predict meets it
     t0 = time.perf_counter()

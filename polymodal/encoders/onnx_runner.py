@@ -7,10 +7,11 @@ one definition of "auto" | "torch" | "onnx", of the thread settings and of the s
 
 `OrtEncoder.for_values` gives a frozen encoder's pooled pass (`encoder(x)`: image pixels or text token ids →
 features) as an onnxruntime session when the engine is "auto" or "onnx", the device is the CPU and the graph
-passes its parity check; PyTorch otherwise, with the reason logged once. The graph is exported once per
-encoder into its feature-cache folder (`encoder.onnx`, keyed like the cached features by the encoder's
-cache_id and preprocessing) and checked on the first batch of every pass: max |ONNX − PyTorch| over the
-features must be within `TOLERANCE` of their scale. `encoder.parity.json` records the graph's SHA-256 and the
+passes its parity check ("auto": for passes of at least `EXPORT_MIN_VALUES` new values); PyTorch otherwise,
+with the reason logged once. The graph is exported once per encoder into its feature-cache folder
+(`encoder.onnx`, keyed like the cached features by the encoder's cache_id and preprocessing) and checked on
+the first batch of every pass: max |ONNX − PyTorch| over the features must be within `TOLERANCE` of their
+scale. `encoder.parity.json` records the graph's SHA-256 and the
 last check (a failed export or check is recorded, so later passes do not retry it).
 """
 
@@ -35,9 +36,10 @@ from polymodal.types import IMAGE, TEXT
 from polymodal.version import __version__
 
 ENGINES = ("auto", "torch", "onnx")
-# Exporting an encoder takes seconds (MiniLM ~10 s, EfficientNet ~5 s on 2 cores); onnxruntime encodes
-# 2.6-4.6x faster than PyTorch eager: below this many new values a first export does not pay (a graph
-# already cached is used for any number of values; engine "onnx" exports regardless).
+# "auto" encodes with onnxruntime only passes of at least this many new values: an export takes seconds
+# (EfficientNet-Lite0 ~5 s, MiniLM ~3 s on 2 loaded cores) and every pass runs its first batch through both
+# engines for the check, so small passes do not pay (107 questions: 2.6 s with a cached graph vs 2.1 s in
+# PyTorch; 256 images: 9.0 vs 22.6 s; benchmarks/inference.py --encode). Engine "onnx" uses it for any pass.
 EXPORT_MIN_VALUES = 256
 TOLERANCE = 1e-4  # max |ONNX - PyTorch| over features, relative to max(1, their largest magnitude)
 GRAPH, PARITY = "encoder.onnx", "encoder.parity.json"
@@ -196,13 +198,13 @@ class OrtEncoder:
             reason = "it runs on a GPU (onnxruntime runs on CPU)"
         elif folder is None:
             reason = "no cache folder to keep its graph in"
+        if reason is None and engine == "auto" and n_values < EXPORT_MIN_VALUES:
+            return None  # by design, not worth a log line: too few values to pay for the export and check
         if reason is None:
             report = _read_report(folder)
             graph = _read_graph(folder, report)
             if report is not None and not report.get("passed", True):
                 reason = f"its ONNX graph failed before ({report.get('error') or 'parity check'})"
-            elif graph is None and engine == "auto" and n_values < EXPORT_MIN_VALUES:
-                return None  # by design, not worth a log line: too few values to pay for an export
             elif graph is None:
                 try:
                     graph = export_encoder(encoder, modality, config)
