@@ -116,6 +116,7 @@ def fit(
     task_weights: str | None = typer.Option(None, help="multi-task fixed weights: label=weight,..."),
     mixup: float = typer.Option(0.0, help="mixup alpha (0 = off)"),
     text_augment: float = typer.Option(0.0, help="word drop/swap probability for fine-tuned text encoders"),
+    cached_views: int = typer.Option(0, help="augmented views cached per image (cached encoders see augmentation)"),
     length_bucketing: bool = typer.Option(True, help="fine-tuned text: batch rows of similar length (less "
                                                      "padding)"),
     l1: float = typer.Option(0.0, help="L1 penalty on the head's weights"),
@@ -172,7 +173,8 @@ def fit(
         time_limit=time_limit, dropout=dropout, loss=loss, focal_gamma=focal_gamma,
         class_weighting={"auto": None, "on": True, "off": False}[class_weighting], sampler=sampler,
         tune_threshold=tune_threshold, loss_weighting=loss_weighting, task_weights=weights, mixup=mixup,
-        text_augment=text_augment, length_bucketing=length_bucketing, l1=l1, label_smoothing=label_smoothing,
+        text_augment=text_augment, cached_views=cached_views, length_bucketing=length_bucketing, l1=l1,
+        label_smoothing=label_smoothing,
         tokens=tokens, group_column=group_column, preset=preset, eval_metric=eval_metric,
         task=None if task == "auto" else task,  # caption / vqa-open: a text generator (training.generation)
         **({"stream": True, "chunk_rows": chunk_rows} if stream else {}))

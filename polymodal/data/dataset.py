@@ -145,14 +145,20 @@ def raise_or_drop(df: pd.DataFrame, problems: list[Problem], on_bad_rows: str, c
 
 
 class TableDataset(Dataset):
-    """Rows of a table → per-input encoder inputs or precomputed features, presence masks and targets."""
+    """Rows of a table → per-input encoder inputs or precomputed features, presence masks and targets.
+
+    `features`: {key: (features (N, ...), present (N,))}, or (features, present, views (V, N, ...)) for an input
+    with cached augmented views (`--cached-views`): a training row then reads one of the V + 1 (plain or a view)
+    per epoch, drawn from (seed, epoch, row) like every other augmentation."""
 
     def __init__(self, df: pd.DataFrame, prep: Preprocessor, features: dict[str, tuple] | None = None,
                  train: bool = False, with_target: bool = True, augment: bool = True, seed: int = 0,
                  text_augment: float = 0.0) -> None:
         self.prep, self.train, self.augment, self.seed = prep, train, augment and train, seed
         self.text_augment = text_augment if self.augment else 0.0
-        self.features = features or {}
+        features = features or {}
+        self.features = {k: (f[0], f[1]) for k, f in features.items()}
+        self.views = {k: f[2] for k, f in features.items() if len(f) > 2} if self.augment else {}
         self.n = len(df)
         self.source = df.attrs.get("source", "<DataFrame>")
         self.rows = np.asarray(df.index)
@@ -200,6 +206,10 @@ class TableDataset(Dataset):
         for key, (feats, present) in self.features.items():
             item["features"][key] = feats[i]
             item["present"][key] = bool(present[i])
+            if key in self.views:
+                view = int(rng.integers(0, len(self.views[key]) + 1))  # 0: the plain image's features
+                if view:
+                    item["features"][key] = self.views[key][view - 1, i]
         for key, vals in self.values.items():
             spec, v = self.prep.inputs[key], vals[i]
             item["present"][key] = v is not None
@@ -241,7 +251,15 @@ def _gather_batch(ds: TableDataset, indices) -> dict:
     batch: dict = {"row": torch.from_numpy(ds.rows[idx].astype(np.int64)), "inputs": {}, "features": {},
                    "present": {}}
     for key, (feats, present) in ds.features.items():
-        batch["features"][key] = torch.from_numpy(np.ascontiguousarray(feats[idx]))
+        if key in ds.views:  # per row: the plain features (0) or one of the cached augmented views
+            rng = np.random.default_rng((ds.seed, *(int(j) for j in indices)))  # (seed, epoch, rows) decide
+            view = rng.integers(0, len(ds.views[key]) + 1, size=len(idx))
+            out = np.array(feats[idx])
+            for v in np.unique(view[view > 0]):
+                out[view == v] = ds.views[key][v - 1, idx[view == v]]
+            batch["features"][key] = torch.from_numpy(out)
+        else:
+            batch["features"][key] = torch.from_numpy(np.ascontiguousarray(feats[idx]))
         batch["present"][key] = torch.from_numpy(np.asarray(present, dtype=bool)[idx])
     if ds.tabular is not None:
         batch["inputs"][TABULAR] = {k: torch.from_numpy(np.ascontiguousarray(a[idx])) for k, a in ds.tabular.items()}

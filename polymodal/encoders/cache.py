@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -205,11 +206,19 @@ def _collate(items) -> tuple[list[int], torch.Tensor | dict | None, dict[int, st
     return idx, torch.from_numpy(x), errors, len(items)
 
 
-def namespace(encoder: torch.nn.Module, spec: InputSpec, tokens: bool = False) -> str:
+def namespace(encoder: torch.nn.Module, spec: InputSpec, tokens: bool = False, view: int = 0) -> str:
     top = getattr(encoder, "train_top", 0)
     # a partly fine-tuned encoder caches its prefix's output (the same for pooled and token use)
     what = f"|prefix-top{top}" if top else ("|tokens" if tokens else "")
-    return encoder.cache_id + "|" + json.dumps(spec.config, sort_keys=True) + what
+    return encoder.cache_id + "|" + json.dumps(spec.config, sort_keys=True) + what + (f"|view{view}" if view else "")
+
+
+def view_rng(path: str, view: int) -> np.random.Generator:
+    """The random crop/brightness/contrast of augmented view `view` of an image: a function of the view and
+    the file's bytes (as the cache key is), so a cached view does not depend on which file name, rows or run
+    computed it."""
+    with open(path, "rb") as f:
+        return np.random.default_rng((view, zlib.crc32(f.read())))
 
 
 @torch.inference_mode()
@@ -217,12 +226,15 @@ def encode_values(encoder: torch.nn.Module, spec: InputSpec, values: list[str], 
                   device: str | torch.device = "cpu", num_workers: int = 0,
                   progress: Callable[[int], None] | None = None,
                   tokens: bool = False, engine: str | None = "torch",
-                  graph_dir: Path | None = None) -> tuple[np.ndarray, dict[int, str]]:
+                  graph_dir: Path | None = None, view: int = 0) -> tuple[np.ndarray, dict[int, str]]:
     """Run a frozen encoder over unique values; returns (features, {index: error}) for undecodable ones.
     `tokens`: token sequences (N, T, D) as `encoders.tokens.token_features` makes them, as float16. An encoder
     with `train_top` gives its frozen prefix's output (float16) instead. `engine` "auto"/"onnx" (None: the
     default engine): pooled image and text features in onnxruntime once the encoder's graph (kept in
-    `graph_dir`) passes its check on the first batch (encoders/onnx_runner.py); PyTorch otherwise."""
+    `graph_dir`) passes its check on the first batch (encoders/onnx_runner.py); PyTorch otherwise. `view` > 0:
+    images are decoded as training augments them (`view_rng`), for `--cached-views`."""
+    if view and spec.modality != IMAGE:
+        raise ValueError(f"augmented views are cached for images, not {spec.modality}")
     encoder.eval().to(device)
     pooled = not getattr(encoder, "train_top", 0) and not tokens
     if getattr(encoder, "train_top", 0):  # the frozen prefix's activations, as float16 like token sequences
@@ -252,6 +264,12 @@ def encode_values(encoder: torch.nn.Module, spec: InputSpec, values: list[str], 
         cfg = spec.config
 
         def load(p):
+            if view:
+                try:
+                    rng = view_rng(p, view)
+                except OSError as exc:
+                    raise DataError(f"cannot read {p}: {exc.strerror}") from None
+                return load_image(p, cfg["image_size"], cfg["mean"], cfg["std"], True, rng)
             return load_image(p, cfg["image_size"], cfg["mean"], cfg["std"])
     elif spec.modality == AUDIO:
         def load(p):
@@ -315,11 +333,12 @@ def precompute_features(df: pd.DataFrame, prep: Preprocessor, encoders: dict[str
                         keys: list[str], cache_dir: str | os.PathLike | None = None, batch_size: int = 64,
                         device: str | torch.device = "cpu", num_workers: int = 0,
                         progress: Callable[[str, int, int], None] | None = None, token_keys=(),
-                        engine: str | None = None,
+                        engine: str | None = None, view: int = 0,
                         ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[Problem], dict[str, int]]:
     """Row-aligned features for frozen inputs, reusing and filling the cache (`token_keys`: those cached
     as float16 token sequences, see `encoders.tokens`; `engine`: what encodes, see `encode_values`; each
-    encoder's ONNX graph is kept in its cache folder).
+    encoder's ONNX graph is kept in its cache folder; `view` > 0: augmented view `view` of image inputs, kept
+    under its own namespace).
 
     Returns ({key: (features (N, D), present (N,))}, problems for undecodable files, {"computed", "reused"}).
     """
@@ -349,7 +368,7 @@ def precompute_features(df: pd.DataFrame, prep: Preprocessor, encoders: dict[str
                 problems.extend(Problem(int(r), col, f"cannot read {v}: {exc.strerror}")
                                 for r, x in zip(df.index, vals) if x == v)
         as_tokens = key in token_keys
-        cache = FeatureCache(cache_dir or default_cache_dir(), namespace(enc, spec, as_tokens))
+        cache = FeatureCache(cache_dir or default_cache_dir(), namespace(enc, spec, as_tokens, view))
         found = cache.get([k for k in ckeys.values() if k])
         todo = sorted({v for v, k in ckeys.items() if k and k not in found})
         stats["reused"] += len(uniq) - len(todo)
@@ -367,8 +386,10 @@ def precompute_features(df: pd.DataFrame, prep: Preprocessor, encoders: dict[str
                 if progress:
                     progress(key, done[0], total)
 
+            # the encoder's ONNX graph lives with its un-augmented features: every view reuses it
+            graph = FeatureCache(cache.dir.parent, namespace(enc, spec, as_tokens)).dir if view else cache.dir
             arr, errors = encode_values(enc, spec, mine, batch_size, device, num_workers, tick, as_tokens, engine,
-                                        cache.dir)
+                                        graph, view)
             ok = [i for i in range(len(mine)) if i not in errors]
             cache.put([ckeys[mine[i]] for i in ok], arr[ok])
             cache.put_errors({ckeys[mine[i]]: err for i, err in errors.items()})

@@ -40,6 +40,7 @@ class RunSettings:
     GenerationConfig, and saved with them in config.json."""
 
     augment: bool = True
+    cached_views: int = 0  # augmented views per cached image: training draws one of them (or the plain image)
     on_bad_rows: str = "error"  # "error" | "skip"
     cache_dir: str | None = None
     precision: str | None = None
@@ -63,6 +64,9 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        views = self.cached_views
+        if isinstance(views, bool) or not isinstance(views, int) or not 0 <= views <= 32:
+            raise PolymodalError(f"--cached-views must be an integer from 0 to 32, not {self.cached_views!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -35,7 +35,7 @@ from polymodal.training.build import build_encoders, build_tabular_encoder, froz
 from polymodal.training.callbacks import EpochSampler
 from polymodal.training.config import FitConfig, RunSettings
 from polymodal.training.trainer import build_trainer
-from polymodal.types import TABULAR
+from polymodal.types import IMAGE, TABULAR
 
 Log = Callable[[str], None]
 
@@ -80,6 +80,7 @@ class Prepared:
     cache_stats: dict[str, int]
     device: str
     t0: float
+    views: dict[str, np.ndarray] = field(default_factory=dict)  # image input → (V, N, ...) augmented training views
 
 
 @dataclass
@@ -140,7 +141,38 @@ def prepare(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: Any, 
     if bad:
         log(f"  skipped {len({(p.row, p.column) for p in bad})} bad rows (listed in bad_rows.csv)")
     log(f"  feature cache: {stats['computed']} computed, {stats['reused']} reused")
-    return Prepared(model, task, prep, config, frames, feats, bad, stats, device, t0)
+    views = augmented_views(frames["train"], prep, model, keys, config, device, log)
+    return Prepared(model, task, prep, config, frames, feats, bad, stats, device, t0, views)
+
+
+def augmented_views(df: pd.DataFrame, prep: Preprocessor, model: nn.Module, keys: list[str], config: Any,
+                    device, log: Log) -> dict[str, np.ndarray]:
+    """`--cached-views V`: V augmented views of every cached image input's training rows, cached like the plain
+    features (their own namespaces), so a frozen or prefix-cached image encoder still sees augmentation: each
+    epoch a training row reads one of the V + 1 (data/dataset.py). {key: (V, N, ...)}."""
+    n_views = getattr(config, "cached_views", 0)
+    image_keys = [k for k in keys if prep.inputs[k].modality == IMAGE]
+    if not n_views or not image_keys:
+        if n_views:
+            log("  --cached-views: no cached image input (views are for frozen or prefix-cached image encoders)")
+        return {}
+    if not config.augment:
+        log("  --cached-views ignored: augmentation is off")
+        return {}
+    views: dict[str, list] = {k: [] for k in image_keys}
+    computed = reused = 0
+    for v in range(1, n_views + 1):
+        feats, problems, s = precompute_features(
+            df, prep, {k: model.encoders[k] for k in image_keys}, image_keys, config.cache_dir, config.batch_size,
+            device, config.num_workers, token_keys=[k for k in image_keys if k in model.token_inputs], view=v)
+        if problems:  # the same files decoded for the plain features: a failure here is not the data's
+            raise PolymodalError(f"augmented view {v} of {problems[0].column!r} failed on row {problems[0].row}: "
+                                 f"{problems[0].message}")
+        computed, reused = computed + s["computed"], reused + s["reused"]
+        for k in image_keys:
+            views[k].append(feats[k][0])
+    log(f"  augmented views: {n_views} per image of {', '.join(image_keys)} ({computed} computed, {reused} reused)")
+    return {k: np.stack(v) for k, v in views.items()}
 
 
 def train_and_score(p: Prepared, recipe: Recipe, run_dir: str | os.PathLike, log: Log,
@@ -153,7 +185,9 @@ def train_and_score(p: Prepared, recipe: Recipe, run_dir: str | os.PathLike, log
     trainer, ckpt = build_trainer(run_dir, monitor, mode, config.max_epochs, config.patience, config.precision,
                                   config.accelerator, config.devices, config.strategy, config.num_nodes,
                                   config.progress, config.time_limit, seed=config.seed)
-    train_loader = recipe.loader(p.data["train"], p.prep, p.feats["train"], config, task, True, distributed=True)
+    # an input with cached augmented views carries them as its entry's third element (data/dataset.py)
+    train_feats = {k: (*f, p.views[k]) if k in p.views else f for k, f in p.feats["train"].items()}
+    train_loader = recipe.loader(p.data["train"], p.prep, train_feats, config, task, True, distributed=True)
     valid_loader = recipe.loader(p.data["valid"], p.prep, p.feats["valid"], config, task, False, distributed=True)
     last = os.path.join(run_dir, "checkpoints", "last.ckpt")
     ckpt_path = last if resume and os.path.exists(last) else None
