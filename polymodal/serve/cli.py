@@ -20,7 +20,7 @@ def serve(
     port: int = typer.Option(8000, help="TCP port"),
     host: str = typer.Option("127.0.0.1", help="interface to bind (0.0.0.0 exposes the server on the network)"),
     max_batch: int = typer.Option(32, help="most requests in one model forward"),
-    max_wait_ms: float = typer.Option(5.0, help="how long the first request of a batch waits for company"),
+    max_wait_ms: float = typer.Option(5.0, help="longest a request waits for company (when batching pays)"),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="dynamic micro-batching"),
     index: Path | None = typer.Option(None, help="a gallery index (`polymodal index`) enabling POST /search"),
     cors_origin: list[str] | None = typer.Option(None, help="allow this browser origin (repeatable); "
