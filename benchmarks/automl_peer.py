@@ -311,8 +311,11 @@ def markdown(results: dict) -> str:
             cells = [f"{m} {summ[m]['mean']:.4f} ± {summ[m]['std']:.4f}" if m in summ else "—"
                      for m in SHOWN[t["problem"]]]
             fit = f"{summ['fit_seconds']['mean']:.0f}" if "fit_seconds" in summ else "—"
-            rows = f"{t['train_rows']} / {t['test_rows']}" if "train_rows" in t else t["rows"]
-            limit = f"{t['time_limit_s']:.0f}" if key != "polymodal_fast" and "fit_seconds" in summ else "—"
+            train = sorted(set(t.get("train_rows_per_seed", [t.get("train_rows")])))
+            train = f"{train[0]}" if len(train) == 1 else f"{train[0]}-{train[-1]}"  # easy_vqa: a sample per seed
+            rows = f"{train} / {t['test_rows']}" if "train_rows" in t else t["rows"]
+            limit = t.get("fast_time_limit_s") if key == "polymodal_fast" else t["time_limit_s"]
+            limit = f"{limit:.0f}" if limit and "fit_seconds" in summ else "—"
             lines.append(f"| {name} | {rows} | {label} | {cells[0]} | {cells[1]} | {fit} | {limit} |")
     return "\n".join(lines)
 
