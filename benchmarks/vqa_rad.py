@@ -28,10 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from common import WORK, machine, need
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from polymodal import MultimodalPredictor
+from polymodal.data.transforms import load_image
+from polymodal.encoders import build_encoder
 from polymodal.encoders.base import Encoder
 from polymodal.training.text_metrics import normalize_answer
 
@@ -134,6 +137,33 @@ def fit_predict(train: pd.DataFrame, test: pd.DataFrame, fusion: str, seed: int,
     return pred, info
 
 
+def dedupe_timing(train: pd.DataFrame, steps: int, top: int = 3, size: int = 224) -> dict:
+    """Training-step time of the image top over random 64-row batches of `train`, run once per row and once per
+    distinct image (`Encoder.dedupe`), alternating in one process so that machine load affects both alike."""
+    paths, inv = np.unique(train["image"].to_numpy(), return_inverse=True)
+    enc = build_encoder("image", "efficientnet-lite0", image_size=size, train_top=top).freeze()
+    cfg = enc.preprocess_config()
+    with torch.no_grad():  # the cached prefix, float16 as the feature cache stores it
+        pre = torch.cat([enc.prefix(torch.from_numpy(np.stack([load_image(p, size, cfg["mean"], cfg["std"])
+                                                               for p in paths[s:s + 32]])))
+                         for s in range(0, len(paths), 32)]).half()
+    enc.train()
+    rng, times, distinct = np.random.default_rng(0), {True: [], False: []}, []
+    for b in range(steps):
+        rows = rng.choice(len(inv), 64, replace=False)
+        h = pre[torch.from_numpy(inv[rows])].float()
+        distinct.append(len(set(inv[rows])))
+        for dedupe in (True, False) if b % 2 else (False, True):
+            enc.dedupe = dedupe
+            enc.zero_grad()
+            t = time.perf_counter()
+            enc.from_prefix(h).square().sum().backward()
+            times[dedupe].append(time.perf_counter() - t)
+    per_row, once = float(np.median(times[False])), float(np.median(times[True]))
+    return {"distinct_images_per_batch": round(float(np.mean(distinct)), 1), "step_seconds_per_row": round(per_row, 3),
+            "step_seconds_deduplicated": round(once, 3), "speedup": round(per_row / once, 2)}
+
+
 def mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": round(float(np.mean(values)), 2), "std": round(float(np.std(values)), 2), "n": len(values)}
 
@@ -186,6 +216,8 @@ def main() -> None:
                     help="augmented views cached per image (fit --cached-views): augmentation for cached encoders")
     ap.add_argument("--no-dedupe", action="store_true",
                     help="run a fine-tuned top once per row instead of once per distinct cached input (timing)")
+    ap.add_argument("--dedupe-timing", type=int, default=0, metavar="STEPS",
+                    help="only time the image top's training step with and without de-duplication (clean rows)")
     ap.add_argument("--hidden", type=int, default=128, help="fusion width")
     ap.add_argument("--glimpses", type=int, default=2)
     ap.add_argument("--k", type=int, default=1)
@@ -201,6 +233,9 @@ def main() -> None:
     Encoder.dedupe = not args.no_dedupe
     start = time.time()
     df = load()
+    if args.dedupe_timing:
+        print(json.dumps(dedupe_timing(protocols(df)["clean"], args.dedupe_timing, args.image_top or 3)))
+        return
     test = df[df["phrase_type"].isin(TEST_PHRASES)].reset_index(drop=True)
     free = (test["phrase_type"] == "test_freeform").to_numpy()
     sets = {"all": np.ones(len(test), bool), "freeform": free}
