@@ -101,7 +101,7 @@ def fit(
     devices: str = typer.Option("auto"),
     strategy: str = typer.Option("auto", help="Lightning strategy: auto, ddp, fsdp"),
     num_nodes: int = typer.Option(1),
-    time_limit: float | None = typer.Option(None, help="seconds for the whole fit (--preset fast: stop training then)"),
+    time_limit: float | None = typer.Option(None, help="seconds for the whole fit (preparing, training, scoring)"),
     preset: str = typer.Option("fast", help="fast (one fusion network) | balanced | best (bagged, ensembled models)"),
     eval_metric: str | None = typer.Option(None, help="ensembles: metric for selection and the leaderboard"),
     dropout: float = typer.Option(0.2, help="dropout in the fusion and head"),

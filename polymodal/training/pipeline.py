@@ -184,7 +184,8 @@ def train_and_score(p: Prepared, recipe: Recipe, run_dir: str | os.PathLike, log
     monitor, mode = task.monitor
     trainer, ckpt = build_trainer(run_dir, monitor, mode, config.max_epochs, config.patience, config.precision,
                                   config.accelerator, config.devices, config.strategy, config.num_nodes,
-                                  config.progress, config.time_limit, seed=config.seed)
+                                  config.progress, training_budget(config.time_limit, time.time() - p.t0, log),
+                                  seed=config.seed)
     # an input with cached augmented views carries them as its entry's third element (data/dataset.py)
     train_feats = {k: (*f, p.views[k]) if k in p.views else f for k, f in p.feats["train"].items()}
     train_loader = recipe.loader(p.data["train"], p.prep, train_feats, config, task, True, distributed=True)
@@ -206,6 +207,23 @@ def train_and_score(p: Prepared, recipe: Recipe, run_dir: str | os.PathLike, log
     val_metrics, probs, target = recipe.score(model, task, p.prep, p.data["valid"], config, p.feats["valid"], log)
     return FitResult(model.cpu().eval(), p.prep, task, config, history, val_metrics, p.bad, p.cache_stats,
                      time.time() - p.t0, best, probs, target)
+
+
+SCORING_SHARE = 0.1  # of --time-limit, kept for scoring the validation rows and saving the run after training
+
+
+def training_budget(limit: float | None, spent: float, log: Log) -> float | None:
+    """Training's share of `--time-limit`, which counts the whole fit: what preparing took (`spent`: schema,
+    encoders, feature cache) and a tenth kept for scoring and saving come off it. At least 1 s: a fit whose
+    preparation used the budget up still trains one step and says why it ends past the limit."""
+    if not limit:
+        return None
+    left = limit * (1 - SCORING_SHARE) - spent
+    if left < 1:
+        log(f"  --time-limit {limit:g}s: preparing took {spent:.0f}s, so training stops after its first step "
+            "(the fit ends past the limit)")
+        return 1.0
+    return left
 
 
 def fit_in_memory(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: Any, recipe: Recipe,
