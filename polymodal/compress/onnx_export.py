@@ -28,6 +28,7 @@ from polymodal.data.dataset import Collator, TableDataset, check_rows, raise_or_
 from polymodal.data.preprocess import Preprocessor
 from polymodal.data.readers import as_table
 from polymodal.data.text import get_tokenizer
+from polymodal.encoders.onnx_runner import eager_attention
 from polymodal.errors import PolymodalError
 from polymodal.tasks import task_from_prep
 from polymodal.training.config import FitConfig
@@ -152,24 +153,13 @@ def to_numpy_feeds(spec: list[FlatInput], batch: dict) -> dict[str, np.ndarray]:
     return {s.name: t.detach().cpu().numpy() for s, t in zip(spec, flatten(spec, batch), strict=True)}
 
 
-def _eager_attention(model: nn.Module) -> None:
-    """Hugging Face models: the plain attention path traces into ONNX ops (SDPA's mask logic may not)."""
-    for m in model.modules():
-        cfg = getattr(m, "config", None)
-        if cfg is not None and hasattr(cfg, "_attn_implementation"):
-            try:
-                cfg._attn_implementation = "eager"
-            except Exception:  # read-only on some versions: the default then has to trace
-                pass
-
-
 def export_model(model: nn.Module, prep: Preprocessor, path: str | Path, meta: dict | None = None,
                  opset: int = OPSET) -> list[FlatInput]:
     """Write `model` (a MultimodalModel) as ONNX with dynamic batch / text length / audio frames."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
-    _eager_attention(model)
+    eager_attention(model)
     spec = flat_inputs(prep, list(model.encoders.keys()))
     example = random_batch(prep, model)
     flat = FlatModel(model, spec).eval()

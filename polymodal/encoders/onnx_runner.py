@@ -145,17 +145,23 @@ def _example(encoder: nn.Module, modality: str, config: dict) -> tuple[torch.Ten
     return (torch.randn(2, 3, s, s, generator=g),)
 
 
-def export_encoder(encoder: nn.Module, modality: str, config: dict) -> bytes:
-    """The encoder's pooled pass as ONNX bytes (dynamic batch; dynamic length for text). A copy is exported:
-    the exporter switches Hugging Face attention to its eager path."""
-    enc = copy.deepcopy(encoder).eval().cpu()
-    for m in enc.modules():  # HF models: the plain attention path traces into ONNX ops
+def eager_attention(model: nn.Module) -> None:
+    """Hugging Face models: the plain attention path traces into ONNX ops (SDPA's mask logic may not). Used by
+    this module's encoder graphs and by compress/onnx_export.py's whole-model graphs."""
+    for m in model.modules():
         cfg = getattr(m, "config", None)
         if cfg is not None and hasattr(cfg, "_attn_implementation"):
             try:
                 cfg._attn_implementation = "eager"
             except Exception:  # read-only on some versions: the default then has to trace
                 pass
+
+
+def export_encoder(encoder: nn.Module, modality: str, config: dict) -> bytes:
+    """The encoder's pooled pass as ONNX bytes (dynamic batch; dynamic length for text). A copy is exported:
+    the exporter switches Hugging Face attention to its eager path."""
+    enc = copy.deepcopy(encoder).eval().cpu()
+    eager_attention(enc)
     names = _names(modality)
     dynamic = {n: ({0: "batch", 1: "length"} if modality == TEXT else {0: "batch"}) for n in names}
     with tempfile.TemporaryDirectory(prefix="polymodal-encoder-onnx-") as tmp, torch.no_grad(), \
