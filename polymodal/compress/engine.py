@@ -58,6 +58,7 @@ from polymodal.encoders.onnx_runner import (  # noqa: F401  (ENGINES, default_en
     resolve_engine,
     sha256,
 )
+from polymodal.encoders.onnx_runner import warn_once as runner_warn_once
 from polymodal.errors import PolymodalError
 from polymodal.problem_types import REGRESSION
 from polymodal.training.artifacts import atomic_write_json
@@ -71,13 +72,11 @@ FOLDER, GRAPH, PARITY = "onnx", "model.onnx", "parity.json"
 TOLERANCE = 1e-3
 CHECK_ROWS = 16
 _log = logging.getLogger(__name__)
-_warned: set[str] = set()
 
 
 def warn_once(key: str, msg: str, level: int = logging.WARNING) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        _log.log(level, msg)
+    """encoders/onnx_runner.warn_once (one record of what was said), under this module's logger."""
+    runner_warn_once(key, msg, level, _log)
 
 
 def info_once(key: str, msg: str) -> None:
