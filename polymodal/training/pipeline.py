@@ -159,7 +159,7 @@ def augmented_views(df: pd.DataFrame, prep: Preprocessor, model: nn.Module, keys
     if not config.augment:
         log("  --cached-views ignored: augmentation is off")
         return {}
-    views: dict[str, list] = {k: [] for k in image_keys}
+    views: dict[str, np.ndarray] = {}  # filled view by view: no list of copies stacked at the end
     computed = reused = 0
     for v in range(1, n_views + 1):
         feats, problems, s = precompute_features(
@@ -170,9 +170,12 @@ def augmented_views(df: pd.DataFrame, prep: Preprocessor, model: nn.Module, keys
                                  f"{problems[0].message}")
         computed, reused = computed + s["computed"], reused + s["reused"]
         for k in image_keys:
-            views[k].append(feats[k][0])
+            f = feats[k][0]
+            if k not in views:
+                views[k] = np.empty((n_views, *f.shape), f.dtype)
+            views[k][v - 1] = f
     log(f"  augmented views: {n_views} per image of {', '.join(image_keys)} ({computed} computed, {reused} reused)")
-    return {k: np.stack(v) for k, v in views.items()}
+    return views
 
 
 def train_and_score(p: Prepared, recipe: Recipe, run_dir: str | os.PathLike, log: Log,
