@@ -127,7 +127,7 @@ def fit_predict(train: pd.DataFrame, test: pd.DataFrame, fusion: str, seed: int,
         fusion=fusion, fusion_opts=opts, max_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         patience=args.patience, valid_fraction=0.15, class_weighting=False, group_column="image",
         dropout=args.dropout, label_smoothing=args.label_smoothing, weight_decay=args.weight_decay,
-        cached_views=args.cached_views)
+        cached_views=args.cached_views, group_batches=args.group_batches)
     t0 = time.time()
     p.fit(train[["image", "question", "answer"]])
     info = {"valid_accuracy": round(100 * p.metrics["valid"]["accuracy"], 2), "epochs": p.metrics["epochs"],
@@ -214,6 +214,8 @@ def main() -> None:
                     help="layer-wise lr decay over the fine-tuned text top (finetune text:llrd=D)")
     ap.add_argument("--cached-views", type=int, default=0,
                     help="augmented views cached per image (fit --cached-views): augmentation for cached encoders")
+    ap.add_argument("--group-batches", action="store_true",
+                    help="batches hold all the questions of a few images (fit --group-batches)")
     ap.add_argument("--no-dedupe", action="store_true",
                     help="run a fine-tuned top once per row instead of once per distinct cached input (timing)")
     ap.add_argument("--dedupe-timing", type=int, default=0, metavar="STEPS",

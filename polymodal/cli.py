@@ -119,6 +119,8 @@ def fit(
     cached_views: int = typer.Option(0, help="augmented views cached per image (cached encoders see augmentation)"),
     length_bucketing: bool = typer.Option(True, help="fine-tuned text: batch rows of similar length (less "
                                                      "padding)"),
+    group_batches: bool = typer.Option(False, help="batches hold whole groups (--group-column or the repeated "
+                                                   "image): a fine-tuned image top runs once per image"),
     l1: float = typer.Option(0.0, help="L1 penalty on the head's weights"),
     label_smoothing: float = typer.Option(0.0),
     task: str = typer.Option("auto", help="auto (classify or regress the label) | caption (inputs → text) | "
@@ -174,7 +176,7 @@ def fit(
         class_weighting={"auto": None, "on": True, "off": False}[class_weighting], sampler=sampler,
         tune_threshold=tune_threshold, loss_weighting=loss_weighting, task_weights=weights, mixup=mixup,
         text_augment=text_augment, cached_views=cached_views, length_bucketing=length_bucketing, l1=l1,
-        label_smoothing=label_smoothing,
+        label_smoothing=label_smoothing, group_batches=group_batches,
         tokens=tokens, group_column=group_column, preset=preset, eval_metric=eval_metric,
         task=None if task == "auto" else task,  # caption / vqa-open: a text generator (training.generation)
         **({"stream": True, "chunk_rows": chunk_rows} if stream else {}))

@@ -114,3 +114,63 @@ def test_loader_buckets_trained_text_only_when_asked():
     rows = [r for batch in make_loader(df, prep, {}, FitConfig(label="y", batch_size=16), train=False)
             for r in batch["row"].tolist()]
     assert rows == list(df.index)
+
+
+def test_group_together_keeps_groups_contiguous_and_random():
+    from polymodal.training.callbacks import group_together
+
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 40, size=357)
+    order = rng.permutation(len(groups)).tolist()
+    out = group_together(order, groups, torch.Generator().manual_seed(0))
+    assert sorted(out) == list(range(len(groups)))  # every row once
+    runs = [g for k, g in enumerate(groups[out]) if k == 0 or g != groups[out][k - 1]]
+    assert len(runs) == len(set(groups.tolist()))  # each group is one contiguous run
+    # within a group, the rows keep their order in the shuffled input
+    pos = {r: k for k, r in enumerate(order)}
+    for g in set(groups.tolist()):
+        mine = [r for r in out if groups[r] == g]
+        assert mine == sorted(mine, key=pos.get)
+    other = group_together(order, groups, torch.Generator().manual_seed(1))
+    assert [groups[r] for r in other] != [groups[r] for r in out]  # the group order is drawn from the generator
+
+
+def test_grouped_sampler_batches_hold_few_groups_and_reseed_per_epoch():
+    from polymodal.training.callbacks import EpochSampler
+
+    groups = np.repeat([f"img{i}" for i in range(50)], 9)  # 50 images, 9 questions each
+    n, b = len(groups), 64
+    s = EpochSampler(n, seed=0, groups=groups, batch_size=b)
+    s.set_epoch(1)
+    first = [i - n for i in s]
+    assert sorted(first) == list(range(n))
+    distinct = [len(set(groups[x])) for x in _batches(first, b)]
+    assert max(distinct) <= -(-b // 9) + 1  # a 64-row batch spans at most 9 images (8 whole, 2 cut)
+    plain = EpochSampler(n, seed=0, batch_size=b)
+    plain.set_epoch(1)
+    assert np.mean([len(set(groups[x])) for x in _batches([i - n for i in plain], b)]) > 25
+    s.set_epoch(2)
+    assert [i - 2 * n for i in s] != first  # a new order every epoch, the same for the same (seed, epoch)
+    s.set_epoch(1)
+    assert [i - n for i in s] == first
+
+
+def test_loader_groups_batches_only_when_asked():
+    from polymodal.training.config import FitConfig
+    from polymodal.training.pipeline import make_loader
+
+    rng = np.random.default_rng(0)
+    n = 240
+    df = pd.DataFrame({"img": [f"{i % 20}.png" for i in range(n)], "x": rng.normal(size=n),
+                       "y": rng.choice(["p", "q"], n)})
+    schema = infer_schema(df, "y", {"img": "image"}, "binary")
+    prep = Preprocessor.fit(df, schema, {"image": {"image_size": 8, "mean": [0.5] * 3, "std": [0.5] * 3}})
+    feats = {"img": (rng.normal(size=(n, 4)).astype(np.float32), np.ones(n, bool))}
+
+    def images_per_batch(grouped: bool) -> float:
+        cfg = FitConfig(label="y", batch_size=24, group_batches=grouped)
+        loader = make_loader(df, prep, feats, cfg, train=True)
+        return float(np.mean([df.loc[batch["row"].numpy(), "img"].nunique() for batch in loader]))
+
+    assert images_per_batch(True) <= 3.0  # 12 rows per image: two whole images, or parts of three
+    assert images_per_batch(False) > 10

@@ -111,6 +111,8 @@ class FitConfig(RunSettings):
     l1: float = 0.0  # L1 penalty on the head's weights
     compile: bool = False  # torch.compile each trained encoder (worth it for fine-tuning on a GPU)
     length_bucketing: bool = True  # trained text encoders: batch rows of similar text length (less padding)
+    group_batches: bool = False  # training batches hold whole groups (group_column, or the repeated media
+    # column): a fine-tuned image top then runs once per image, not once per row (callbacks.group_together)
     stream: bool = False  # read the training table as Parquet/WebDataset shards, chunk by chunk (fit_stream)
     chunk_rows: int = 10_000  # rows per chunk when streaming
 

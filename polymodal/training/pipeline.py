@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from polymodal.data.dataset import Collator, Problem, TableDataset, check_rows, raise_or_drop, unlabeled
 from polymodal.data.preprocess import Preprocessor
 from polymodal.data.schema import Schema
+from polymodal.data.split import row_groups
 from polymodal.encoders.cache import precompute_features
 from polymodal.errors import DataError, PolymodalError
 from polymodal.model import inference_context, move_batch, prepare_for_inference
@@ -268,15 +269,26 @@ def make_loader(df, prep: Preprocessor, feats: dict, config: FitConfig, train: b
     workers = config.num_workers if ds.values else 0  # everything cached → decoding threads buy nothing
     weights = sample_weights(prep, ds.target) if train and getattr(config, "sampler", "") == "weighted" else None
     lengths = ds.text_lengths() if train and getattr(config, "length_bucketing", False) else None
+    groups = batch_groups(df, prep, config) if train else None
     # The loader's own generator: creating an iterator must not draw from the global RNG, or a resumed run
     # (whose iterator is created at a different moment) would see different dropout masks.
     return DataLoader(ds, batch_size=config.batch_size,
                       sampler=EpochSampler(len(ds), config.seed, shuffle=train, weights=weights,
                                            distributed=distributed, lengths=lengths,
-                                           batch_size=config.batch_size),
+                                           batch_size=config.batch_size, groups=groups),
                       collate_fn=Collator(prep), num_workers=workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=workers > 0, drop_last=False,
                       generator=torch.Generator().manual_seed(config.seed))
+
+
+def batch_groups(df, prep: Preprocessor, config: FitConfig) -> np.ndarray | None:
+    """Group keys of the training rows when `group_batches` is on: the validation split's groups
+    (--group-column, or the first media column whose values repeat); None when off or nothing repeats."""
+    if not getattr(config, "group_batches", False):
+        return None
+    if not isinstance(df, pd.DataFrame):
+        raise PolymodalError("--group-batches needs the training table in memory (not with --stream)")
+    return row_groups(df, prep.schema.columns, config.group_column)[0]
 
 
 def sample_weights(prep: Preprocessor, target: np.ndarray | None) -> np.ndarray:
