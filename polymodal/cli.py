@@ -104,6 +104,9 @@ def fit(
     time_limit: float | None = typer.Option(None, help="seconds for the whole fit (preparing, training, scoring)"),
     preset: str = typer.Option("fast", help="fast (one fusion network) | balanced | best (bagged, ensembled models)"),
     eval_metric: str | None = typer.Option(None, help="ensembles: metric for selection and the leaderboard"),
+    members: str | None = typer.Option(None, help="ensembles: members instead of the preset's (linear, knn, "
+                                                  "lightgbm, extra_trees, fusion:NAME), comma-separated"),
+    folds: int | None = typer.Option(None, help="ensembles: bagging folds instead of the preset's"),
     dropout: float = typer.Option(0.2, help="dropout in the fusion and head"),
     loss: str = typer.Option("cross_entropy", help="classification loss: cross_entropy | focal"),
     focal_gamma: float = typer.Option(2.0, help="focal loss focusing parameter"),
@@ -117,10 +120,8 @@ def fit(
     mixup: float = typer.Option(0.0, help="mixup alpha (0 = off)"),
     text_augment: float = typer.Option(0.0, help="word drop/swap probability for fine-tuned text encoders"),
     cached_views: int = typer.Option(0, help="augmented views cached per image (cached encoders see augmentation)"),
-    length_bucketing: bool = typer.Option(True, help="fine-tuned text: batch rows of similar length (less "
-                                                     "padding)"),
-    group_batches: bool = typer.Option(False, help="batches hold whole groups (--group-column or the repeated "
-                                                   "image): a fine-tuned image top runs once per image"),
+    length_bucketing: bool = typer.Option(True, help="fine-tuned text: batch rows of similar length"),
+    group_batches: bool = typer.Option(False, help="batches hold whole groups: a fine-tuned image top runs once"),
     l1: float = typer.Option(0.0, help="L1 penalty on the head's weights"),
     label_smoothing: float = typer.Option(0.0),
     task: str = typer.Option("auto", help="auto (classify or regress the label) | caption (inputs → text) | "
@@ -176,8 +177,8 @@ def fit(
         class_weighting={"auto": None, "on": True, "off": False}[class_weighting], sampler=sampler,
         tune_threshold=tune_threshold, loss_weighting=loss_weighting, task_weights=weights, mixup=mixup,
         text_augment=text_augment, cached_views=cached_views, length_bucketing=length_bucketing, l1=l1,
-        label_smoothing=label_smoothing, group_batches=group_batches,
-        tokens=tokens, group_column=group_column, preset=preset, eval_metric=eval_metric,
+        label_smoothing=label_smoothing, group_batches=group_batches, members=members.split(",") if members else None,
+        tokens=tokens, group_column=group_column, preset=preset, eval_metric=eval_metric, folds=folds,
         task=None if task == "auto" else task,  # caption / vqa-open: a text generator (training.generation)
         **({"stream": True, "chunk_rows": chunk_rows} if stream else {}))
     p.fit(train, valid, test)

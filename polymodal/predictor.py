@@ -55,10 +55,16 @@ class MultimodalPredictor:
 
     def __init__(self, label: str | list[str], problem_type: str | dict | None = None,
                  path: str | os.PathLike | None = None, verbose: bool = True, task: str | None = None,
-                 preset: str = FAST, eval_metric: str | None = None, **config) -> None:
-        # preset balanced/best: fit trains an ensemble (polymodal/ensemble) and the calls below go to it
+                 preset: str = FAST, eval_metric: str | None = None, members: Sequence[str] | None = None,
+                 folds: int | None = None, **config) -> None:
+        # preset balanced/best: fit trains an ensemble (polymodal/ensemble) and the calls below go to it;
+        # `members` / `folds` replace the preset's portfolio (e.g. ["fusion:concat"]: a 5-fold bag of one network)
         self.preset, self._ensemble = check_preset(preset), None
-        self._ensemble_options = {"eval_metric": eval_metric}
+        self._ensemble_options = {"eval_metric": eval_metric, "members": list(members or []), "folds": folds}
+        if preset == FAST and (members or folds):
+            raise PolymodalError("members and folds choose an ensemble's portfolio: give --preset balanced or best")
+        if preset != FAST:  # a misspelt member fails now, not after the feature cache is built
+            EnsembleSettings(preset=preset, **self._ensemble_options)
         if preset != FAST and task is not None:
             raise PolymodalError(f"--preset {preset} ensembles classifiers and regressors; task {task!r} takes "
                                  "--preset fast")

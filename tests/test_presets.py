@@ -122,3 +122,25 @@ def test_cli_multilabel_preset_fit_predict_evaluate(tmp_path):
     r = CliRunner().invoke(app, ["evaluate", str(run), str(tmp_path / "test.csv")])
     assert r.exit_code == 0, r.output
     assert "f1_macro" in r.output and "subset_accuracy" in r.output
+
+
+def test_members_and_folds_replace_the_portfolio(tmp_path):
+    with pytest.raises(PolymodalError, match="unknown ensemble member 'lgbm'.*fusion:<fusion>"):
+        MultimodalPredictor(label="cultivar", preset="best", members=["lgbm"])  # before any data is read
+    with pytest.raises(PolymodalError, match="unknown ensemble member 'fusion:concatenate'"):
+        MultimodalPredictor(label="cultivar", preset="best", members=["fusion:concatenate"])
+    with pytest.raises(PolymodalError, match="give --preset balanced or best"):
+        MultimodalPredictor(label="cultivar", members=["linear"])
+    train, test = wine()
+    train.to_csv(tmp_path / "train.csv", index=False)
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["fit", str(tmp_path / "train.csv"), "--label", "cultivar", "--out", str(run),
+                                 "--preset", "best", "--members", "linear,knn", "--folds", "3"])
+    assert r.exit_code == 0, r.output
+    q = load_run(run)
+    board = q.leaderboard(test)
+    assert set(board["model"]) == {"ensemble", "linear", "knn"}
+    assert q.ensemble.settings.folds == 3 and q.ensemble.settings.members == ["linear", "knn"]
+    r = CliRunner().invoke(app, ["fit", str(tmp_path / "train.csv"), "--label", "cultivar", "--out",
+                                 str(tmp_path / "x"), "--preset", "best", "--members", "svm"])
+    assert r.exit_code == 2 and "unknown ensemble member 'svm'" in r.output

@@ -8,9 +8,12 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from polymodal.errors import PolymodalError
+from polymodal.fusion import FUSIONS
 
 FAST, BALANCED, BEST = "fast", "balanced", "best"
 PRESETS = (FAST, BALANCED, BEST)
+
+MATRIX_MEMBERS = ("linear", "knn", "lightgbm", "extra_trees")  # models over the feature matrix (members.py)
 
 # preset → (members, folds, most bagging repeats). Members are names in ensemble/members.py's MEMBERS;
 # "fusion:<name>" is the fusion network of the fit pipeline with that fusion.
@@ -40,6 +43,8 @@ class EnsembleSettings:
             raise PolymodalError(f"--time-limit must be a positive number of seconds, not {self.time_limit!r}")
         default_members, folds, repeats = PRESET_MEMBERS[self.preset]
         self.members = list(self.members or default_members)
+        for name in self.members:
+            check_member(name)
         self.folds = self.folds or folds
         self.repeats = self.repeats or repeats
         if self.folds < 2:
@@ -52,6 +57,14 @@ class EnsembleSettings:
     def from_dict(cls, d: dict) -> EnsembleSettings:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def check_member(name: str) -> None:
+    """A member name: one of MATRIX_MEMBERS or fusion:<name of a fusion in polymodal.fusion>."""
+    if name in MATRIX_MEMBERS or (name.startswith("fusion:") and name.split(":", 1)[1] in FUSIONS):
+        return
+    raise PolymodalError(f"unknown ensemble member {name!r}: one of {', '.join(MATRIX_MEMBERS)} or fusion:<fusion> "
+                         f"with a fusion in {', '.join(FUSIONS)}")
 
 
 def check_preset(preset: str) -> str:
