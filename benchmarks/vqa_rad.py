@@ -120,7 +120,10 @@ def encoder_opts(args) -> dict:
 def fit_predict(train: pd.DataFrame, test: pd.DataFrame, fusion: str, seed: int, name: str,
                 args) -> tuple[np.ndarray, dict]:
     opts = {"hidden": args.hidden, **({"glimpses": args.glimpses, "k": args.k} if fusion == "ban" else {})}
-    p = MultimodalPredictor(
+    # --bag K: the preset machinery with this one network as its only member: K group folds (an image's questions
+    # in one fold), each fold's network early-stopped on its held-out fold, their probabilities averaged
+    bag = {"preset": "balanced", "members": [f"fusion:{fusion}"], "folds": args.bag} if args.bag else {}
+    p = MultimodalPredictor(**bag,
         label="answer", path=WORK / f"{Path(args.out).stem}_{name}_{fusion}_{seed}", verbose=False, progress=False,
         seed=seed,
         encoders={"image": args.image_encoder}, encoder_opts=encoder_opts(args),
@@ -130,8 +133,9 @@ def fit_predict(train: pd.DataFrame, test: pd.DataFrame, fusion: str, seed: int,
         cached_views=args.cached_views, group_batches=args.group_batches)
     t0 = time.time()
     p.fit(train[["image", "question", "answer"]])
-    info = {"valid_accuracy": round(100 * p.metrics["valid"]["accuracy"], 2), "epochs": p.metrics["epochs"],
-            "train_seconds": round(time.time() - t0)}
+    valid = p.metrics["valid"]
+    info = {"valid_accuracy": round(100 * valid.get("accuracy", valid.get("oof_accuracy", float("nan"))), 2),
+            "epochs": p.metrics.get("epochs"), "train_seconds": round(time.time() - t0)}
     pred = p.predict(test[["image", "question"]], engine="torch").to_numpy().astype(str)  # cached features
     info["seconds"] = round(time.time() - t0)
     return pred, info
@@ -214,6 +218,8 @@ def main() -> None:
                     help="layer-wise lr decay over the fine-tuned text top (finetune text:llrd=D)")
     ap.add_argument("--cached-views", type=int, default=0,
                     help="augmented views cached per image (fit --cached-views): augmentation for cached encoders")
+    ap.add_argument("--bag", type=int, default=0, metavar="K",
+                    help="K-fold bag of the network (fit --preset balanced --members fusion:F --folds K)")
     ap.add_argument("--group-batches", action="store_true",
                     help="batches hold all the questions of a few images (fit --group-batches)")
     ap.add_argument("--no-dedupe", action="store_true",
