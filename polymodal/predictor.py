@@ -39,6 +39,9 @@ from polymodal.training.report import write_model_card, write_plots
 from polymodal.training.streaming import fit_stream
 
 RECIPES = {TABLE_RUN: TABLE_RECIPE, GENERATION_RUN: GENERATION_RECIPE}
+# Up to this many rows, predict's row check decodes each image to its encoder input (kept for the forward pass:
+# one read per file); more rows are checked by header and decoded batch by batch (memory stays flat).
+DECODE_ROWS = 64
 
 
 class MultimodalPredictor:
@@ -150,17 +153,20 @@ class MultimodalPredictor:
         return RECIPES[self.kind]
 
     # ---- inference -----------------------------------------------------------------------------------
-    def _prepare(self, data, with_target: bool, allow_missing: Sequence[str] = (), engine: str | None = None):
-        """Checked rows, cached features of frozen inputs (PyTorch engine, > 64 rows) and the module that
-        runs them: the model, or its verified ONNX graph (compress/engine.py; the whole graph: no feature cache)."""
+    def _prepare(self, data, with_target: bool, allow_missing: Sequence[str] = (), engine: str | None = None,
+                 decode: bool = True):
+        """Checked rows, cached features of frozen inputs (PyTorch engine, > 64 rows), the images the check
+        decoded (<= 64 rows: each file is read once) and the module that runs them: the model, or its verified
+        ONNX graph (compress/engine.py; the whole graph: no feature cache)."""
         self.require_model()
         df = ensure_usable(as_table(data), self.prep, allow_missing)
-        df, problems = raise_or_drop(df, check_rows(df, self.prep, with_target), "error", can_skip=False)
+        decoded: dict | None = {} if decode and len(df) <= DECODE_ROWS else None
+        df, problems = raise_or_drop(df, check_rows(df, self.prep, with_target, decoded), "error", can_skip=False)
         module = self.inference_module(engine, df)
         keys = frozen_keys(self.model, self.prep, self.config) if len(df) > 64 and module is self.model else []
         df, feats, _, _ = features_for(df, self.prep, self.model, keys, self.config, self.device, self._log, "error",
                                        engine)  # the cache's encoder passes follow the engine choice too
-        return df, feats, module
+        return df, feats, module, decoded
 
     def inference_module(self, engine: str | None = None, rows: pd.DataFrame | None = None) -> torch.nn.Module:
         """What predicts for `engine` ("auto" | "torch" | "onnx"; None: POLYMODAL_ENGINE, else "auto"): the
@@ -180,8 +186,10 @@ class MultimodalPredictor:
         if self.kind == GENERATION_RUN:
             raise PolymodalError(f"a {self.config.task} model generates text and has no class probabilities: use "
                                  "predict (and evaluate for its scores)")
-        df, feats, module = self._prepare(data, with_target=False, allow_missing=allow_missing, engine=engine)
-        probs, _ = predict_probs(module, self.task, self.prep, df, self.config, feats, with_target=False)
+        df, feats, module, decoded = self._prepare(data, with_target=False, allow_missing=allow_missing,
+                                                   engine=engine)
+        probs, _ = predict_probs(module, self.task, self.prep, df, self.config, feats, with_target=False,
+                                 decoded=decoded)
         if not as_pandas:
             return probs
         return pd.DataFrame(probs.reshape(len(df), -1), columns=self.task.output_columns(self.config.label),
@@ -217,8 +225,8 @@ class MultimodalPredictor:
         if self.kind == GENERATION_RUN:
             df, texts = self._generate(data, decode, with_target=True, allow_missing=allow_missing)
             return {**score_texts(texts, df, self.prep, self.config), "rows": len(df)}
-        df, feats, module = self._prepare(data, with_target=True, allow_missing=allow_missing, engine=engine)
-        probs, target = predict_probs(module, self.task, self.prep, df, self.config, feats)
+        df, feats, module, decoded = self._prepare(data, with_target=True, allow_missing=allow_missing, engine=engine)
+        probs, target = predict_probs(module, self.task, self.prep, df, self.config, feats, decoded=decoded)
         metrics = self.task.metrics(probs, target)
         metrics["rows"] = len(df)
         evaluation_plots(self.task, self.prep.classes, probs, target, plots_dir)
@@ -227,7 +235,8 @@ class MultimodalPredictor:
     def _generate(self, data, decode: dict, with_target: bool, allow_missing: Sequence[str] = ()
                   ) -> tuple[pd.DataFrame, list[str]]:
         settings = self.decode_config(decode)
-        df, feats, _ = self._prepare(data, with_target=with_target, allow_missing=allow_missing, engine="torch")
+        df, feats, _, _ = self._prepare(data, with_target=with_target, allow_missing=allow_missing, engine="torch",
+                                        decode=False)
         return df, generate_texts(self.model, self.task.vocab, self.prep, df, self.config, feats, settings)
 
     def decode_config(self, settings: dict | None = None) -> DecodeConfig:

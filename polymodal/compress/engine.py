@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import operator
 import os
 import tempfile
 import threading
@@ -208,10 +209,12 @@ for _register in (torch.nn.modules.module.register_module_parameter_registration
                   torch.nn.modules.module.register_module_buffer_registration_hook,
                   torch.nn.modules.module.register_module_module_registration_hook):
     _register(_structure_changed)
-_tensors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (structure count, its tensors)
+_tensors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (structure count, tensors, ids)
+_version = operator.attrgetter("_version")
+_data_ptr = torch.Tensor.data_ptr
 
 
-def _model_tensors(model: nn.Module) -> list[torch.Tensor]:
+def _model_tensors(model: nn.Module) -> tuple[list[torch.Tensor], tuple[int, ...]]:
     found = _tensors.get(model)
     if found is None or found[0] != _structure[0]:
         out, stack = [], [model]
@@ -219,17 +222,19 @@ def _model_tensors(model: nn.Module) -> list[torch.Tensor]:
             m = stack.pop()
             out.extend(t for t in (*m._parameters.values(), *m._buffers.values()) if t is not None)
             stack.extend(c for c in m._modules.values() if c is not None)
-        found = _tensors[model] = (_structure[0], out)
-    return found[1]
+        found = _tensors[model] = (_structure[0], out, tuple(map(id, out)))
+    return found[1], found[2]
 
 
 def weights_state(model: nn.Module) -> tuple:
     """A cheap fingerprint of the weights held in memory: each tensor's version counter (bumped by in-place
     writes: optimiser steps, load_state_dict, `fill_` under no_grad) and storage address (`.data = ...`), over
-    the model's tensors as last listed; parameters, buffers or submodules assigned anew (registration hooks)
-    list them again. `parameters()`/`buffers()` (named_modules, name strings, memo set) cost a one-row predict
-    ~8 ms on the demo model's ~400 tensors, a fresh walk ~1 ms, this ~0.3 ms."""
-    return tuple((id(t), t._version, t.data_ptr()) for t in _model_tensors(model))
+    the model's tensors as last listed (their ids, taken when listed); parameters, buffers or submodules
+    assigned anew (registration hooks) list them again. `parameters()`/`buffers()` (named_modules, name
+    strings, memo set) cost a one-row predict ~8 ms on the demo model's ~400 tensors, a fresh walk ~1 ms, a
+    per-tensor tuple ~0.2 ms, this (two C-level maps) ~0.1 ms."""
+    tensors, ids = _model_tensors(model)
+    return ids, tuple(map(_version, tensors)), tuple(map(_data_ptr, tensors))
 
 
 class EngineChoice:
@@ -269,7 +274,7 @@ class EngineChoice:
         elif self._quantized(model):
             reason = ("it is a PyTorch int8 model (dynamic quantisation scales each batch, so no one graph check "
                       "holds; `polymodal compress --backend onnx` makes an int8 ONNX model)")
-        elif next(model.parameters()).device.type != "cpu":
+        elif _model_tensors(model)[0][0].device.type != "cpu":  # the listed tensors: no parameters() walk
             reason = "the model is on a GPU (the ONNX engine runs on CPU)"
         elif self._saved != (id(model), state := weights_state(model)):
             model_id = None  # changed in memory since load/save: neither the cache nor `auto` may trust the id

@@ -34,18 +34,21 @@ class Problem:
     message: str
 
 
-def check_rows(df: pd.DataFrame, prep: Preprocessor, with_target: bool = True) -> list[Problem]:
+def check_rows(df: pd.DataFrame, prep: Preprocessor, with_target: bool = True,
+               decoded: dict[str, dict[str, np.ndarray]] | None = None) -> list[Problem]:
     """Cheap checks of every row without training: media files exist and open, numbers parse, labels known.
 
     Image headers are opened (not fully decoded) and audio headers read, so this costs far less than
     decoding; full decode errors are caught again, with the same location, when features are computed.
+    `decoded` (a dict to fill; for a few rows to predict): images are decoded to their encoder's input array
+    instead, kept there as {input key: {path: array}} for TableDataset, so that each image is read once.
     """
     import soundfile as sf
     from PIL import Image
 
     base = df.attrs.get("base_dir", os.getcwd())
     problems: list[Problem] = []
-    for spec in prep.inputs.values():
+    for key, spec in prep.inputs.items():
         if spec.modality not in (IMAGE, AUDIO, VIDEO, TIMESERIES) or spec.config.get("source") == VIDEO:
             continue  # a video's sound track is checked with the video
         col = spec.columns[0]
@@ -56,12 +59,14 @@ def check_rows(df: pd.DataFrame, prep: Preprocessor, with_target: bool = True) -
             problems += [Problem(r, col, m) for r, m in series_problems(df[col], base, spec.config)]
             continue
         checked: dict[str, str | None] = {}
+        arrays = decoded.setdefault(key, {}) if decoded is not None and spec.modality == IMAGE else None
         for row, v in zip(df.index, df[col]):
             if is_missing(v):
                 continue
             path = resolve_path(v, base)
             if path not in checked:
-                checked[path] = _check_media(path, spec.modality, Image, sf)
+                checked[path] = _check_media(path, spec.modality, Image, sf) if arrays is None else \
+                    _decode_image(path, spec.config, arrays)
             if checked[path]:
                 problems.append(Problem(int(row), col, checked[path]))
     if TABULAR in prep.inputs:
@@ -90,6 +95,18 @@ def check_rows(df: pd.DataFrame, prep: Preprocessor, with_target: bool = True) -
                     if not is_missing(v) and str(v) not in known:
                         problems.append(Problem(int(row), label, f"label {v!r} was not seen in training"))
     return problems
+
+
+def _decode_image(path: str, cfg: dict, arrays: dict[str, np.ndarray]) -> str | None:
+    """The image's encoder input (inference: no augmentation) into `arrays`, or what is wrong with the file
+    (the messages `_check_media` gives)."""
+    if not os.path.exists(path):
+        return f"file not found: {path}"
+    try:
+        arrays[path] = load_image(path, cfg["image_size"], cfg["mean"], cfg["std"])
+    except DataError as exc:
+        return exc.detail
+    return None
 
 
 def _check_media(path: str, modality: str, Image, sf) -> str | None:
@@ -153,8 +170,9 @@ class TableDataset(Dataset):
 
     def __init__(self, df: pd.DataFrame, prep: Preprocessor, features: dict[str, tuple] | None = None,
                  train: bool = False, with_target: bool = True, augment: bool = True, seed: int = 0,
-                 text_augment: float = 0.0) -> None:
+                 text_augment: float = 0.0, decoded: dict[str, dict[str, np.ndarray]] | None = None) -> None:
         self.prep, self.train, self.augment, self.seed = prep, train, augment and train, seed
+        self.decoded = (decoded or {}) if not self.augment else {}  # check_rows' decoded images: not decoded again
         self.text_augment = text_augment if self.augment else 0.0
         features = features or {}
         self.features = {k: (f[0], f[1]) for k, f in features.items()}
@@ -216,6 +234,8 @@ class TableDataset(Dataset):
             try:
                 if v is None and spec.modality in (IMAGE, AUDIO, VIDEO, TIMESERIES):
                     item["inputs"][key] = placeholder(spec.modality, spec.config)
+                elif spec.modality == IMAGE and v in self.decoded.get(key, ()):
+                    item["inputs"][key] = self.decoded[key][v]
                 elif spec.modality == IMAGE:
                     item["inputs"][key] = load_image(
                         v, spec.config["image_size"], spec.config["mean"], spec.config["std"], self.augment, rng)

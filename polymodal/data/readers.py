@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -11,6 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from polymodal.errors import DataError
+
+# pandas 3 copies on write by default (2.x only with its option set): a shallow copy is then a safe copy.
+COPY_ON_WRITE = int(pd.__version__.split(".")[0]) >= 3 or pd.options.mode.copy_on_write is True
 
 
 def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
@@ -89,9 +93,13 @@ def as_table(data: pd.DataFrame | str | os.PathLike, base_dir: str | None = None
     if isinstance(data, pd.DataFrame):
         if len(data) == 0:
             raise DataError("the table has no rows", file=data.attrs.get("source", "<DataFrame>"))
-        df = data.copy()
+        # pandas >= 3 (copy-on-write): a shallow copy, whose columns are copied only when one side writes to
+        # them (a deep copy costs a one-row predict ~0.1-0.5 ms); the caller's frame and attrs stay untouched.
+        df = data.copy(deep=not COPY_ON_WRITE)
         df.attrs["source"] = data.attrs.get("source", "<DataFrame>")
-        df.columns = column_names(df, df.attrs["source"])
+        names = column_names(df, df.attrs["source"])
+        if names != list(df.columns):  # setting columns builds a new Index: only when a name is not a string
+            df.columns = names
         df.attrs["base_dir"] = base_dir or data.attrs.get("base_dir") or os.getcwd()
         return df
     return read_table(data)
@@ -108,8 +116,18 @@ def column_names(df: pd.DataFrame, source: str) -> list[str]:
 
 def resolve_path(value: str, base_dir: str) -> str:
     """A media path as written in the table, made absolute against the table's folder."""
+    if isinstance(value, str) and not value.lstrip().startswith("~"):  # "~" follows $HOME: never cached
+        return _resolve_cached(value, base_dir)
+    return _resolve(value, base_dir)
+
+
+def _resolve(value, base_dir: str) -> str:
     p = Path(os.path.expanduser(str(value).strip()))
     return str(p if p.is_absolute() else Path(base_dir) / p)
+
+
+# A few-row predict resolves each path twice (row check, dataset), pathlib ~20 us each: cached.
+_resolve_cached = functools.lru_cache(maxsize=4096)(_resolve)
 
 
 def is_missing(value: object) -> bool:

@@ -9,7 +9,6 @@ the task and model, batch rows, and score validation rows. Nothing here prints e
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -334,16 +333,16 @@ def _device_of(model: nn.Module) -> torch.device | None:
 
 def predict_probs(model: nn.Module, task, prep: Preprocessor, df: pd.DataFrame, config: FitConfig,
                   feats: dict | None = None, with_target: bool = True,
-                  device: str | torch.device | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Probabilities (or regression values) for every row, with a plain loop: no Trainer per call."""
+                  device: str | torch.device | None = None,
+                  decoded: dict | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities (or regression values) for every row, with a plain loop: no Trainer per call.
+    `decoded`: images check_rows already decoded ({input key: {path: array}}), not decoded again."""
     device = device or next(model.parameters()).device
-    # Workers off (a few rows do not pay for starting them); replace() re-validates the config, which costs
-    # a one-row predict ~1 ms: only when needed.
-    loader_config = config if config.num_workers == 0 else dataclasses.replace(config, num_workers=0)
-    loader = make_loader(df, prep, feats or {}, loader_config, train=False, with_target=with_target)
-    # No workers here: batches straight from the dataset, in order, as the DataLoader would give them (its
-    # iterator and fetcher cost a one-row predict ~5 ms).
-    ds, collate, size = loader.dataset, loader.collate_fn, loader.batch_size
+    # No DataLoader, no workers (a few rows do not pay for starting them): batches straight from the dataset,
+    # in order, as the loader would give them (its sampler, generator and iterator cost a one-row predict ~1 ms).
+    ds = df if isinstance(df, TableDataset) else TableDataset(df, prep, feats or {}, train=False,
+                                                              with_target=with_target, decoded=decoded)
+    collate, size = Collator(prep), config.batch_size
     batches = (collate(ds.__getitems__(list(range(s, min(s + size, len(ds)))))) for s in range(0, len(ds), size))
     probs, targets = [], []
 
