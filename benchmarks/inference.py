@@ -144,13 +144,14 @@ def summary_ms(times: list[float]) -> dict:
 
 
 def serve_phases(seconds: float, out: Path, engines: list[str], waits: list[float], batching_modes: list[bool],
-                 rounds: int = 2, clients_list: tuple[int, ...] = (1, 8, 64)) -> None:
+                 rounds: int = 2, clients_list: tuple[int, ...] = (1, 8, 64), requests: int = 0) -> None:
     """`polymodal serve` at 1/8/64 clients, micro-batching on (per --max-wait-ms) and off, per engine
     (POLYMODAL_ENGINE in the server's environment), with benchmarks/serve_load.py's model, client and phases.
 
     One server per setting, all started up front; the phases are interleaved (for each round, each client
     count, each setting in turn), so that load from other processes drifts over every setting alike. Each
-    row's mean batch is that phase's own (from /metrics before and after it)."""
+    row's mean batch is that phase's own (from /metrics before and after it). `requests`: per phase (0:
+    serve_load.py's, 80 at 1 client: ~1.6 s, too few to tell settings 10 % apart)."""
     import asyncio
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -169,12 +170,15 @@ def serve_phases(seconds: float, out: Path, engines: list[str], waits: list[floa
             servers[(engine, batching, wait)] = (port, S.start_server(run, port, batching, wait, timeout=180))
         for r in range(rounds):
             for clients in clients_list:
-                for (engine, batching, wait), (port, _) in servers.items():
+                # the order of the settings alternates by round (ABBA): whichever runs first after a heavy phase
+                # (or the server's start) meets the machine's leftovers; over rounds each setting does alike
+                order = list(servers.items())
+                for (engine, batching, wait), (port, _) in (order if r % 2 == 0 else order[::-1]):
                     row = {"round": r, "engine": engine, "batching": batching, "max_wait_ms": wait,
                            "clients": clients}
                     before = S.batch_counts(port)
                     res = asyncio.run(S.load(f"http://127.0.0.1:{port}/predict", image, clients,
-                                             S.REQUESTS[clients], seconds))
+                                             requests or S.REQUESTS[clients], seconds))
                     after = S.batch_counts(port)
                     forwards = after[1] - before[1]
                     row.update({k: round(v, 2) for k, v in res.items()},
@@ -257,6 +261,8 @@ def main() -> None:
                     help="--serve: output file (a bare name goes beside --out)")
     ap.add_argument("--serve-rounds", type=int, default=2, help="--serve: interleaved rounds of every phase")
     ap.add_argument("--clients", default="1,8,64", help="--serve: comma list of client counts")
+    ap.add_argument("--requests", type=int, default=0,
+                    help="--serve: requests per phase (default: serve_load.py's per client count)")
     ap.add_argument("--encode", type=int, default=0,
                     help="instead: time the feature cache's encoder pass per engine on this many test images "
                          "(written beside --out as inference_encode.json)")
@@ -267,7 +273,7 @@ def main() -> None:
         return serve_phases(args.seconds, serve_out,
                             args.engines.split(","), [float(w) for w in args.max_wait_ms.split(",")],
                             [b == "on" for b in args.batching.split(",")], args.serve_rounds,
-                            tuple(int(c) for c in args.clients.split(",")))
+                            tuple(int(c) for c in args.clients.split(",")), args.requests)
 
     run = demo_run(WORK / "inference-run", args.train_images, args.refit)
     if args.encode:
