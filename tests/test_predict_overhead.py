@@ -150,3 +150,20 @@ def test_weights_state_sees_in_place_writes_data_swaps_and_new_tensors():
     s3 = E.weights_state(model)
     model[1].bias = torch.nn.Parameter(torch.ones(2))  # a newly registered parameter
     assert E.weights_state(model) != s3
+
+
+def test_encode_texts_gives_the_tokenizers_padded_truncated_batch():
+    from polymodal.data.text import encode_texts, get_tokenizer
+
+    tok = get_tokenizer("minilm-l6")
+    texts = ["what shape is in the image?", "", "é ü 漢字 🙂 " * 3, "word " * 200, "a", "Is the  circle\tred?\n"]
+    for batch in ([texts[0]], texts, texts[1:2], texts[3:4], texts[::-1]):
+        for max_length in (64, 8, 512):
+            ids, mask = encode_texts("minilm-l6", batch, max_length)
+            want = tok(batch, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+            assert ids.dtype == mask.dtype == np.int64 and ids.shape == (len(batch), want["input_ids"].shape[1])
+            np.testing.assert_array_equal(ids, want["input_ids"])
+            np.testing.assert_array_equal(mask, want["attention_mask"])
+    # the shared backend is never reconfigured by a call: a later call with another length gets its own
+    assert encode_texts("minilm-l6", [texts[3]], 8)[0].shape == (1, 8)
+    assert encode_texts("minilm-l6", [texts[3]], 64)[0].shape == (1, 64)

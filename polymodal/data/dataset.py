@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from polymodal.data.preprocess import Preprocessor
 from polymodal.data.readers import is_missing, resolve_path
 from polymodal.data.stats import number_problem, numbers, usable
-from polymodal.data.text import get_tokenizer
+from polymodal.data.text import encode_texts
 from polymodal.data.timeseries import load_series_input, series_placeholder, series_problems, series_value
 from polymodal.data.transforms import load_audio_features, load_image
 from polymodal.data.video import check_video, load_video, video_placeholder
@@ -332,11 +332,10 @@ class Collator:
         for key in items[0]["inputs"]:
             vals = [it["inputs"][key] for it in items]
             spec = self.prep.inputs[key]
-            if spec.modality == TEXT:
-                tok = get_tokenizer(spec.config["tokenizer"])
-                enc = tok([v or "" for v in vals], padding=True, truncation=True,
-                          max_length=spec.config.get("max_length", 64), return_tensors="pt")
-                batch["inputs"][key] = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+            if spec.modality == TEXT:  # the tokenizer's padding=True, truncation=True call, set up once
+                ids, mask = encode_texts(spec.config["tokenizer"], [v or "" for v in vals],
+                                         spec.config.get("max_length", 64))
+                batch["inputs"][key] = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
             elif spec.modality == TABULAR:
                 batch["inputs"][key] = {k: torch.from_numpy(np.stack([v[k] for v in vals])) for k in vals[0]}
             elif spec.modality in (VIDEO, TIMESERIES):
