@@ -16,6 +16,9 @@ batch-32 throughput >= 4x today's (today = the PyTorch engine's predict).
 
   python benchmarks/inference.py --out benchmarks/results/inference.json
 
+--int8 adds the opt-in int8 graph (`polymodal compress RUN --quantize int8`, its own run folder, never chosen by
+`auto`) as `predict/onnx-int8`, with its answer agreement with the float graph on the --test-images rows.
+
 --serve instead runs benchmarks/serve_load.py's model and client against `polymodal serve` per engine, with
 micro-batching on and off: one server per setting, phases interleaved over --serve-rounds rounds (each client
 count, each setting in turn), per-phase mean batch from /metrics, medians over the rounds in the output:
@@ -51,7 +54,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import WORK  # noqa: E402
-from polymodal.compress.engine import OnnxModule, ort_threads  # noqa: E402
+from polymodal.compress.engine import OnnxModule, ort_session, ort_threads  # noqa: E402
 from polymodal.data.text import get_tokenizer  # noqa: E402
 from polymodal.demo import easy_vqa_table  # noqa: E402
 from polymodal.predictor import MultimodalPredictor  # noqa: E402
@@ -73,6 +76,21 @@ def demo_run(folder: Path, train_images: int, refit: bool) -> Path:
                             max_epochs=2, batch_size=128, lr=2e-3, patience=4, verbose=False,
                             progress=False).fit(data / "train.csv")
     return folder
+
+
+def int8_run(run: Path, train_csv: Path, refit: bool) -> Path:
+    """The opt-in int8 graph of `run`: `polymodal compress RUN --quantize int8 --train TRAIN` (onnxruntime static
+    QDQ convolutions chosen by its sensitivity sweep, dynamic int8 transformer MatMuls), made once beside it.
+    Never what `auto` picks: it answers a little differently, so its agreement with the float answers is
+    recorded with its speed."""
+    from polymodal.compress.pipeline import compress_run
+
+    out = run.with_name(run.name + "-int8")
+    if refit and out.exists():
+        shutil.rmtree(out)
+    if not (out / "config.json").exists() and not any(out.glob("*.onnx")):
+        compress_run(run, out, train=str(train_csv), quantize="int8", report=False)
+    return out
 
 
 class HandLoop:
@@ -251,6 +269,9 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=40, help="single-row calls per method (>= 30)")
     ap.add_argument("--rounds", type=int, default=7, help="batch-32 rounds per method")
     ap.add_argument("--refit", action="store_true", help="fit the model again (default: reuse the work folder)")
+    ap.add_argument("--int8", action="store_true",
+                    help="also the opt-in int8 graph (`polymodal compress --quantize int8`, made once), with its "
+                         "answer agreement with the float graph on the test rows")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/inference.json"))
     ap.add_argument("--serve", action="store_true", help="instead: serve_load.py's phases per engine")
     ap.add_argument("--seconds", type=float, default=20.0, help="--serve: time budget per phase")
@@ -304,6 +325,18 @@ def main() -> None:
     for e in ENGINES:
         methods[f"predict/{e}"] = lambda df, e=e: p.predict(df, engine=e)
         methods[f"hand/{e}"] = loops[e].predict
+    if args.int8:  # the compressed run, opt-in: its own folder, predicted as a user would
+        q = load_run(int8_run(run, run.parent / "inference-data" / "train.csv", args.refit))
+        # the engine's session settings (threads, no spin-waiting): OnnxPredictor's own session spins by
+        # default, and its idle threads then take the cores the next method in this loop needs
+        q.session = ort_session(q.path.read_bytes())
+        methods["predict/onnx-int8"] = q.predict
+        float_answers = list(p.predict(test, engine="onnx"))
+        checks["onnx-int8"] = {
+            "test_rows": len(test),
+            "answer_agreement_vs_float": float(np.mean(np.asarray(list(q.predict(test))) == float_answers)),
+            "max_abs_prob_diff_vs_float": float(np.abs(q.predict_proba(test, as_pandas=False)
+                                                       - p.predict_proba(test, as_pandas=False, engine="onnx")).max())}
     for fn in methods.values():  # warm-up: tokenizer, allocator, first-call paths
         fn(test.head(1))
         fn(batch)
@@ -327,6 +360,9 @@ def main() -> None:
                      "batch32_vs_hand": round(pr["batch32_rows_per_s"] / hd["batch32_rows_per_s"], 3)}
     torch_b32 = results["predict/torch"]["batch32_rows_per_s"]
     best_single = min(results[f"predict/{e}"]["single_row"]["median_ms"] for e in ENGINES)
+    if args.int8:
+        results["predict/onnx-int8"]["batch32_vs_torch_predict"] = round(
+            results["predict/onnx-int8"]["batch32_rows_per_s"] / torch_b32, 2)
     targets = {
         "single_row_median_under_15ms": {"value_ms": best_single, "met": best_single < 15},
         "predict_at_least_0.95x_hand_loop": {
