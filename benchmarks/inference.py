@@ -218,13 +218,15 @@ def serve_phases(seconds: float, out: Path, engines: list[str], waits: list[floa
                 for (engine, batching, wait), (port, _) in (order if r % 2 == 0 else order[::-1]):
                     row = {"round": r, "engine": engine, "batching": batching, "max_wait_ms": wait,
                            "clients": clients}
-                    before = S.batch_counts(port)
+                    before, waits_before = S.batch_counts(port), company_waits(port)
                     res = asyncio.run(S.load(f"http://127.0.0.1:{port}/predict", image, clients,
                                              requests or S.REQUESTS[clients], seconds))
-                    after = S.batch_counts(port)
+                    after, waits_after = S.batch_counts(port), company_waits(port)
                     forwards = after[1] - before[1]
                     row.update({k: round(v, 2) for k, v in res.items()},
                                mean_batch=round((after[0] - before[0]) / max(forwards, 1), 2),
+                               company_waits=int(waits_after[0] - waits_before[0]),
+                               company_wait_ms=round((waits_after[1] - waits_before[1]) * 1000, 1),
                                load_avg_1min=round(os.getloadavg()[0], 2))
                     rows.append(row)
                     print(row, flush=True)
@@ -250,6 +252,16 @@ def serve_phases(seconds: float, out: Path, engines: list[str], waits: list[floa
                                "summary (medians over rounds)": summary, "rows": rows}, indent=1) + "\n")
     for x in summary:
         print(x)
+
+
+def company_waits(port: int) -> tuple[float, float]:
+    """(forwards held back for company, seconds held) so far, from the server's /metrics."""
+    import httpx
+
+    vals = {line.split(" ")[0]: float(line.split(" ")[1]) for line in
+            httpx.get(f"http://127.0.0.1:{port}/metrics").text.splitlines() if line.startswith("polymodal_batch_comp")}
+    return (vals.get("polymodal_batch_company_waits_total", 0.0),
+            vals.get("polymodal_batch_company_wait_seconds_total", 0.0))
 
 
 def encode_phases(run: Path, values: int, out: Path) -> None:

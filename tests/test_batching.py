@@ -224,6 +224,28 @@ def test_the_server_calibrates_its_batcher_at_startup(tmp_path):
         policy = c.app.state.batcher.policy
         assert sorted(policy.costs) == [1, 2, 4, 8] and policy.limit() in (1, 2, 4, 8)
         assert all(v > 0 for v in policy.costs.values())
+        metrics = c.get("/metrics").text
+        assert "# TYPE polymodal_batch_company_waits_total counter" in metrics
+        assert f"polymodal_batch_company_waits_total {c.app.state.batcher.company_waits}" in metrics
     with TestClient(create_app(p, batching=False)) as c:
         assert c.get("/ready").status_code == 200
         assert c.app.state.batcher.policy.costs == {} and c.app.state.batcher.policy.limit() == 1
+        assert "polymodal_batch_company_wait_seconds_total 0.0" in c.get("/metrics").text
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_company_waits_are_counted_only_when_a_lone_item_waits(enabled):
+    """Before any arrivals are known, a lone item waits up to max_wait for company (the policy's first guess);
+    the batcher counts that wait. Batching off never waits."""
+    async def main():
+        b = MicroBatcher(lambda xs: list(xs), max_batch=8, max_wait_ms=30, enabled=enabled)
+        await b.start()
+        assert await b.submit(1) == 1
+        await b.stop()
+        return b
+
+    b = asyncio.run(main())
+    if enabled:
+        assert b.company_waits == 1 and 0.02 <= b.company_wait_s < 5.0
+    else:
+        assert b.company_waits == 0 and b.company_wait_s == 0.0

@@ -165,6 +165,11 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batc
                              max_text_chars=max_text_chars)
         batcher = MicroBatcher(runner, max_batch=max_batch, max_wait_ms=max_wait_ms, enabled=batching,
                                on_batch=metrics.observe_batch)
+        metrics.counters["polymodal_batch_company_waits_total"] = (
+            "Forwards held back for company (a lone request waiting for others to share its forward).",
+            lambda: batcher.company_waits)
+        metrics.counters["polymodal_batch_company_wait_seconds_total"] = (
+            "Seconds forwards were held back waiting for company.", lambda: batcher.company_wait_s)
         model_health = ModelHealth(batcher, builder, metrics)
         prep = predictor.prep
 

@@ -139,6 +139,9 @@ class MicroBatcher:
         self.policy = BatchPolicy(max_batch if enabled else 1, self.max_wait if enabled else 0.0)
         self._queue: deque[_Entry] = deque()
         self._cond = threading.Condition()
+        # How long forwards were held back waiting for company (a lone item's wait), for /metrics: the one
+        # place batching can make a request slower than no batching does.
+        self.company_waits, self.company_wait_s = 0, 0.0
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -232,7 +235,8 @@ class MicroBatcher:
             if first.call is not None:
                 return [first]
             batch, limit = [first], self.policy.limit()
-            deadline = time.perf_counter() + self.policy.wait()
+            start = time.perf_counter()
+            deadline, waited = start + self.policy.wait(), False
             while len(batch) < limit:
                 if self._queue and self._queue[0].call is None:
                     batch.append(self._queue.popleft())
@@ -240,7 +244,11 @@ class MicroBatcher:
                 remaining = deadline - time.perf_counter()
                 if self._queue or remaining <= 0 or self._stopping:  # a job waits its turn
                     break
+                waited = True
                 self._cond.wait(remaining)
+            if waited:
+                self.company_waits += 1
+                self.company_wait_s += time.perf_counter() - start
             return batch
 
     def _work(self) -> None:

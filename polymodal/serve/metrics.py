@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -59,6 +60,8 @@ class ServerMetrics:
         self.latency = Histogram(LATENCY_BUCKETS)
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.ready = False
+        # counters read from elsewhere at render time: name -> (help, read())
+        self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -83,4 +86,6 @@ class ServerMetrics:
                       "# HELP polymodal_model_ready 1 once the model is loaded and warmed up.",
                       "# TYPE polymodal_model_ready gauge",
                       f"polymodal_model_ready {int(self.ready)}"]
+            for name, (text, read) in sorted(self.counters.items()):
+                lines += [f"# HELP {name} {text}", f"# TYPE {name} counter", f"{name} {_num(read())}"]
         return "\n".join(lines) + "\n"
