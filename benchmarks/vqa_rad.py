@@ -117,6 +117,12 @@ def encoder_opts(args) -> dict:
     return opts
 
 
+# --group-by: what the validation split (and --bag's folds) keeps together. "image" (the default, the issue's
+# rule): all the questions about an image. "question": a question with its paraphrase and templated rewrite
+# (VQA-RAD's qid_linked_id), images shared across the split, as the clean test is (new questions, seen images).
+GROUP_COLUMNS = {"image": "image", "question": "qid_linked_id"}
+
+
 def fit_predict(train: pd.DataFrame, test: pd.DataFrame, fusion: str, seed: int, name: str,
                 args) -> tuple[np.ndarray, dict]:
     opts = {"hidden": args.hidden, **({"glimpses": args.glimpses, "k": args.k} if fusion == "ban" else {})}
@@ -128,11 +134,13 @@ def fit_predict(train: pd.DataFrame, test: pd.DataFrame, fusion: str, seed: int,
         seed=seed,
         encoders={"image": args.image_encoder}, encoder_opts=encoder_opts(args),
         fusion=fusion, fusion_opts=opts, max_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        patience=args.patience, valid_fraction=0.15, class_weighting=False, group_column="image",
+        patience=args.patience, valid_fraction=0.15, class_weighting=False, group_column=GROUP_COLUMNS[args.group_by],
+        column_types={"qid_linked_id": "id"} if args.group_by == "question" else {},
         dropout=args.dropout, label_smoothing=args.label_smoothing, weight_decay=args.weight_decay,
         cached_views=args.cached_views, group_batches=args.group_batches)
     t0 = time.time()
-    p.fit(train[["image", "question", "answer"]])
+    cols = ["image", "question", "answer"] + (["qid_linked_id"] if args.group_by == "question" else [])
+    p.fit(train[cols])
     valid = p.metrics["valid"]
     info = {"valid_accuracy": round(100 * valid.get("accuracy", valid.get("oof_accuracy", float("nan"))), 2),
             "epochs": p.metrics.get("epochs"), "train_seconds": round(time.time() - t0)}
@@ -220,6 +228,8 @@ def main() -> None:
                     help="augmented views cached per image (fit --cached-views): augmentation for cached encoders")
     ap.add_argument("--bag", type=int, default=0, metavar="K",
                     help="K-fold bag of the network (fit --preset balanced --members fusion:F --folds K)")
+    ap.add_argument("--group-by", choices=sorted(GROUP_COLUMNS), default="image",
+                    help="validation groups: image (default) or question (a question and its rewrites)")
     ap.add_argument("--group-batches", action="store_true",
                     help="batches hold all the questions of a few images (fit --group-batches)")
     ap.add_argument("--no-dedupe", action="store_true",
