@@ -274,7 +274,7 @@ class EngineChoice:
         elif self._quantized(model):
             reason = ("it is a PyTorch int8 model (dynamic quantisation scales each batch, so no one graph check "
                       "holds; `polymodal compress --backend onnx` makes an int8 ONNX model)")
-        elif _model_tensors(model)[0][0].device.type != "cpu":  # the listed tensors: no parameters() walk
+        elif any(t.device.type != "cpu" for t in _model_tensors(model)[0][:1]):  # listed: no parameters() walk
             reason = "the model is on a GPU (the ONNX engine runs on CPU)"
         elif self._saved != (id(model), state := weights_state(model)):
             model_id = None  # changed in memory since load/save: neither the cache nor `auto` may trust the id

@@ -166,7 +166,9 @@ class TableDataset(Dataset):
 
     `features`: {key: (features (N, ...), present (N,))}, or (features, present, views (V, N, ...)) for an input
     with cached augmented views (`--cached-views`): a training row then reads one of the V + 1 (plain or a view)
-    per epoch, drawn from (seed, epoch, row) like every other augmentation."""
+    per epoch, drawn from (seed, epoch, row) like every other augmentation. `decoded`: {input key: {path:
+    array}} of images `check_rows` already decoded to their encoder input; used instead of decoding again
+    (never when augmenting)."""
 
     def __init__(self, df: pd.DataFrame, prep: Preprocessor, features: dict[str, tuple] | None = None,
                  train: bool = False, with_target: bool = True, augment: bool = True, seed: int = 0,
