@@ -28,7 +28,7 @@ from polymodal.data.dataset import Collator, TableDataset, check_rows, raise_or_
 from polymodal.data.preprocess import Preprocessor
 from polymodal.data.readers import as_table
 from polymodal.data.text import get_tokenizer
-from polymodal.encoders.onnx_runner import eager_attention
+from polymodal.encoders.onnx_runner import eager_attention, ort_session
 from polymodal.errors import PolymodalError
 from polymodal.tasks import task_from_prep
 from polymodal.training.config import FitConfig
@@ -218,13 +218,9 @@ def read_meta(path: str | Path) -> dict:
 
 
 def session(path: str | Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    """An exported (or compressed) graph's session with the engine's settings (no spinning threads taking the
+    cores that preprocessing and other requests need; onnx_runner.ort_session)."""
+    return ort_session(str(path), threads)
 
 
 @dataclass

@@ -85,10 +85,10 @@ def warn_once(key: str, msg: str, level: int = logging.WARNING, log: logging.Log
         log.log(level, msg)
 
 
-def ort_session(graph: bytes, threads: int | None = None):
-    """An onnxruntime CPU session from the graph's bytes: intra-op threads `ort_threads()`, inter-op 1, no
-    spin-waiting between ops (`POLYMODAL_ORT_SPIN=1` turns it on): on a shared machine spinning threads take
-    the cores other threads need (measured in docs/benchmarks.md, "Inference engines")."""
+def ort_session(graph: bytes | str, threads: int | None = None):
+    """An onnxruntime CPU session from the graph's bytes (or its file's path): intra-op threads `ort_threads()`,
+    inter-op 1, no spin-waiting between ops (`POLYMODAL_ORT_SPIN=1` turns it on): on a shared machine spinning
+    threads take the cores other threads need (measured in docs/benchmarks.md, "Inference engines")."""
     import onnxruntime as ort  # optional heavy dependency: only the ONNX engine needs it
 
     so = ort.SessionOptions()
