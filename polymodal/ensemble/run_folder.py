@@ -9,6 +9,7 @@ anything is unpickled)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -64,13 +65,18 @@ def fitted(ens: Ensemble, name: str) -> list:
     return [m for folds in res.folds for m in folds]
 
 
+def fold_mean(models: list, predict: Callable[[object], np.ndarray]) -> np.ndarray:
+    """A member's bagged prediction: the mean of `predict(model)` over its fold models (every repeat)."""
+    return sum(predict(m) for m in models) / len(models)
+
+
 def member_predictions(ens: Ensemble, rows: Rows, names: list[str]) -> dict[str, np.ndarray]:
     """Each member's prediction: the mean over its fold models (bagging)."""
     out = {}
     with one_blas_thread():
         for name in names:
-            models = fitted(ens, name)
-            out[name] = sum(ens.results[name].member.predict(m, rows, ens.problem) for m in models) / len(models)
+            member = ens.results[name].member
+            out[name] = fold_mean(fitted(ens, name), lambda m, mb=member: mb.predict(m, rows, ens.problem))
     return out
 
 

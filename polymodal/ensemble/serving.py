@@ -19,7 +19,7 @@ import torch
 
 from polymodal.data.preprocess import Preprocessor
 from polymodal.ensemble.members import FusionMember, Rows
-from polymodal.ensemble.run_folder import ensemble_output, fitted
+from polymodal.ensemble.run_folder import ensemble_output, fitted, fold_mean
 from polymodal.problem_types import REGRESSION
 from polymodal.types import TABULAR
 
@@ -83,10 +83,10 @@ def batch_output(ens, batch: dict) -> np.ndarray:
     for name in [n for n, w in ens.weights.items() if w > 0]:
         member, models = ens.results[name].member, fitted(ens, name)
         if isinstance(member, FusionMember):
-            outs = [network_output(member, m, batch, values, feats, ids, ens.problem) for m in models]
+            preds[name] = fold_mean(models, lambda m, mb=member: network_output(mb, m, batch, values, feats, ids,
+                                                                                ens.problem))
         else:
-            outs = [member.predict(m, rows, ens.problem) for m in models]
-        preds[name] = sum(outs) / len(outs)
+            preds[name] = fold_mean(models, lambda m, mb=member: mb.predict(m, rows, ens.problem))
     return ensemble_output(ens, preds)
 
 
