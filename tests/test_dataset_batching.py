@@ -174,3 +174,12 @@ def test_loader_groups_batches_only_when_asked():
 
     assert images_per_batch(True) <= 3.0  # 12 rows per image: two whole images, or parts of three
     assert images_per_batch(False) > 10
+
+
+def test_fit_says_when_group_batches_has_nothing_to_group(tmp_path, capsys):
+    from polymodal.predictor import MultimodalPredictor
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"x": rng.normal(size=60), "y": rng.choice(["p", "q"], 60)})
+    MultimodalPredictor(label="y", path=tmp_path / "run", max_epochs=1, group_batches=True, progress=False).fit(df)
+    assert "--group-batches: no groups to keep together" in capsys.readouterr().out

@@ -40,9 +40,12 @@ class TableRecipe:
             schema = infer_schema(df, config.label, {**config.column_types, group: ID}, config.problem_type)
         log_schema(schema, log)
         log(f"  problem type: {schema.problem_type}")
-        note = row_groups(df, schema.columns, group)[1]
+        keys, note = row_groups(df, schema.columns, group)
         if note:
             log(f"  groups: {note}")
+        if config.group_batches and keys is None:
+            log("  --group-batches: no groups to keep together (no --group-column, no repeated image/audio/video "
+                "values): training batches are shuffled by row")
         return schema
 
     def split(self, df: pd.DataFrame, schema: Schema, config: FitConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
