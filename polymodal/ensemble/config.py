@@ -13,7 +13,11 @@ from polymodal.fusion import FUSIONS
 FAST, BALANCED, BEST = "fast", "balanced", "best"
 PRESETS = (FAST, BALANCED, BEST)
 
-MATRIX_MEMBERS = ("linear", "knn", "lightgbm", "extra_trees")  # models over the feature matrix (members.py)
+# Models over the feature matrix (ensemble/members.py), with their share of a bagging repeat's time budget;
+# a fusion network ("fusion:<name>") gets FUSION_SHARE.
+MATRIX_SHARES = {"linear": 1.0, "knn": 1.0, "lightgbm": 4.0, "extra_trees": 2.0}
+MATRIX_MEMBERS = tuple(MATRIX_SHARES)
+FUSION_SHARE = 4.0
 
 # preset → (members, folds, most bagging repeats). Members are names in ensemble/members.py's MEMBERS;
 # "fusion:<name>" is the fusion network of the fit pipeline with that fusion.

@@ -38,6 +38,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from torch import nn
 
 from polymodal.data.preprocess import Preprocessor
+from polymodal.ensemble.config import FUSION_SHARE, MATRIX_SHARES, check_member
 from polymodal.ensemble.features import Matrix
 from polymodal.errors import PolymodalError
 from polymodal.problem_types import MULTILABEL, MULTITASK, REGRESSION
@@ -332,14 +333,9 @@ def quiet_lightning():
             bars.enable_progress_bar()
 
 
-SHARES = {"linear": 1.0, "knn": 1.0, "lightgbm": 4.0, "extra_trees": 2.0}
-FUSION_SHARE = 4.0
-
-
 def build_member(name: str, config: FitConfig) -> Member:
     """A member by its name in a preset (ensemble/config.py)."""
+    check_member(name)
     if name.startswith("fusion:"):
         return FusionMember(name.split(":", 1)[1], config, FUSION_SHARE)
-    if name in SHARES:
-        return MatrixMember(name, SHARES[name])
-    raise PolymodalError(f"unknown ensemble member {name!r} (known: {', '.join(SHARES)}, fusion:<fusion name>)")
+    return MatrixMember(name, MATRIX_SHARES[name])
