@@ -113,8 +113,16 @@ class FitConfig(RunSettings):
     length_bucketing: bool = True  # trained text encoders: batch rows of similar text length (less padding)
     group_batches: bool = False  # training batches hold whole groups (group_column, or the repeated media
     # column): a fine-tuned image top then runs once per image, not once per row (callbacks.group_together)
+    average_epochs: int = 0  # K > 0: keep the mean trainable weights of the last K completed epochs, not the
+    # best-validation checkpoint (early stopping still stops; training/averaging.py)
     stream: bool = False  # read the training table as Parquet/WebDataset shards, chunk by chunk (fit_stream)
     chunk_rows: int = 10_000  # rows per chunk when streaming
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        k = self.average_epochs
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise PolymodalError(f"--average-epochs must be a whole number of epochs, 0 (off) or more, not {k!r}")
 
 
 @dataclass(kw_only=True)

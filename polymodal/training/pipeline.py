@@ -31,6 +31,7 @@ from polymodal.encoders.cache import precompute_features
 from polymodal.errors import DataError, PolymodalError
 from polymodal.model import inference_context, move_batch, prepare_for_inference
 from polymodal.problem_types import ONE_CLASS_PER_ROW
+from polymodal.training.averaging import EpochAverage, mark_averaged
 from polymodal.training.build import build_encoders, build_tabular_encoder, frozen_keys
 from polymodal.training.callbacks import EpochSampler
 from polymodal.training.config import FitConfig, RunSettings
@@ -185,10 +186,12 @@ def train_and_score(p: Prepared, recipe: Recipe, run_dir: str | os.PathLike, log
     config, model, task = p.config, p.model, p.task
     module = recipe.module(model, task, config)
     monitor, mode = task.monitor
+    # --average-epochs K: early stopping still ends the run; the kept weights are the last K epochs' mean
+    average = EpochAverage(config.average_epochs) if getattr(config, "average_epochs", 0) else None
     trainer, ckpt = build_trainer(run_dir, monitor, mode, config.max_epochs, config.patience, config.precision,
                                   config.accelerator, config.devices, config.strategy, config.num_nodes,
                                   config.progress, training_budget(config.time_limit, time.time() - p.t0, log),
-                                  seed=config.seed)
+                                  seed=config.seed, callbacks=[average] if average else None)
     # an input with cached augmented views carries them as its entry's third element (data/dataset.py)
     train_feats = {k: (*f, p.views[k]) if k in p.views else f for k, f in p.feats["train"].items()}
     train_loader = recipe.loader(p.data["train"], p.prep, train_feats, config, task, True, distributed=True)
@@ -204,12 +207,23 @@ def train_and_score(p: Prepared, recipe: Recipe, run_dir: str | os.PathLike, log
     with threads_for(model, p.device):
         trainer.fit(module, train_loader, valid_loader, ckpt_path=ckpt_path)
     best = ckpt.best_model_path
-    if best and os.path.exists(best):
-        module.load_trained_state(best)
     history = join_history(earlier, read_history(metrics_csv))
+    extra: dict = {}
+    if average and average.window:
+        extra["averaged_epochs"] = average.apply(module)
+        history = mark_averaged(history, extra["averaged_epochs"])
+        log(f"  kept the mean weights of epochs {', '.join(map(str, extra['averaged_epochs']))} (from 0; "
+            f"--average-epochs {average.k}), not the best checkpoint")
+    elif best and os.path.exists(best):
+        if average:
+            log("  --average-epochs: no epoch completed, so the best checkpoint is kept")
+        module.load_trained_state(best)
     val_metrics, probs, target = recipe.score(model, task, p.prep, p.data["valid"], config, p.feats["valid"], log)
+    if extra:
+        shown = {k: v for k, v in val_metrics.items() if k == monitor} or val_metrics
+        log("  averaged model on the validation rows: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     return FitResult(model.cpu().eval(), p.prep, task, config, history, val_metrics, p.bad, p.cache_stats,
-                     time.time() - p.t0, best, probs, target)
+                     time.time() - p.t0, best, probs, target, extra)
 
 
 SCORING_SHARE = 0.1  # of --time-limit, kept for scoring the validation rows and saving the run after training

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 
 from polymodal.errors import PolymodalError
@@ -44,10 +44,12 @@ def build_trainer(run_dir: str | os.PathLike, monitor: str, mode: str, max_epoch
                   devices: int | str = "auto", strategy: str = "auto", num_nodes: int = 1,
                   progress: bool = True, max_time: float | None = None,
                   gradient_clip_val: float | None = 1.0, seed: int = 0,
-                  deterministic: bool | str | None = None) -> tuple[L.Trainer, AtomicCheckpoint]:
+                  deterministic: bool | str | None = None,
+                  callbacks: list[Callback] | None = None) -> tuple[L.Trainer, AtomicCheckpoint]:
     """`deterministic=None`: "warn" (deterministic kernels, warn where none exists) on CPU; off on GPUs,
     where cuDNN's deterministic algorithms cost throughput (benchmarks/results/throughput.md) while
-    seeded runs still agree to rounding. Pass True/"warn" to force bitwise-reproducible GPU runs."""
+    seeded runs still agree to rounding. Pass True/"warn" to force bitwise-reproducible GPU runs.
+    `callbacks`: more callbacks (e.g. `averaging.EpochAverage`)."""
     if strategy == "ddp":
         # Some parameters can sit out a step (missing-modality embeddings when every row is present,
         # fusion branches skipped by modality dropout); plain DDP aborts on those at the next step.
@@ -66,7 +68,7 @@ def build_trainer(run_dir: str | os.PathLike, monitor: str, mode: str, max_epoch
     trainer = L.Trainer(
         default_root_dir=str(run_dir), max_epochs=max_epochs, accelerator=accelerator, devices=devices,
         strategy=strategy, num_nodes=num_nodes, precision=precision or default_precision(),
-        callbacks=[ckpt, stop, EpochSeed(seed)],
+        callbacks=[ckpt, stop, EpochSeed(seed), *(callbacks or [])],
         # flushed at every logging step: a killed fit loses no logged epoch for `fit --resume` to keep
         logger=CSVLogger(str(run_dir), name="", version="logs", flush_logs_every_n_steps=1),
         enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=10,
