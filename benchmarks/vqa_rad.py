@@ -137,13 +137,15 @@ def fit_predict(train: pd.DataFrame, test: pd.DataFrame, fusion: str, seed: int,
         patience=args.patience, valid_fraction=0.15, class_weighting=False, group_column=GROUP_COLUMNS[args.group_by],
         column_types={"qid_linked_id": "id"} if args.group_by == "question" else {},
         dropout=args.dropout, label_smoothing=args.label_smoothing, weight_decay=args.weight_decay,
-        cached_views=args.cached_views, group_batches=args.group_batches)
+        cached_views=args.cached_views, group_batches=args.group_batches, average_epochs=args.average_epochs)
     t0 = time.time()
     cols = ["image", "question", "answer"] + (["qid_linked_id"] if args.group_by == "question" else [])
     p.fit(train[cols])
     valid = p.metrics["valid"]
     info = {"valid_accuracy": round(100 * valid.get("accuracy", valid.get("oof_accuracy", float("nan"))), 2),
             "epochs": p.metrics.get("epochs"), "train_seconds": round(time.time() - t0)}
+    if args.average_epochs and p._result is not None:  # which epochs (from 0) the kept weights average
+        info["averaged_epochs"] = p._result.extra.get("averaged_epochs")
     pred = p.predict(test[["image", "question"]], engine="torch").to_numpy().astype(str)  # cached features
     info["seconds"] = round(time.time() - t0)
     return pred, info
@@ -226,6 +228,8 @@ def main() -> None:
                     help="layer-wise lr decay over the fine-tuned text top (finetune text:llrd=D)")
     ap.add_argument("--cached-views", type=int, default=0,
                     help="augmented views cached per image (fit --cached-views): augmentation for cached encoders")
+    ap.add_argument("--average-epochs", type=int, default=0, metavar="K",
+                    help="keep the mean weights of the last K epochs (fit --average-epochs), not the best one")
     ap.add_argument("--bag", type=int, default=0, metavar="K",
                     help="K-fold bag of the network (fit --preset balanced --members fusion:F --folds K)")
     ap.add_argument("--group-by", choices=sorted(GROUP_COLUMNS), default="image",
