@@ -26,9 +26,12 @@ class Batch(TypedDict, total=False):
     - features: per input key, precomputed frozen-encoder output (B, D) or (B, T, D): the encoder is skipped
     - present: per input key, (B,) bool, False where the row's value is missing (a missing modality)
     - target: the encoded label(s), (B,) or (B, K); generation: decoder ids (B, L)
+    - index (optional): per image input key, (B,) int64: `inputs[key]` then holds U <= B distinct images and
+      row b reads image `index[key][b]` (rows that share a file, encoded once)
     """
 
     inputs: dict[str, Any]
+    index: dict[str, Tensor]
     features: dict[str, Tensor]
     present: dict[str, Tensor]
     target: Tensor

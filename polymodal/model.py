@@ -63,11 +63,15 @@ class MultimodalModel(nn.Module):
                 f, enc = batch["features"][key].float(), self.encoders[key]
                 # a partly fine-tuned encoder's cache holds its frozen prefix's output: its top runs here
                 features[key] = enc.from_prefix(f, key in self.token_inputs) if getattr(enc, "train_top", 0) else f
-            elif key in self.token_inputs:
-                features[key] = token_features(self.encoders[key], batch["inputs"][key], self.token_inputs[key],
-                                               self.token_configs.get(key, {}))
             else:
-                features[key] = self.encoders[key](batch["inputs"][key]).float()
+                if key in self.token_inputs:
+                    f = token_features(self.encoders[key], batch["inputs"][key], self.token_inputs[key],
+                                       self.token_configs.get(key, {}))
+                else:
+                    f = self.encoders[key](batch["inputs"][key]).float()
+                # the Collator's distinct images: the encoder ran once per image, each row reads its own
+                index = batch.get("index", {}).get(key)
+                features[key] = f if index is None else f[index]
         return features, batch["present"]
 
     def fuse(self, features: Features, present: Present) -> torch.Tensor:

@@ -64,7 +64,8 @@ def test_onnx_graph_has_dynamic_batch_and_text_length(trained, tmp_path):
     g = onnx.load(str(tmp_path / "m.onnx")).graph
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in g.input}
     assert dims["caption__input_ids"] == ["batch", "caption_length"]
-    assert dims["image"][0] == "batch" and dims["image"][1:] == [3, 32, 32]
+    # images: one per distinct file (their own dynamic count), read per row through the index
+    assert dims["image"] == ["image_images", 3, 32, 32] and dims["image__index"] == ["batch"]
     assert {"tabular__numeric", "tabular__categorical", "present__image", "present__caption"} <= set(dims)
 
 

@@ -1,10 +1,12 @@
 """ONNX export of a whole predictor (encoders + fusion + head) and an onnxruntime prediction path.
 
 The exported graph takes raw encoder inputs as named tensors, because ONNX has no dict inputs:
-image `<key>` (B, 3, S, S) float; text `<key>__input_ids`, `<key>__attention_mask` (B, L) int64; audio
-`<key>` (B, n_mels, T) float; tabular `tabular__numeric`, `tabular__numeric_missing`, `tabular__categorical`;
-presence `present__<key>` (B,) bool. Batch is dynamic, and so are text length and audio frames. Output:
-`logits`. The polymodal metadata (preprocessing, input names, task) is stored in the ONNX file itself
+image `<key>` (U, 3, S, S) float with `<key>__index` (B,) int64 (row b reads image index[b]: rows that
+share an image file carry it once; the index is 0..B-1 when they do not); text `<key>__input_ids`,
+`<key>__attention_mask` (B, L) int64; audio `<key>` (B, n_mels, T) float; tabular `tabular__numeric`,
+`tabular__numeric_missing`, `tabular__categorical`; presence `present__<key>` (B,) bool. Batch is dynamic,
+and so are the image count, text length and audio frames. Output: `logits`. The polymodal metadata
+(preprocessing, input names, task) is stored in the ONNX file itself
 (metadata_props["polymodal"]); text tokenizers are copied beside it (`<file>.tokenizers/<key>/`,
 to be moved along with the file).
 """
@@ -49,7 +51,8 @@ class FlatInput:
 
     name: str
     key: str
-    part: str | None  # "input_ids" etc. for dict inputs, None for a plain tensor, "present" for masks
+    part: str | None  # "input_ids" etc. for dict inputs, None for a plain tensor, "present" for masks,
+    # "index" for an image input's row -> distinct image index
     dynamic: dict[int, str]
 
     def to_dict(self) -> dict:
@@ -70,6 +73,8 @@ def flat_inputs(prep: Preprocessor, keys: list[str]) -> list[FlatInput]:
                     for p in ("numeric", "numeric_missing", "categorical")]
         elif mod == AUDIO:
             out.append(FlatInput(s, key, None, {0: "batch", 2: f"{s}_frames"}))
+        elif mod == IMAGE:
+            out += [FlatInput(s, key, None, {0: f"{s}_images"}), FlatInput(f"{s}__index", key, "index", {0: "batch"})]
         else:
             out.append(FlatInput(s, key, None, {0: "batch"}))
     out += [FlatInput(f"present__{_safe(k)}", k, "present", {0: "batch"}) for k in sorted(keys)]
@@ -88,10 +93,10 @@ class FlatModel(nn.Module):
 
 
 def unflatten(spec: list[FlatInput], tensors) -> dict:
-    batch: dict = {"inputs": {}, "features": {}, "present": {}}
+    batch: dict = {"inputs": {}, "features": {}, "present": {}, "index": {}}
     for s, t in zip(spec, tensors, strict=True):
-        if s.part == "present":
-            batch["present"][s.key] = t
+        if s.part in ("present", "index"):
+            batch[s.part][s.key] = t
         elif s.part is None:
             batch["inputs"][s.key] = t
         else:
@@ -100,12 +105,18 @@ def unflatten(spec: list[FlatInput], tensors) -> dict:
 
 
 def flatten(spec: list[FlatInput], batch: dict) -> list[torch.Tensor]:
-    out = []
+    """The batch's tensors in `spec`'s order. An image input's index is 0..B-1 when the batch has none; a graph
+    without index inputs (exported before they existed) gets its distinct images expanded to one per row."""
+    out, index, indexed = [], batch.get("index", {}), {s.key for s in spec if s.part == "index"}
     for s in spec:
         if s.part == "present":
             out.append(batch["present"][s.key])
+        elif s.part == "index":
+            rows = len(batch["present"][s.key])
+            out.append(index[s.key] if s.key in index else torch.arange(rows, dtype=torch.int64))
         elif s.part is None:
-            out.append(batch["inputs"][s.key])
+            t = batch["inputs"][s.key]
+            out.append(t[index[s.key]] if s.key in index and s.key not in indexed else t)
         else:
             out.append(batch["inputs"][s.key][s.part])
     return out
@@ -162,6 +173,8 @@ def export_model(model: nn.Module, prep: Preprocessor, path: str | Path, meta: d
     eager_attention(model)
     spec = flat_inputs(prep, list(model.encoders.keys()))
     example = random_batch(prep, model)
+    # image inputs with a row -> image index (traced as a Gather after the encoder; 0..B-1 here)
+    example["index"] = {s.key: torch.arange(len(example["present"][s.key])) for s in spec if s.part == "index"}
     flat = FlatModel(model, spec).eval()
     with torch.no_grad(), warnings.catch_warnings():
         # Tracer warnings (Python values read from tensors in HF mask code) are expected: parity on other

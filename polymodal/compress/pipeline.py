@@ -144,8 +144,10 @@ def _feeds(predictor, df: pd.DataFrame, batch: int) -> list[dict]:
     """Feed dicts for `df` in batches of `batch`, text padded to one length across all of them: histogram
     calibrators (entropy, percentile) need every batch of a tensor to have the same shape."""
     spec = flat_inputs(predictor.prep, list(predictor.model.encoders.keys()))
-    whole = to_numpy_feeds(spec, table_batch(predictor.prep, df))
-    return [{k: v[i:i + batch] for k, v in whole.items()} for i in range(0, len(df), batch)]
+    whole = to_numpy_feeds(spec, table_batch(predictor.prep, df))  # one image per row: the index is 0..n-1
+    index = {s.name for s in spec if s.part == "index"}  # per batch, it counts from 0 again
+    return [{k: v[i:i + batch] - i if k in index else v[i:i + batch] for k, v in whole.items()}
+            for i in range(0, len(df), batch)]
 
 
 def calibration_feeds(predictor, table, rows: int = 128, batch: int = 32, seed: int = 0) -> list[dict]:

@@ -180,6 +180,7 @@ class TableDataset(Dataset):
         self.features = {k: (f[0], f[1]) for k, f in features.items()}
         self.views = {k: f[2] for k, f in features.items() if len(f) > 2} if self.augment else {}
         self.n = len(df)
+        self._batch_images: dict[str, dict[str, np.ndarray]] | None = None  # __getitems__: this batch's images
         self.source = df.attrs.get("source", "<DataFrame>")
         self.rows = np.asarray(df.index)
         base = df.attrs.get("base_dir", os.getcwd())
@@ -213,10 +214,17 @@ class TableDataset(Dataset):
 
     def __getitems__(self, indices: list[int]):
         """Batched fetch (DataLoader calls this with a batch's indices): one array gather when nothing needs
-        decoding, else the per-row items for the Collator."""
-        if self.values:
+        decoding, else the per-row items for the Collator. Outside training, rows of the batch that name the
+        same image share one decoded array (read once), which the Collator then stacks once."""
+        if not self.values:
+            return _gather_batch(self, indices)
+        if self.train:  # training batches keep a row per image (BatchNorm statistics, augmentation)
             return [self[i] for i in indices]
-        return _gather_batch(self, indices)
+        self._batch_images = {}
+        try:
+            return [self[i] for i in indices]
+        finally:
+            self._batch_images = None
 
     def __getitem__(self, index: int) -> dict:
         # An EpochSampler passes epoch * n + i, so augmentation is a function of (seed, epoch, row) alone.
@@ -238,6 +246,11 @@ class TableDataset(Dataset):
                     item["inputs"][key] = placeholder(spec.modality, spec.config)
                 elif spec.modality == IMAGE and v in self.decoded.get(key, ()):
                     item["inputs"][key] = self.decoded[key][v]
+                elif spec.modality == IMAGE and self._batch_images is not None:
+                    shared = self._batch_images.setdefault(key, {})
+                    if v not in shared:
+                        shared[v] = load_image(v, spec.config["image_size"], spec.config["mean"], spec.config["std"])
+                    item["inputs"][key] = shared[v]
                 elif spec.modality == IMAGE:
                     item["inputs"][key] = load_image(
                         v, spec.config["image_size"], spec.config["mean"], spec.config["std"], self.augment, rng)
@@ -316,7 +329,11 @@ def placeholder(modality: str, cfg: dict) -> np.ndarray:
 
 
 class Collator:
-    """Stack items into a Batch; tokenises text here so padding is per batch, not per dataset."""
+    """Stack items into a Batch; tokenises text here so padding is per batch, not per dataset.
+
+    Image arrays that rows share (the same object: one file decoded once for the batch, at inference) are
+    stacked once: `inputs[key]` then holds the U distinct images and `index[key]` (B,) says which one each
+    row reads, so the encoder runs U times instead of B (a VQA table asks several questions per image)."""
 
     def __init__(self, prep: Preprocessor) -> None:
         self.prep = prep
@@ -343,6 +360,10 @@ class Collator:
             elif spec.modality in (VIDEO, TIMESERIES):
                 batch["inputs"][key] = stack_sequences(vals)
             else:
+                if spec.modality == IMAGE:
+                    vals, index = _distinct(vals)
+                    if index is not None:
+                        batch.setdefault("index", {})[key] = index
                 batch["inputs"][key] = _stack_media(vals)
         if "target" in items[0]:
             batch["target"] = torch.from_numpy(np.stack([it["target"] for it in items]))
@@ -361,6 +382,16 @@ def stack_sequences(vals: list[dict]) -> dict[str, torch.Tensor]:
             x[i, :a.shape[0]] = a
         out[k] = torch.from_numpy(x)
     return out
+
+
+def _distinct(vals: list) -> tuple[list, torch.Tensor | None]:
+    """The distinct arrays (by identity, in order of first use) and each row's position among them; no index
+    when every row has its own array."""
+    first: dict[int, int] = {}
+    index = [first.setdefault(id(v), len(first)) for v in vals]
+    if len(first) == len(vals):
+        return vals, None
+    return list({id(v): v for v in vals}.values()), torch.from_numpy(np.asarray(index, dtype=np.int64))
 
 
 def _stack_media(vals: list) -> torch.Tensor:
