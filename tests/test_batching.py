@@ -100,6 +100,28 @@ def test_calibration_measures_every_size_and_sets_the_limit():
     assert asyncio.run(off.calibrate("probe")) == {}  # batching off: nothing to calibrate
 
 
+def test_calibration_batches_hold_distinct_copies_of_the_probe():
+    """Rows sharing one array are encoded once (the Collator's distinct images), which concurrent requests,
+    each decoding its own upload, never do: the calibration's rows must not share arrays either, or it
+    measures the image encoder once per batch and finds batching cheaper than it is."""
+    import numpy as np
+
+    seen = []
+
+    def record(items):
+        seen.append(len({id(it["inputs"]["image"]) for it in items}) == len(items))
+        return items
+
+    async def main():
+        b = MicroBatcher(record, max_batch=4, max_wait_ms=5)
+        await b.start()
+        await b.calibrate({"inputs": {"image": np.zeros((3, 4, 4), np.float32)}}, rounds=2)
+        await b.stop()
+
+    asyncio.run(main())
+    assert len(seen) == 6 and all(seen)  # sizes 1, 2, 4 twice, never an array shared by two rows
+
+
 def run_batcher(fn, items, **kw):
     sizes: list[int] = []
 
