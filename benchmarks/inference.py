@@ -262,22 +262,29 @@ def serve_phases(seconds: float, out: Path, engines: list[str], waits: list[floa
     root = WORK / "serve_load"
     run = S.make_run(root, "efficientnet-lite0")
     image = (root / "imgs" / "0.png").read_bytes()
-    settings = [(e, b, w) for e in engines for b in batching_modes for w in (waits if b else [0.0])]
+    # a setting named twice (e.g. --batching on,off,off) runs twice, in servers of its own: an A/A control
+    # that shows how far two identical servers differ on this machine
+    settings: list[tuple] = []
+    for e in engines:
+        for b in batching_modes:
+            for w in (waits if b else [0.0]):
+                settings.append((e, b, w, sum(x[:3] == (e, b, w) for x in settings)))
     servers: dict[tuple, tuple[int, subprocess.Popen]] = {}
     rows = []
     try:
-        for engine, batching, wait in settings:
+        for engine, batching, wait, replica in settings:
             os.environ["POLYMODAL_ENGINE"] = engine  # inherited by the server subprocess
             port = S.free_port()
-            servers[(engine, batching, wait)] = (port, S.start_server(run, port, batching, wait, timeout=180))
+            servers[(engine, batching, wait, replica)] = (port, S.start_server(run, port, batching, wait,
+                                                                               timeout=180))
         for r in range(rounds):
             for clients in clients_list:
                 # the order of the settings alternates by round (ABBA): whichever runs first after a heavy phase
                 # (or the server's start) meets the machine's leftovers; over rounds each setting does alike
                 order = list(servers.items())
-                for (engine, batching, wait), (port, _) in (order if r % 2 == 0 else order[::-1]):
+                for (engine, batching, wait, replica), (port, _) in (order if r % 2 == 0 else order[::-1]):
                     row = {"round": r, "engine": engine, "batching": batching, "max_wait_ms": wait,
-                           "clients": clients}
+                           "replica": replica, "clients": clients}
                     before, waits_before = S.batch_counts(port), company_waits(port)
                     res = asyncio.run(S.load(f"http://127.0.0.1:{port}/predict", image, clients,
                                              requests or S.REQUESTS[clients], seconds))
@@ -300,11 +307,12 @@ def serve_phases(seconds: float, out: Path, engines: list[str], waits: list[floa
                 proc.kill()
                 proc.wait()
     summary = []
-    for (engine, batching, wait) in servers:
+    for (engine, batching, wait, replica) in servers:
         for clients in clients_list:
-            mine = [x for x in rows if (x["engine"], x["batching"], x["max_wait_ms"], x["clients"])
-                    == (engine, batching, wait, clients)]
-            summary.append({"engine": engine, "batching": batching, "max_wait_ms": wait, "clients": clients,
+            mine = [x for x in rows if (x["engine"], x["batching"], x["max_wait_ms"], x["replica"], x["clients"])
+                    == (engine, batching, wait, replica, clients)]
+            summary.append({"engine": engine, "batching": batching, "max_wait_ms": wait, "replica": replica,
+                            "clients": clients,
                             **{k: round(statistics.median(x[k] for x in mine), 2)
                                for k in ("throughput_rps", "p50_ms", "p99_ms", "mean_batch")},
                             "errors": sum(x["errors"] for x in mine), "rounds": len(mine)})
