@@ -271,3 +271,64 @@ def test_company_waits_are_counted_only_when_a_lone_item_waits(enabled):
         assert b.company_waits == 1 and 0.02 <= b.company_wait_s < 5.0
     else:
         assert b.company_waits == 0 and b.company_wait_s == 0.0
+
+
+def test_online_check_keeps_batching_only_where_it_lowers_latency():
+    """Where the calibration says batching pays, windows of batching and of one-row forwards alternate while
+    serving, and the mode with the lower mean request latency is kept (one row on a tie), then checked again."""
+    p = BatchPolicy(max_batch=8, max_wait_s=0.005, window=4, keep=3)
+    p.calibrate({1: 0.010, 2: 0.006, 4: 0.004, 8: 0.004})
+    assert p.limit() == 4
+
+    def window(latency: float, company: int = 3) -> None:
+        p.answered([latency] * 4, queued=company)
+
+    modes = []
+    for on, off in [(0.05, 0.04), (0.05, 0.04)]:  # batching makes requests slower here
+        modes.append(p.limit())
+        window(on)
+        modes.append(p.limit())
+        window(off)
+    assert modes == [4, 1, 4, 1] and p.limit() == 1 and p.wait() == 0.0
+    assert p.decisions[-1] == {"batching_ms": 50.0, "single_ms": 40.0, "batching": False}
+    for _ in range(3):
+        assert p.limit() == 1
+        window(0.04)
+    assert p.limit() == 4  # kept for 3 windows, then checked again: now batching is faster
+    for _ in range(2):
+        window(0.02)
+        window(0.04)
+    assert p.limit() == 4 and p.decisions[-1]["batching"] is True
+    for _ in range(3):
+        window(0.03)
+    for _ in range(2):  # a tie (within the 2 % margin): rows need not wait for each other
+        window(0.0400)
+        window(0.0401)
+    assert p.limit() == 1 and p.decisions[-1]["batching"] is False
+    assert (p.checks, p.kept_batching) == (3, 1)
+
+
+def test_online_check_ignores_windows_without_company_and_policies_that_never_batch():
+    p = BatchPolicy(max_batch=8, max_wait_s=0.005, window=4, keep=3)
+    p.calibrate({1: 0.010, 8: 0.004})
+    for _ in range(10):  # one client: one-row forwards with nobody queued tell nothing
+        p.answered([0.01], queued=0)
+    assert p.checks == 0 and p.limit() == 8
+    flat = BatchPolicy(max_batch=8, max_wait_s=0.005, window=4)
+    flat.calibrate({1: 0.010, 8: 0.0099})  # never pays: no check, always one row
+    for _ in range(20):
+        flat.answered([0.01] * 4, queued=3)
+    assert flat.checks == 0 and flat.limit() == 1
+
+
+def test_the_batcher_reports_each_answered_rows_latency_to_its_policy():
+    async def main():
+        b = MicroBatcher(lambda xs: xs, max_batch=8, max_wait_ms=5)
+        await b.start()
+        b.policy.calibrate({1: 0.010, 8: 0.004})
+        out = await asyncio.gather(*(b.submit(i) for i in range(8)))
+        await b.stop()
+        return out, b.policy
+
+    out, policy = asyncio.run(main())
+    assert out == list(range(8)) and policy._rows == 8 and 0 < policy._latency < 8 * 5.0

@@ -170,6 +170,11 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, batc
             lambda: batcher.company_waits)
         metrics.counters["polymodal_batch_company_wait_seconds_total"] = (
             "Seconds forwards were held back waiting for company.", lambda: batcher.company_wait_s)
+        metrics.counters["polymodal_batch_checks_kept_batching_total"] = (
+            "Online checks (batching vs one row per forward, by request latency) that kept batching.",
+            lambda: batcher.policy.kept_batching)
+        metrics.counters["polymodal_batch_checks_total"] = (
+            "Online checks of batching vs one row per forward while serving.", lambda: batcher.policy.checks)
         model_health = ModelHealth(batcher, builder, metrics)
         prep = predictor.prep
 

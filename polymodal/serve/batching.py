@@ -13,6 +13,12 @@ batching at 64 clients: rows of a batch wait for each other, and a saving measur
 survive decoding threads competing for the same cores. The server calibrates at startup
 (`calibrate`: per-row cost at each batch size, sizes interleaved) and batches only up to a size that is
 clearly cheaper per row (by 15 %); where none is, batching runs exactly as no batching does.
+
+A forward that is cheaper per row in isolation can still lose in the server (measured: batches of ~3 rows
+at 8 clients, 79 vs 83 requests/s), so where the calibration says batching pays, the policy also checks it
+while serving: it alternates windows of batching and of one-row forwards under whatever load is offered,
+compares the requests' mean latency (submit to result: under a closed-loop load the lower one is the higher
+throughput, under an open one it is the better latency), keeps the winner for a while and checks again.
 """
 
 from __future__ import annotations
@@ -46,12 +52,26 @@ class BatchPolicy:
     `wait()` is how long a lone item waits for company: at most `max_wait`, never longer than one forward of a
     single row (EWMA while serving), and only when batching pays (or is not measured) and the mean gap between
     arrivals (EWMA) is shorter than that wait, so that company is expected.
+
+    Online check (where the calibration says batching pays): windows of `window` rows answered alternate
+    between the calibrated limit and one row per forward (batch, single, batch, single); the mode with the
+    lower mean request latency over its windows is kept for `keep` windows (single unless batching is lower
+    by `margin`: a tie is no reason to make rows wait for each other), then the check runs again. Windows
+    in which no forward had company (one client) do not count: the two modes then run alike.
     """
 
+    EXPLORE = (True, False, True, False)  # the check's windows: batching on, off, on, off
+
     def __init__(self, max_batch: int, max_wait_s: float, alpha: float = 0.25, tolerance: float = 0.05,
-                 min_gain: float = 0.15) -> None:
+                 min_gain: float = 0.15, window: int = 48, keep: int = 12, margin: float = 0.02) -> None:
         self.max_batch, self.max_wait, self.alpha, self.tolerance = max_batch, max_wait_s, alpha, tolerance
-        self.min_gain = min_gain
+        self.min_gain, self.window, self.keep, self.margin = min_gain, window, keep, margin
+        self.batching = True  # the online check's current mode (only matters where the calibration says pays)
+        self._step = 0  # position in the cycle: EXPLORE's windows, then `keep` windows of the chosen mode
+        self._rows, self._latency, self._queued = 0, 0.0, 0  # the current window's rows, their latency sum
+        self._trial: dict[bool, list[float]] = {True: [], False: []}  # the check's mean latency per mode
+        self.decisions: deque[dict] = deque(maxlen=20)  # the latest checks' outcomes (logs, tests)
+        self.checks, self.kept_batching = 0, 0  # all checks, and those that kept batching (/metrics)
         self.sizes = sorted({min(max_batch, 1 << i) for i in range(max_batch.bit_length() + 1)})
         self.costs: dict[int, float] = {}  # calibrated seconds per row by batch size
         self.single: float | None = None  # EWMA seconds of a one-row forward while serving
@@ -82,9 +102,43 @@ class BatchPolicy:
         if size == 1:
             self.single = seconds if self.single is None else self.single + self.alpha * (seconds - self.single)
 
+    def answered(self, latencies: list[float], queued: int) -> None:
+        """A forward's rows were answered `latencies` seconds after they were submitted, with `queued` items
+        still waiting when it started (company, or not). Advances the online check."""
+        if self.pays() is not True:
+            return
+        self._rows += len(latencies)
+        self._latency += sum(latencies)
+        self._queued += queued + len(latencies) - 1
+        if self._rows < self.window:
+            return
+        mean, contended = self._latency / self._rows, self._queued > 0
+        self._rows, self._latency, self._queued = 0, 0.0, 0
+        if self._step < len(self.EXPLORE):
+            if not contended:  # one client: both modes ran alike, this window tells nothing; run it again
+                return
+            self._trial[self.batching].append(mean)
+            self._step += 1
+            if self._step == len(self.EXPLORE):
+                on, off = (sum(v) / len(v) for v in (self._trial[True], self._trial[False]))
+                self.batching = on < off * (1 - self.margin)
+                self.checks += 1
+                self.kept_batching += self.batching
+                self.decisions.append({"batching_ms": round(on * 1000, 2), "single_ms": round(off * 1000, 2),
+                                       "batching": self.batching})
+                log.debug("micro-batching check: mean latency %.1f ms batching, %.1f ms one row: %s", on * 1000,
+                          off * 1000, "batching" if self.batching else "one row per forward")
+            else:
+                self.batching = self.EXPLORE[self._step]
+            return
+        self._step += 1
+        if self._step >= len(self.EXPLORE) + self.keep:  # check again: the load may have changed
+            self._step, self._trial = 0, {True: [], False: []}
+            self.batching = self.EXPLORE[0]
+
     def limit(self) -> int:
         """Most items to put in the next forward."""
-        return self._limit
+        return self._limit if self.batching or self.pays() is not True else 1
 
     def pays(self) -> bool | None:
         """Whether batches of the calibrated limit cost less per row than one row (None: not calibrated)."""
@@ -94,7 +148,7 @@ class BatchPolicy:
 
     def wait(self) -> float:
         """Seconds a lone item waits for company before its forward starts."""
-        if self._limit < 2 or self.max_wait <= 0 or self.pays() is False:
+        if self.limit() < 2 or self.max_wait <= 0 or self.pays() is False:
             return 0.0
         wait = self.max_wait if self.single is None else min(self.max_wait, self.single)
         return wait if self.gap is None or self.gap < wait else 0.0  # None: nothing to go by yet
@@ -102,17 +156,19 @@ class BatchPolicy:
     def state(self) -> dict:
         """What the policy has measured (for logs and tests)."""
         return {"limit": self._limit, "wait_s": self.wait(), "single_row_s": self.single, "gap_s": self.gap,
-                "calibrated_s_per_row": dict(self.costs)}
+                "calibrated_s_per_row": dict(self.costs), "batching_now": self.limit() > 1,
+                "checks": list(self.decisions)[-5:]}
 
 
 class _Entry:
     """Queued work: one submitted item, or a job (`call`) that runs alone (run_now, calibration)."""
 
-    __slots__ = ("items", "future", "loop", "call")
+    __slots__ = ("items", "future", "loop", "call", "submitted")
 
     def __init__(self, items: list[Any], future: asyncio.Future, loop: asyncio.AbstractEventLoop,
                  call: Callable[[], Any] | None = None):
         self.items, self.future, self.loop, self.call = items, future, loop, call
+        self.submitted = time.perf_counter()
 
 
 def _resolve(fut: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
@@ -145,6 +201,7 @@ class MicroBatcher:
         self.company_waits, self.company_wait_s = 0, 0.0
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._queued = 0
 
     @property
     def running(self) -> bool:
@@ -239,6 +296,7 @@ class MicroBatcher:
             if first.call is not None:
                 return [first]
             batch, limit = [first], self.policy.limit()
+            self._queued = len(self._queue)  # company at the start of this forward (the online check's test)
             start = time.perf_counter()
             deadline, waited = start + self.policy.wait(), False
             while len(batch) < limit:
@@ -293,6 +351,9 @@ class MicroBatcher:
         self._report(live[0].loop, len(live))
         for e, res in zip(live, results):
             self._deliver(e, [res])
+        now = time.perf_counter()
+        with self._cond:
+            self.policy.answered([now - e.submitted for e in live], self._queued)
 
     def _deliver(self, e: _Entry, results: list[Any], report: int = 0) -> None:
         if report:
