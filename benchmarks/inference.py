@@ -294,6 +294,8 @@ def serve_phases(seconds: float, out: Path, engines: list[str], waits: list[floa
                                mean_batch=round((after[0] - before[0]) / max(forwards, 1), 2),
                                company_waits=int(waits_after[0] - waits_before[0]),
                                company_wait_ms=round((waits_after[1] - waits_before[1]) * 1000, 1),
+                               online_checks=int(waits_after[2] - waits_before[2]),
+                               checks_kept_batching=int(waits_after[3] - waits_before[3]),
                                load_avg_1min=round(os.getloadavg()[0], 2))
                     rows.append(row)
                     print(row, flush=True)
@@ -322,14 +324,16 @@ def serve_phases(seconds: float, out: Path, engines: list[str], waits: list[floa
         print(x)
 
 
-def company_waits(port: int) -> tuple[float, float]:
-    """(forwards held back for company, seconds held) so far, from the server's /metrics."""
+def company_waits(port: int) -> tuple[float, float, float, float]:
+    """(forwards held back for company, seconds held, online checks, checks that kept batching) so far, from
+    the server's /metrics."""
     import httpx
 
     vals = {line.split(" ")[0]: float(line.split(" ")[1]) for line in
-            httpx.get(f"http://127.0.0.1:{port}/metrics").text.splitlines() if line.startswith("polymodal_batch_comp")}
+            httpx.get(f"http://127.0.0.1:{port}/metrics").text.splitlines() if line.startswith("polymodal_batch_c")}
     return (vals.get("polymodal_batch_company_waits_total", 0.0),
-            vals.get("polymodal_batch_company_wait_seconds_total", 0.0))
+            vals.get("polymodal_batch_company_wait_seconds_total", 0.0), vals.get("polymodal_batch_checks_total", 0.0),
+            vals.get("polymodal_batch_checks_kept_batching_total", 0.0))
 
 
 def encode_phases(run: Path, values: int, out: Path) -> None:
