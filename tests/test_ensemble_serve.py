@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from polymodal.cli import app as cli  # noqa: E402
 from polymodal.contracts import outputs_to_answers  # noqa: E402
+from polymodal.data.dataset import Collator, TableDataset  # noqa: E402
 from polymodal.ensemble import EnsemblePredictor, EnsembleSettings  # noqa: E402
 from polymodal.ensemble.serving import answers  # noqa: E402
 from polymodal.runs import load_run  # noqa: E402
@@ -57,6 +58,17 @@ def test_ensemble_run_serves_predict_proba(image_table, tmp_path):
     probs = np.array([[a["probabilities"][c] for c in expected.columns] for a in got])
     np.testing.assert_allclose(probs, expected.to_numpy(), atol=1e-4)
     assert [a["prediction"] for a in got] == list(expected.columns[expected.to_numpy().argmax(1)])
+    # rows collated from a table that share images (each encoded once, read back through the index) answer
+    # as the same rows collated one image per row
+    rep = rows.iloc[[0, 1, 0, 0, 1]].reset_index(drop=True)
+    rep.attrs["base_dir"] = str(image_table.parent)
+    ds = TableDataset(rep, q.prep, train=False, with_target=False)
+    shared, plain = Collator(q.prep)(ds.__getitems__(list(range(5)))), Collator(q.prep)([ds[i] for i in range(5)])
+    assert shared["index"]["image"].tolist() == [0, 1, 0, 0, 1] and "index" not in plain
+    a, b = q.answer_batch(shared), q.answer_batch(plain)
+    assert [x["prediction"] for x in a] == [x["prediction"] for x in b]
+    np.testing.assert_allclose([list(x["probabilities"].values()) for x in a],
+                               [list(x["probabilities"].values()) for x in b], atol=1e-6)
 
     r = CliRunner().invoke(cli, ["export", str(run), "--out", str(tmp_path / "m.onnx")])
     assert r.exit_code == 2 and "is an ensemble" in r.output and "export and compress" in r.output

@@ -48,7 +48,9 @@ def encoded(ens, batch: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for key in ens.featurizer.keys:
         enc = model.encoders[key].eval()
         x = batch["inputs"][key]
-        f = (enc.prefix(x).half() if getattr(enc, "train_top", 0) else enc(x)).float().numpy()
+        f = (enc.prefix(x).half() if getattr(enc, "train_top", 0) else enc(x)).float()
+        index = batch.get("index", {}).get(key)  # rows sharing an image: encoded once, read back per row
+        f = (f if index is None else f[index]).numpy()
         present = batch["present"][key].numpy().astype(bool)
         f[~present] = 0.0
         out[key] = (f, present)
@@ -59,13 +61,15 @@ def encoded(ens, batch: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def network_output(member: FusionMember, net, batch: dict, values: pd.DataFrame | None, shared: dict,
                    shared_ids: dict[str, str], problem) -> np.ndarray:
     """One fusion-network fold's output for a collated batch (see the module docstring)."""
-    b = {"inputs": dict(batch["inputs"]), "features": {}, "present": dict(batch["present"])}
+    b = {"inputs": dict(batch["inputs"]), "features": {}, "present": dict(batch["present"]),
+         "index": dict(batch.get("index", {}))}
     if values is not None and TABULAR in net.prep.inputs:
         b["inputs"][TABULAR] = {k: torch.from_numpy(v) for k, v in net.prep.tabular_arrays(values).items()}
     for key, enc in net.model.encoders.items():
         same = key in shared and getattr(enc, "cache_id", None) == shared_ids.get(key)
         if same and key not in net.model.token_inputs and not getattr(enc, "train_top", 0):
-            b["features"][key] = torch.from_numpy(shared[key][0])
+            b["features"][key] = torch.from_numpy(shared[key][0])  # per row already: no index for it
+            b["index"].pop(key, None)
     probs = net.task.probabilities(net.model.eval()(b)).float().numpy()
     return member.outputs(net, probs, problem)
 
