@@ -103,3 +103,22 @@ def test_flatten_feeds_graphs_with_and_without_the_index_input(golden):
     # a batch without repeats gets the identity index
     feeds = dict(zip([s.name for s in spec], flatten(spec, plain), strict=True))
     assert feeds[f"{key}__index"].tolist() == list(range(len(ORDER)))
+
+
+def test_exported_graph_predicts_repeated_images_once(golden, tmp_path, monkeypatch):
+    from polymodal.compress import onnx_export as X
+
+    p, rows, expected = golden
+    X.export_predictor(p, tmp_path / "m.onnx")
+    o = X.OnnxPredictor(tmp_path / "m.onnx")
+    key, seen, real = _image_key(p), [], X.to_numpy_feeds
+
+    def recording(spec, batch):
+        feeds = real(spec, batch)
+        seen.append(len(feeds[key]))
+        return feeds
+
+    monkeypatch.setattr(X, "to_numpy_feeds", recording)
+    got = o.predict_proba(rows.iloc[ORDER].reset_index(drop=True), as_pandas=False)
+    np.testing.assert_allclose(got, expected[ORDER], atol=1e-5, rtol=0)
+    assert seen == [5]

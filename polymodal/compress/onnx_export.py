@@ -122,10 +122,12 @@ def flatten(spec: list[FlatInput], batch: dict) -> list[torch.Tensor]:
     return out
 
 
-def table_batch(prep: Preprocessor, df: pd.DataFrame) -> dict:
-    """Raw encoder inputs for every row of `df` (no feature cache): what an exported model consumes."""
+def table_batch(prep: Preprocessor, df: pd.DataFrame, shared_images: bool = False) -> dict:
+    """Raw encoder inputs for every row of `df` (no feature cache): what an exported model consumes. One
+    image per row, or with `shared_images` each distinct image file once and the batch's row -> image index
+    (as predict's batches: fewer encoder passes; not for feeds sliced by row, such as calibration's)."""
     ds = TableDataset(df, prep, None, train=False, with_target=False)
-    return Collator(prep)([ds[i] for i in range(len(ds))])
+    return Collator(prep)(ds.__getitems__(list(range(len(ds)))) if shared_images else [ds[i] for i in range(len(ds))])
 
 
 def random_batch(prep: Preprocessor, model: nn.Module, batch_size: int = 3, seq_len: int = 11,
@@ -325,7 +327,7 @@ class OnnxPredictor:
         df, _ = raise_or_drop(df, check_rows(df, self.prep, with_target=False), "error")
         out = []
         for i in range(0, len(df), self.batch_size):
-            batch = table_batch(self.prep, df.iloc[i:i + self.batch_size])
+            batch = table_batch(self.prep, df.iloc[i:i + self.batch_size], shared_images=True)
             out.append(self.session.run(["logits"], to_numpy_feeds(self.spec, batch))[0])
         return np.concatenate(out) if out else np.zeros((0, self.task.num_outputs), np.float32)
 
