@@ -72,3 +72,38 @@ def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
     r = subprocess.run([sys.executable, "-m", "polymodal", "fit", "--resume", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "not an interrupted polymodal run" in r.stderr
+
+
+def test_last_checkpoint_is_the_last_epoch_not_the_last_improvement(tmp_path):
+    """Lightning 2.6 writes last.ckpt only when the monitored score improves; a resume must start from the
+    last epoch that ran (here 3), not the last one that improved (1)."""
+    import lightning as L
+    import torch
+
+    from polymodal.training.callbacks import AtomicCheckpoint
+
+    scores = [0.5, 0.9, 0.1, 0.2]  # improves at epochs 0 and 1 only
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, _):
+            return (self.w - batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, _):
+            self.log("val_acc", scores[self.current_epoch])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 1)), batch_size=2)
+    ckpt = AtomicCheckpoint(dirpath=tmp_path, filename="best", monitor="val_acc", mode="max", save_top_k=1,
+                            save_last=True, enable_version_counter=False)
+    L.Trainer(max_epochs=4, callbacks=[ckpt], logger=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(Module(), data, data)
+    last = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    best = torch.load(tmp_path / "best.ckpt", weights_only=False)
+    assert last["epoch"] == 3 and best["epoch"] == 1
+    assert not list(tmp_path.glob("*.partial"))

@@ -23,6 +23,29 @@ from polymodal.distributed import global_rank, world_size
 
 
 class AtomicCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose files are written whole (a `.partial` file renamed into place), and whose
+    `last.ckpt` is the last epoch run.
+
+    Lightning 2.6 writes `last.ckpt` only in a step that also saved a top-k checkpoint, i.e. when the monitored
+    score improved; `fit --resume` after an interruption would then restart from the last improving epoch and
+    train the later ones again. Here `last.ckpt` is written at every epoch's save point."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_anyway(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_anyway(trainer)
+
+    def _save_last_anyway(self, trainer) -> None:
+        # skipped when this step already saved (a better top-k checkpoint and last), in sanity checks and
+        # outside fitting
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         tmp = f"{filepath}.partial"
         trainer.save_checkpoint(tmp, self.save_weights_only)
