@@ -69,9 +69,7 @@ class MultimodalModel(nn.Module):
                                        self.token_configs.get(key, {}))
                 else:
                     f = self.encoders[key](batch["inputs"][key]).float()
-                # the Collator's distinct images: the encoder ran once per image, each row reads its own
-                index = batch.get("index", {}).get(key)
-                features[key] = f if index is None else f[index]
+                features[key] = per_row(f, batch, key)
         return features, batch["present"]
 
     def fuse(self, features: Features, present: Present) -> torch.Tensor:
@@ -90,6 +88,13 @@ class MultimodalModel(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.head(self.fuse(*self.encode(batch)))
+
+
+def per_row(encoded: torch.Tensor, batch: dict, key: str) -> torch.Tensor:
+    """An encoder's output for `batch["inputs"][key]`, one per row: where the Collator stacked the distinct
+    images once (`batch["index"][key]`), each row reads its own back."""
+    index = batch.get("index", {}).get(key)
+    return encoded if index is None else encoded[index]
 
 
 def move_batch(batch, device: torch.device | str):

@@ -246,14 +246,16 @@ class TableDataset(Dataset):
                     item["inputs"][key] = placeholder(spec.modality, spec.config)
                 elif spec.modality == IMAGE and v in self.decoded.get(key, ()):
                     item["inputs"][key] = self.decoded[key][v]
-                elif spec.modality == IMAGE and self._batch_images is not None:
-                    shared = self._batch_images.setdefault(key, {})
-                    if v not in shared:
-                        shared[v] = load_image(v, spec.config["image_size"], spec.config["mean"], spec.config["std"])
-                    item["inputs"][key] = shared[v]
                 elif spec.modality == IMAGE:
-                    item["inputs"][key] = load_image(
-                        v, spec.config["image_size"], spec.config["mean"], spec.config["std"], self.augment, rng)
+                    # outside training, __getitems__ shares one decoded array among the batch's rows of a file
+                    shared = None if self._batch_images is None else self._batch_images.setdefault(key, {})
+                    x = None if shared is None else shared.get(v)
+                    if x is None:
+                        x = load_image(v, spec.config["image_size"], spec.config["mean"], spec.config["std"],
+                                       self.augment, rng)
+                        if shared is not None:
+                            shared[v] = x
+                    item["inputs"][key] = x
                 elif spec.modality == AUDIO:
                     x = load_audio_features(v, spec.config, self.augment, rng)
                     if x is None:  # a video without sound: its sound-track input is missing

@@ -20,6 +20,7 @@ import torch
 from polymodal.data.preprocess import Preprocessor
 from polymodal.ensemble.members import FusionMember, Rows
 from polymodal.ensemble.run_folder import ensemble_output, fitted, fold_mean
+from polymodal.model import per_row
 from polymodal.problem_types import REGRESSION
 from polymodal.types import TABULAR
 
@@ -48,9 +49,7 @@ def encoded(ens, batch: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for key in ens.featurizer.keys:
         enc = model.encoders[key].eval()
         x = batch["inputs"][key]
-        f = (enc.prefix(x).half() if getattr(enc, "train_top", 0) else enc(x)).float()
-        index = batch.get("index", {}).get(key)  # rows sharing an image: encoded once, read back per row
-        f = (f if index is None else f[index]).numpy()
+        f = per_row((enc.prefix(x).half() if getattr(enc, "train_top", 0) else enc(x)).float(), batch, key).numpy()
         present = batch["present"][key].numpy().astype(bool)
         f[~present] = 0.0
         out[key] = (f, present)
