@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from polymodal.cli_options import encoder_settings, finetune_settings, parse_kv, print_metrics
+from polymodal.cli_options import GROUP_HELP, LABEL_GROUPS, encoder_settings, finetune_settings, parse_kv, print_metrics
 from polymodal.compress.cli import compress, export
 from polymodal.data.readers import read_table
 from polymodal.data.shards import ShardReader, media_dir
@@ -42,9 +42,6 @@ from polymodal.training.report import write_model_card
 
 ALLOW_MISSING_HELP = ("a column the model was trained on that the table lacks: predict with it as a missing input "
                       "(repeat for several); without it such a table is an error")
-GROUP_HELP = ("rows sharing a value of COL stay on one side of the validation split (a patient, an image with "
-              "several questions); default: group by an image/audio/video column whose values repeat across rows "
-              "(the log says so); 'none': split by row. A numeric/categorical COL is not used as a feature")
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -123,6 +120,7 @@ def fit(
     average_epochs: int = typer.Option(0, help="keep the mean weights of the last K epochs, not the best one"),
     length_bucketing: bool = typer.Option(True, help="fine-tuned text: batch rows of similar length"),
     group_batches: bool = typer.Option(False, help="batches hold whole groups: a fine-tuned image top runs once"),
+    label_groups: str | None = LABEL_GROUPS,
     l1: float = typer.Option(0.0, help="L1 penalty on the head's weights"),
     label_smoothing: float = typer.Option(0.0),
     task: str = typer.Option("auto", help="auto (classify or regress the label) | caption (inputs → text) | "
@@ -180,6 +178,7 @@ def fit(
         text_augment=text_augment, cached_views=cached_views, length_bucketing=length_bucketing, l1=l1,
         label_smoothing=label_smoothing, group_batches=group_batches, members=members.split(",") if members else None,
         tokens=tokens, group_column=group_column, preset=preset, eval_metric=eval_metric, folds=folds,
+        label_groups=label_groups,
         task=None if task == "auto" else task,  # caption / vqa-open: a text generator (training.generation)
         **({"stream": True, "chunk_rows": chunk_rows} if stream else {}))
     p.fit(train, valid, test)

@@ -1,12 +1,22 @@
-"""Option strings of the CLI turned into settings: name=value lists, the encoder flags, `--finetune`; and the
-metrics table every command prints. Kept apart so `cli.py` stays a list of commands."""
+"""Option strings of the CLI turned into settings: name=value lists, the encoder flags, `--finetune`; help texts
+shared by commands or too long for cli.py; and the metrics table every command prints. Kept apart so `cli.py`
+stays a list of commands."""
 
 from __future__ import annotations
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
 from polymodal.errors import PolymodalError
+
+GROUP_HELP = ("rows sharing a value of COL stay on one side of the validation split (a patient, an image with "
+              "several questions); default: group by an image/audio/video column whose values repeat across rows "
+              "(the log says so); 'none': split by row. A numeric/categorical COL is not used as a feature")
+LABEL_GROUPS = typer.Option(
+    None, help="a training-only column that groups the label's classes (e.g. closed/open answers, a coarse "
+               "category): a group classifier and a head per group, p(class) = p(group) p(class | group); each "
+               "class goes to the group its training rows have most often. Not an input, not needed to predict")
 
 
 def parse_kv(spec: str | None) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -25,6 +25,36 @@ class MLPHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class GroupedHead(nn.Module):
+    """Fused vector → one logit vector over all classes, factored by class groups (`--label-groups`).
+
+    A group classifier and one MLP head per group (the classes of that group only: closed and open answers
+    reason apart, as type-conditioned VQA models do). Output[c] = log p(g(c)) + log p(c | g(c)), so
+    softmax(output) = p(group) · p(class | group) and the output is already normalised: cross-entropy,
+    probabilities, metrics and ONNX export treat it as ordinary logits. `groups[c]`: class c's group index.
+    """
+
+    def __init__(self, in_dim: int, groups: Sequence[int], hidden: int = 256, dropout: float = 0.2) -> None:
+        super().__init__()
+        n_groups = max(groups) + 1
+        members = [[c for c, g in enumerate(groups) if g == k] for k in range(n_groups)]
+        if any(not m for m in members):
+            raise ValueError(f"every group index 0..{n_groups - 1} needs at least one class, got {list(groups)}")
+        self.group_head = MLPHead(in_dim, n_groups, hidden, dropout)
+        self.heads = nn.ModuleList(MLPHead(in_dim, len(m), hidden, dropout) for m in members)
+        self.sizes = [len(m) for m in members]
+        # the heads' outputs concatenated group by group; `order` puts them back in class order
+        by_group = [c for m in members for c in m]
+        order = torch.empty(len(by_group), dtype=torch.long)
+        order[torch.tensor(by_group)] = torch.arange(len(by_group))
+        self.register_buffer("order", order, persistent=False)  # derived from the config: not in the weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_group = torch.log_softmax(self.group_head(x), dim=-1)
+        parts = [torch.log_softmax(h(x), dim=-1) + log_group[:, k:k + 1] for k, h in enumerate(self.heads)]
+        return torch.cat(parts, dim=-1)[:, self.order]
 
 
 class MultiHead(nn.Module):

@@ -19,7 +19,7 @@ from polymodal.encoders import build_encoder
 from polymodal.encoders.tokens import TOKEN_MODALITIES
 from polymodal.errors import PolymodalError
 from polymodal.fusion import FUSIONS, build_fusion
-from polymodal.model import MLPHead, MultiHead, MultimodalModel
+from polymodal.model import GroupedHead, MLPHead, MultiHead, MultimodalModel
 from polymodal.tasks import MultiTask, task_from_prep
 from polymodal.tasks.generation import GenerationModel, GenerationTask, TextDecoder, Vocabulary, init_word_embeddings
 from polymodal.training import artifacts
@@ -108,8 +108,14 @@ def assemble_model(encoders: dict[str, nn.Module], task, config: FitConfig,
     if tokens and config.fusion == "film":
         opts.setdefault("token_keys", sorted(tokens))
     fusion = build_fusion(config.fusion, in_dims, num_outputs=task.num_outputs, dropout=config.dropout, **opts)
-    if getattr(fusion, "produces_logits", False):
-        head: nn.Module = nn.Identity()
+    if config.label_groups:
+        if getattr(fusion, "produces_logits", False):
+            raise PolymodalError(f"--label-groups (label_groups) builds its own heads; fusion {config.fusion!r} "
+                                 "outputs logits itself: choose a fusion with a head (concat, ban, ...)")
+        head: nn.Module = GroupedHead(fusion.out_dim, class_groups(task.classes, config.label_group_map),
+                                      config.head_hidden, config.dropout)
+    elif getattr(fusion, "produces_logits", False):
+        head = nn.Identity()
     elif isinstance(task, MultiTask):
         head = MultiHead({n: MLPHead(fusion.out_dim, t.num_outputs, config.head_hidden, config.dropout)
                           for n, t in task.tasks.items()})
@@ -118,6 +124,16 @@ def assemble_model(encoders: dict[str, nn.Module], task, config: FitConfig,
     model = MultimodalModel(nn.ModuleDict(encoders), fusion, head, tokens)
     model.token_configs = {k: dict(prep.inputs[k].config) for k in tokens}
     return model
+
+
+def class_groups(classes: list[str], group_of: dict[str, str]) -> list[int]:
+    """Each class's group index (groups in sorted order) from the class → group map fit recorded."""
+    missing = [c for c in classes if c not in group_of]
+    if missing:
+        raise PolymodalError(f"--label-groups: no group recorded for class(es) {missing[:5]} (the run's "
+                             "label_group_map does not match its classes)")
+    names = sorted({group_of[c] for c in classes})
+    return [names.index(group_of[c]) for c in classes]
 
 
 def build_generation_model(encoders: dict[str, nn.Module], prep: Preprocessor, config: GenerationConfig,

@@ -117,12 +117,22 @@ class FitConfig(RunSettings):
     # best-validation checkpoint (early stopping still stops; training/averaging.py)
     stream: bool = False  # read the training table as Parquet/WebDataset shards, chunk by chunk (fit_stream)
     chunk_rows: int = 10_000  # rows per chunk when streaming
+    label_groups: str | None = None  # a training-only column partitioning the classes (VQA: closed / open): a
+    # group classifier and one head per group, output log p(group) + log p(class | group) (model.GroupedHead)
+    label_group_map: dict[str, str] = field(default_factory=dict)  # class → its group (set by fit, kept in config)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         k = self.average_epochs
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise PolymodalError(f"--average-epochs must be a whole number of epochs, 0 (off) or more, not {k!r}")
+        if self.label_groups is not None:
+            if not isinstance(self.label_groups, str) or not self.label_groups:
+                raise PolymodalError(f"--label-groups (label_groups) must name one column, not {self.label_groups!r}")
+            if self.label_groups in self.labels or len(self.labels) > 1:
+                raise PolymodalError("--label-groups (label_groups) needs one classification label and another "
+                                     f"column that groups its classes; got label {self.label!r} and "
+                                     f"{self.label_groups!r}")
 
 
 @dataclass(kw_only=True)

@@ -16,8 +16,8 @@ from polymodal.data.preprocess import Preprocessor
 from polymodal.data.readers import keep_rows
 from polymodal.data.schema import Schema, infer_schema
 from polymodal.data.split import row_groups, split_rows
-from polymodal.errors import DataError
-from polymodal.problem_types import BINARY, MULTILABEL, MULTITASK
+from polymodal.errors import DataError, PolymodalError
+from polymodal.problem_types import BINARY, MULTICLASS, MULTILABEL, MULTITASK
 from polymodal.tasks import MultiTask, task_from_prep, tune_threshold
 from polymodal.training.build import TABLE_RUN, assemble_model, freeze_frozen, frozen_keys
 from polymodal.training.config import FitConfig
@@ -32,12 +32,21 @@ class TableRecipe:
     kind = TABLE_RUN
 
     def schema(self, df: pd.DataFrame, config: FitConfig, log: Log) -> Schema:
-        schema = infer_schema(df, config.label, config.column_types, config.problem_type)
+        types = dict(config.column_types)
+        if config.label_groups:
+            if config.label_groups not in df.columns:
+                raise DataError(f"--label-groups (label_groups): column {config.label_groups!r} not found; columns "
+                                f"are: {', '.join(map(str, df.columns))}", file=df.attrs.get("source"))
+            types[config.label_groups] = ID  # training-only, like the label: never an input, not needed to predict
+        schema = infer_schema(df, config.label, types, config.problem_type)
         group = config.group_column
         if group in schema.columns and schema.columns[group] in (NUMERIC, CATEGORICAL) \
                 and group not in config.column_types:
             # a group identifier (patient, image id) never generalises across a grouped split: not a feature
-            schema = infer_schema(df, config.label, {**config.column_types, group: ID}, config.problem_type)
+            schema = infer_schema(df, config.label, {**types, group: ID}, config.problem_type)
+        if config.label_groups and schema.problem_type not in (BINARY, MULTICLASS):
+            raise PolymodalError(f"--label-groups (label_groups) groups the classes of a single-label classifier; "
+                                 f"label {config.label!r} is {schema.problem_type}")
         log_schema(schema, log)
         log(f"  problem type: {schema.problem_type}")
         keys, note = row_groups(df, schema.columns, group)
@@ -72,6 +81,11 @@ class TableRecipe:
     def build(self, encoders: dict[str, nn.Module], prep: Preprocessor, config: FitConfig, train,
               log: Log) -> tuple[object, nn.Module, FitConfig]:
         target = prep.encode_target(train) if isinstance(train, pd.DataFrame) else train.target  # streamed rows
+        if config.label_groups:
+            if not isinstance(train, pd.DataFrame):
+                raise PolymodalError("--label-groups (label_groups) reads the training table in memory; it does "
+                                     "not combine with --stream")
+            config.label_group_map = label_group_map(train, config.label, config.label_groups, prep.classes, log)
         task = task_from_prep(prep, config, target)
         freeze_frozen(encoders, prep, config)
         model = assemble_model(encoders, task, config, prep)
@@ -100,6 +114,26 @@ class TableRecipe:
 
 
 TABLE_RECIPE = TableRecipe()
+
+
+def label_group_map(df: pd.DataFrame, label: str, column: str, classes: list[str], log: Log) -> dict[str, str]:
+    """Each class → the value of `column` its training rows have most often (ties: the first in sorted order);
+    a class whose rows never have one goes to the largest group."""
+    has = df[column].notna() & (df[column].astype(str).str.strip() != "")
+    if not has.any():
+        raise DataError(f"--label-groups (label_groups): column {column!r} is empty in every training row",
+                        file=df.attrs.get("source"), column=column)
+    pairs = pd.DataFrame({"c": df[label].astype(str), "g": df[column].astype(str).str.strip()})[has]
+    counts = pairs.groupby(["c", "g"]).size().reset_index(name="n").sort_values(["c", "n", "g"],
+                                                                                   ascending=[True, False, True])
+    first = counts.drop_duplicates("c").set_index("c")["g"].to_dict()
+    largest = pairs["g"].value_counts().sort_index().idxmax()  # sorted first: ties go to the first name
+    mapping = {c: first.get(c, largest) for c in classes}
+    mixed = int((counts.groupby("c").size() > 1).sum())
+    sizes = pd.Series(mapping).value_counts().sort_index()
+    log(f"  label groups from {column!r}: " + ", ".join(f"{g} {n} classes" for g, n in sizes.items())
+        + (f" ({mixed} classes occur in several groups: each goes to its most frequent one)" if mixed else ""))
+    return mapping
 
 
 def fit(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, config: FitConfig, run_dir: str | os.PathLike,
