@@ -137,9 +137,11 @@ def fit_predict(train: pd.DataFrame, test: pd.DataFrame, fusion: str, seed: int,
         patience=args.patience, valid_fraction=0.15, class_weighting=False, group_column=GROUP_COLUMNS[args.group_by],
         column_types={"qid_linked_id": "id"} if args.group_by == "question" else {},
         dropout=args.dropout, label_smoothing=args.label_smoothing, weight_decay=args.weight_decay,
-        cached_views=args.cached_views, group_batches=args.group_batches, average_epochs=args.average_epochs)
+        cached_views=args.cached_views, group_batches=args.group_batches, average_epochs=args.average_epochs,
+        label_groups=args.label_groups)
     t0 = time.time()
-    cols = ["image", "question", "answer"] + (["qid_linked_id"] if args.group_by == "question" else [])
+    cols = ["image", "question", "answer"] + (["qid_linked_id"] if args.group_by == "question" else []) \
+        + ([args.label_groups] if args.label_groups else [])
     p.fit(train[cols])
     valid = p.metrics["valid"]
     info = {"valid_accuracy": round(100 * valid.get("accuracy", valid.get("oof_accuracy", float("nan"))), 2),
@@ -230,6 +232,9 @@ def main() -> None:
                     help="augmented views cached per image (fit --cached-views): augmentation for cached encoders")
     ap.add_argument("--average-epochs", type=int, default=0, metavar="K",
                     help="keep the mean weights of the last K epochs (fit --average-epochs), not the best one")
+    ap.add_argument("--label-groups", metavar="COL", default=None,
+                    help="fit --label-groups COL (answer_type: a closed/open group classifier and a head per group); "
+                         "a training-only column, the test questions' is not read")
     ap.add_argument("--bag", type=int, default=0, metavar="K",
                     help="K-fold bag of the network (fit --preset balanced --members fusion:F --folds K)")
     ap.add_argument("--group-by", choices=sorted(GROUP_COLUMNS), default="image",
