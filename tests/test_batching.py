@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -273,51 +274,90 @@ def test_company_waits_are_counted_only_when_a_lone_item_waits(enabled):
         assert b.company_waits == 0 and b.company_wait_s == 0.0
 
 
-def test_online_check_keeps_batching_only_where_it_lowers_latency():
+def test_online_check_keeps_batching_only_where_it_answers_more_rows_per_second():
     """Where the calibration says batching pays, windows of batching and of one-row forwards alternate while
-    serving, and the mode with the lower mean request latency is kept (one row on a tie), then checked again."""
+    serving, and the mode that answers more rows per second of occupied time is kept (one row on a tie), then
+    checked again."""
     p = BatchPolicy(max_batch=8, max_wait_s=0.005, window=4, keep=3)
     p.calibrate({1: 0.010, 2: 0.006, 4: 0.004, 8: 0.004})
     assert p.limit() == 4
+    clock = [0.0]
 
-    def window(latency: float, company: int = 3) -> None:
-        p.answered([latency] * 4, queued=company)
+    def window(rows_per_s: float, company: int = 3) -> None:  # 4 rows, each waited one row's time
+        for _ in range(4):
+            clock[0] += 1 / rows_per_s
+            p.answered([1 / rows_per_s], queued=company, now=clock[0])
 
     modes = []
-    for on, off in [(0.05, 0.04), (0.05, 0.04)]:  # batching makes requests slower here
+    for on, off in [(80, 100), (80, 100)]:  # batching answers fewer rows per second here
         modes.append(p.limit())
         window(on)
         modes.append(p.limit())
         window(off)
     assert modes == [4, 1, 4, 1] and p.limit() == 1 and p.wait() == 0.0
-    assert p.decisions[-1] == {"batching_ms": 50.0, "single_ms": 40.0, "batching": False}
+    assert p.decisions[-1] == {"batching_rows_per_s": 80.0, "single_rows_per_s": 100.0, "batching": False}
     for _ in range(3):
         assert p.limit() == 1
-        window(0.04)
+        window(100)
     assert p.limit() == 4  # kept for 3 windows, then checked again: now batching is faster
     for _ in range(2):
-        window(0.02)
-        window(0.04)
+        window(150)
+        window(100)
     assert p.limit() == 4 and p.decisions[-1]["batching"] is True
     for _ in range(3):
-        window(0.03)
+        window(150)
     for _ in range(2):  # a tie (within the 2 % margin): rows need not wait for each other
-        window(0.0400)
-        window(0.0401)
+        window(101)
+        window(100)
     assert p.limit() == 1 and p.decisions[-1]["batching"] is False
     assert (p.checks, p.kept_batching) == (3, 1)
+    clock[0] += 3600.0  # an hour without requests is not occupied time: it does not count against a mode
+    for _ in range(3):
+        window(100)
+    window(150)
+    clock[0] += 3600.0
+    window(100)
+    window(150)
+    window(100)
+    assert p.decisions[-1] == {"batching_rows_per_s": 150.0, "single_rows_per_s": 100.0, "batching": True}
+
+
+def closed_loop(policy: BatchPolicy, clients: int, seconds: Callable[[int], float], forwards: int = 2000) -> None:
+    """`clients` that each send their next request as soon as the last is answered, served by one forward
+    thread whose forward of k rows takes `seconds(k)` (simulated time)."""
+    t, queue = 0.0, [0.0] * clients
+    for _ in range(forwards):
+        k = min(policy.limit(), len(queue))
+        took, queue = queue[:k], queue[k:]
+        t += seconds(k)
+        policy.answered([t - s for s in took], len(queue), t)
+        queue += [t] * k
+
+
+@pytest.mark.parametrize("clients", [2, 8, 64])
+@pytest.mark.parametrize("per_row, batching", [(0.009, True), (0.0105, False)])
+def test_online_check_finds_the_faster_mode_under_a_deep_queue(clients, per_row, batching):
+    """Batches of 4 that cost 10 % less per row than one row (or 5 % more): the check keeps the faster mode
+    at every depth. Comparing mean latency instead chose one row per forward at 64 clients in the first case:
+    most rows of a window were queued under the window before it (run E's 64 clients)."""
+    p = BatchPolicy(max_batch=8, max_wait_s=0.005)
+    p.calibrate({1: 0.010, 2: 0.007, 4: 0.006, 8: 0.006})
+    closed_loop(p, clients, lambda k: 0.010 if k == 1 else per_row * k)
+    assert p.checks >= 3 and all(d["batching"] is batching for d in p.decisions)
+    assert p.decisions[-1]["batching_rows_per_s"] == pytest.approx(1 / per_row, abs=0.05)
+    assert p.decisions[-1]["single_rows_per_s"] == pytest.approx(100.0, abs=0.05)
 
 
 def test_online_check_ignores_windows_without_company_and_policies_that_never_batch():
     p = BatchPolicy(max_batch=8, max_wait_s=0.005, window=4, keep=3)
     p.calibrate({1: 0.010, 8: 0.004})
-    for _ in range(10):  # one client: one-row forwards with nobody queued tell nothing
-        p.answered([0.01], queued=0)
+    for i in range(10):  # one client: one-row forwards with nobody queued tell nothing
+        p.answered([0.01], queued=0, now=0.01 * (i + 1))
     assert p.checks == 0 and p.limit() == 8
     flat = BatchPolicy(max_batch=8, max_wait_s=0.005, window=4)
     flat.calibrate({1: 0.010, 8: 0.0099})  # never pays: no check, always one row
-    for _ in range(20):
-        flat.answered([0.01] * 4, queued=3)
+    for i in range(20):
+        flat.answered([0.01] * 4, queued=3, now=0.04 * (i + 1))
     assert flat.checks == 0 and flat.limit() == 1
 
 
@@ -332,3 +372,4 @@ def test_the_batcher_reports_each_answered_rows_latency_to_its_policy():
 
     out, policy = asyncio.run(main())
     assert out == list(range(8)) and policy._rows == 8 and 0 < policy._latency < 8 * 5.0
+    assert 0 < policy._occupied < 5.0 and policy._last_end is not None
