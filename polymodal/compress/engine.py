@@ -88,6 +88,8 @@ class OnnxModule(nn.Module):
     """An ONNX graph behind the model's interface: `module(batch) -> logits` (a torch tensor), so the one
     inference loop runs it like the PyTorch model. Raw inputs only: the feature cache does not apply."""
 
+    runs_torch_kernels = False  # the loop skips torch's thread and inference-mode settings (onnxruntime has its own)
+
     def __init__(self, graph: bytes, spec: list[FlatInput], threads: int | None = None) -> None:
         super().__init__()
         self.session = ort_session(graph, threads)

@@ -108,6 +108,8 @@ def as_table(data: pd.DataFrame | str | os.PathLike, base_dir: str | None = None
 def column_names(df: pd.DataFrame, source: str) -> list[str]:
     """Column names as strings; repeated names are an error, since df[name] would then be a table, not a column."""
     names = [str(c) for c in df.columns]
+    if len(set(names)) == len(names):  # the usual case, without a Counter (a one-row predict checks this)
+        return names
     dup = sorted(n for n, k in Counter(names).items() if k > 1)
     if dup:
         raise DataError(f"duplicate column names {dup}: rename them so each column has its own name", file=source)
