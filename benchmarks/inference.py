@@ -10,7 +10,8 @@ Rows, all in one process, rounds of each method interleaved so that load from ot
                tokenizer, one forward (`model(batch)` under inference_mode, or `session.run`), softmax,
                argmax, class names; the same thread settings polymodal uses (torch: 1 intra-op thread for
                <= 8 rows, its default otherwise; onnxruntime: the engine's session). Its answers are checked
-               to equal predict's.
+               to equal predict's. `hand+series/onnx`: the onnxruntime loop also wrapping its labels in a
+               Series on the input's index, as predict returns them (informational, not the target).
   baseline     `predict` of the code as it was when issue 20 was filed (--baseline REV, default fec14d9: main
                just before the issue's first commit; PyTorch eager, its own thread settings), in its own
                process (benchmarks/baseline_worker.py, PYTHONPATH = `git archive REV` unpacked under the work
@@ -438,6 +439,9 @@ def main() -> None:
     for e in ENGINES:
         methods[f"predict/{e}"] = lambda df, e=e: p.predict(df, engine=e)
         methods[f"hand/{e}"] = loops[e].predict
+    # the hand loop with predict's deliverable, a Series of labels on the input's index: what the Series alone
+    # costs right after session.run has flushed the caches (informational; the target is against the list)
+    methods["hand+series/onnx"] = lambda df: pd.Series(loops["onnx"].predict(df), index=df.index, name="answer")
     if args.int8:  # the compressed run, opt-in: its own folder, predicted as a user would
         q = load_run(int8_run(run, run.parent / "inference-data" / "train.csv", args.refit))
         # the engine's session settings (threads, no spin-waiting): OnnxPredictor's own session spins by
@@ -491,6 +495,11 @@ def main() -> None:
         pr, hd = results[f"predict/{e}"], results[f"hand/{e}"]
         ratios[e] = {"single_row_vs_hand": round(hd["single_row"]["median_ms"] / pr["single_row"]["median_ms"], 3),
                      "batch32_vs_hand": round(pr["batch32_rows_per_s"] / hd["batch32_rows_per_s"], 3)}
+    ratios["onnx_vs_hand_returning_a_series"] = {
+        "single_row": round(results["hand+series/onnx"]["single_row"]["median_ms"]
+                            / results["predict/onnx"]["single_row"]["median_ms"], 3),
+        "batch32": round(results["predict/onnx"]["batch32_rows_per_s"]
+                         / results["hand+series/onnx"]["batch32_rows_per_s"], 3)}
     torch_b32 = results["predict/torch"]["batch32_rows_per_s"]
     best_single = min(results[f"predict/{e}"]["single_row"]["median_ms"] for e in ENGINES)
     if args.int8:

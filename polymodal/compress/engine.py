@@ -234,7 +234,10 @@ def weights_state(model: nn.Module) -> tuple:
     the model's tensors as last listed (their ids, taken when listed); parameters, buffers or submodules
     assigned anew (registration hooks) list them again. `parameters()`/`buffers()` (named_modules, name
     strings, memo set) cost a one-row predict ~8 ms on the demo model's ~400 tensors, a fresh walk ~1 ms, a
-    per-tensor tuple ~0.2 ms, this (two C-level maps) ~0.1 ms."""
+    per-tensor tuple ~0.2 ms, this (two C-level maps) 0.05 ms in a tight loop and ~0.5 ms right after a
+    `session.run`, which has flushed the caches (four cache lines per tensor: the Python object, the tensor,
+    its version counter, its storage). No cheaper sound check was found: `.data =` keeps the version counter,
+    writes through `.data` bump none, and no hook sees in-place writes under no_grad."""
     tensors, ids = _model_tensors(model)
     return ids, tuple(map(_version, tensors)), tuple(map(_data_ptr, tensors))
 
