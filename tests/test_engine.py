@@ -19,6 +19,9 @@ pytest.importorskip("onnxruntime")
 from polymodal import MultimodalPredictor  # noqa: E402
 from polymodal.cli import app  # noqa: E402
 from polymodal.compress import engine as E  # noqa: E402
+from polymodal.compress.onnx_export import OnnxPredictor, export_predictor, read_meta  # noqa: E402
+from polymodal.compress.pipeline import calibration_feeds, compress_run  # noqa: E402
+from polymodal.compress.quantize import Int8Options, quantize_onnx  # noqa: E402
 from polymodal.data.dataset import Collator, TableDataset  # noqa: E402
 from polymodal.errors import PolymodalError  # noqa: E402
 from polymodal.runs import load_run  # noqa: E402
@@ -186,3 +189,29 @@ def test_weights_changed_in_memory_are_never_answered_by_the_old_graph(tmp_path)
     assert isinstance(p.inference_module(), E.OnnxModule)
     assert json.loads((tmp_path / "saved" / "onnx" / "parity.json").read_text())["model_id"] == p.model_id
     assert json.loads((run / "onnx" / "parity.json").read_text())["model_id"] != p.model_id
+
+
+def test_a_table_with_only_numeric_columns_exports_compresses_and_predicts(tmp_path):
+    """The exporter drops the input of an empty categorical block (nothing reads it): the exported file lists,
+    checks and feeds only the inputs its graph kept, and int8 calibration feeds too (onnxruntime refuses a feed
+    it does not know: "Invalid input name: tabular__categorical")."""
+    df = _table()[["x0", "x1", "kind"]]
+    MultimodalPredictor(label="kind", path=tmp_path / "run", **FAST).fit(df)
+    p = load_run(tmp_path / "run")
+    test = _table(40, seed=1)[["x0", "x1"]]
+    report = export_predictor(p, tmp_path / "m.onnx", test)
+    assert report.rows_real == 32 and report.max_abs_diff_real < 1e-4 and report.max_abs_diff_random < 1e-4
+    names = [d["name"] for d in read_meta(tmp_path / "m.onnx")["inputs"]]
+    assert "tabular__categorical" not in names and "tabular__numeric" in names
+    want = p.predict_proba(test, as_pandas=False, engine="torch")
+    np.testing.assert_allclose(OnnxPredictor(tmp_path / "m.onnx").predict_proba(test, as_pandas=False), want,
+                               atol=1e-5)
+    # static int8 (dense layers: calibrated) with the feeds compress builds, which name every input
+    res = quantize_onnx(tmp_path / "m.onnx", tmp_path / "dense8.onnx", calibration_feeds(p, df),
+                        Int8Options(convs="none", dense=True), log=lambda m: None)
+    assert res.static_nodes and (OnnxPredictor(res.path).predict(test) == p.predict(test, engine="torch")).mean() >= 0.9
+    df.to_csv(tmp_path / "train.csv", index=False)
+    compress_run(tmp_path / "run", tmp_path / "int8", train=str(tmp_path / "train.csv"), quantize="int8",
+                 report=False)
+    q = load_run(tmp_path / "int8")
+    assert isinstance(q, OnnxPredictor) and (q.predict(test) == p.predict(test, engine="torch")).mean() >= 0.9

@@ -193,16 +193,21 @@ def export_model(model: nn.Module, prep: Preprocessor, path: str | Path, meta: d
                               dynamic_axes={**{s.name: s.dynamic for s in spec}, "logits": {0: "batch"}})
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
-    _write_meta(path, model, prep, spec, meta or {})
-    return spec
+    return _write_meta(path, model, prep, spec, meta or {})
 
 
-def _write_meta(path: Path, model: nn.Module, prep: Preprocessor, spec: list[FlatInput], meta: dict) -> None:
+def _write_meta(path: Path, model: nn.Module, prep: Preprocessor, spec: list[FlatInput], meta: dict
+                ) -> list[FlatInput]:
+    """Store the preprocessing, tokenizers and graph inputs beside the graph; returns the inputs the graph
+    kept: the exporter drops one the model never reads (the categorical block of a table with only numeric
+    columns), and a feed naming it would be refused ("Invalid input name")."""
     import copy
 
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)
+    kept = {i.name for i in m.graph.input}
+    spec = [s for s in spec if s.name in kept]
     prep_d = copy.deepcopy(prep.to_dict())  # to_dict shares the config dicts with the live Preprocessor
     tok_root = Path(str(path) + ".tokenizers")
     for key, s in prep.inputs.items():
@@ -220,6 +225,7 @@ def _write_meta(path: Path, model: nn.Module, prep: Preprocessor, spec: list[Fla
     entry = m.metadata_props.add()
     entry.key, entry.value = META_KEY, json.dumps(payload)
     onnx.save(m, str(path))
+    return spec
 
 
 def read_meta(path: str | Path) -> dict:

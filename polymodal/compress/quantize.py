@@ -362,7 +362,10 @@ def quantize_onnx(src: str | Path, dst: str | Path, calibration: Iterable[dict[s
     """
     options = options or Int8Options()
     src, dst = Path(src), Path(dst)
-    calibration = list(calibration)
+    # only the inputs the graph reads (the exporter drops an unused one, e.g. an empty categorical block)
+    names = {i.name for i in session(src).get_inputs()}
+    calibration = [{k: v for k, v in f.items() if k in names} for f in calibration]
+    validation = [{k: v for k, v in f.items() if k in names} for f in validation] if validation else validation
     if not calibration:
         raise PolymodalError("static int8 quantisation needs calibration rows; none were given")
     if options.convs == "auto" and not validation:
