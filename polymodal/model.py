@@ -44,7 +44,6 @@ class GroupedHead(nn.Module):
             raise ValueError(f"every group index 0..{n_groups - 1} needs at least one class, got {list(groups)}")
         self.group_head = MLPHead(in_dim, n_groups, hidden, dropout)
         self.heads = nn.ModuleList(MLPHead(in_dim, len(m), hidden, dropout) for m in members)
-        self.sizes = [len(m) for m in members]
         # the heads' outputs concatenated group by group; `order` puts them back in class order
         by_group = [c for m in members for c in m]
         order = torch.empty(len(by_group), dtype=torch.long)

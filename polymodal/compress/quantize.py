@@ -250,11 +250,17 @@ class _Quantizer:
         import onnx
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        self.options, self.tmp, self.calibration = options, tmp, calibration
+        self.options, self.tmp = options, tmp
         self.pre = os.path.join(tmp, "pre.onnx")
         # shape inference + graph optimisation first, as onnxruntime recommends for static quantisation
         quant_pre_process(str(src), self.pre, skip_symbolic_shape=True)  # symbolic inference fails on HF graphs
-        self.parts = graph_parts(onnx.load(self.pre, load_external_data=False))
+        graph = onnx.load(self.pre, load_external_data=False)
+        self.parts = graph_parts(graph)
+        # calibration feeds only the inputs the graph reads: the exporter drops an unused one (the empty
+        # categorical block of a numeric-only table), which onnxruntime refuses ("Invalid input name");
+        # validation rows go through _run, which filters the same way
+        names = {i.name for i in graph.graph.input}
+        self.calibration = [{k: v for k, v in f.items() if k in names} for f in calibration]
         self.cache = os.path.join(tmp, "ranges.json")
         self._n = 0
 
@@ -362,10 +368,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, calibration: Iterable[dict[s
     """
     options = options or Int8Options()
     src, dst = Path(src), Path(dst)
-    # only the inputs the graph reads (the exporter drops an unused one, e.g. an empty categorical block)
-    names = {i.name for i in session(src).get_inputs()}
-    calibration = [{k: v for k, v in f.items() if k in names} for f in calibration]
-    validation = [{k: v for k, v in f.items() if k in names} for f in validation] if validation else validation
+    calibration = list(calibration)
     if not calibration:
         raise PolymodalError("static int8 quantisation needs calibration rows; none were given")
     if options.convs == "auto" and not validation:
